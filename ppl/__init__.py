@@ -1,0 +1,1 @@
+"""steerppl: probabilistic programs that steer language models, compiled to JAX."""

@@ -1,0 +1,1 @@
+"""The standard library: constraints (hard) and potentials (soft)."""
