@@ -1,1 +1,29 @@
-"""steerppl: probabilistic programs that steer language models, compiled to JAX."""
+"""steerppl: probabilistic programs that steer language models, compiled to JAX.
+
+The LM is the prior; constraints, rewards and other prompts are likelihoods; the answer is
+the posterior, approximated by a backend chosen with ``ppl.infer(program, method=...)``.
+"""
+
+from ppl import models
+from ppl.api import SteerProgram, infer, methods, register_method, steer
+from ppl.context import Context, ProgramError
+from ppl.dists import TokenDist
+from ppl.program import Program
+from ppl.result import InferenceError, Result
+
+__all__ = [
+    "Context",
+    "InferenceError",
+    "Program",
+    "ProgramError",
+    "Result",
+    "SteerProgram",
+    "TokenDist",
+    "infer",
+    "methods",
+    "models",
+    "register_method",
+    "steer",
+]
+
+__version__ = "0.1.0"

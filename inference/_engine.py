@@ -1,0 +1,259 @@
+"""Machinery every backend shares: particles, the batched LM, one vmapped program step.
+
+The particle population is a struct of arrays with the particle axis first. A step is:
+
+1. ``propose``: the program's ``step`` runs for every particle (vmapped), drawing one token
+   each and returning the log-weight increment ``log p - log q + factors + twist changes``;
+2. the backend resamples (or not) and gathers particles and KV cache along ancestors;
+3. ``advance_lm``: one batched forward pass feeds every live particle's new token (all of
+   a particle's LM contexts at once), giving the next-token log-probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ppl.context import Context, ProgramError
+from ppl.models.base import broadcast_cache, reorder
+
+__all__ = ["Particles", "LMState", "Setup", "prepare", "init_population", "propose",
+           "advance_lm", "gather", "finalize"]
+
+
+class Particles(NamedTuple):
+    """The population (every leaf has the particle axis first).
+
+    Attributes:
+        state: the program's state pytree.
+        tokens: ``int32[N, T]`` generated tokens (EOS included when drawn), padded.
+        length: ``int32[N]`` number of generated tokens.
+        logw: ``float32[N]`` log importance weights (unnormalised, cumulative).
+        twist: ``float32[N]`` the twist currently included in ``logw``.
+        done: ``bool[N]`` finished (ended, conditioned away or out of budget).
+        cause: ``int32[N]`` index of the first condition that killed the particle, or -1.
+    """
+
+    state: Any
+    tokens: jax.Array
+    length: jax.Array
+    logw: jax.Array
+    twist: jax.Array
+    done: jax.Array
+    cause: jax.Array
+
+
+class LMState(NamedTuple):
+    """The batched LM: ``N * K`` cache rows (row ``n * K + k`` is particle n, context k)."""
+
+    cache: Any
+    logprobs: jax.Array  # float32[N, K, V]
+    nan: jax.Array  # bool: a live row's log-probabilities contained NaN
+
+
+@dataclasses.dataclass(eq=False)
+class Setup:
+    """Static (host-side) facts about one program, fixed for a compilation."""
+
+    program: Any
+    lm: Any
+    prompt_ids: list[list[int]]
+    max_tokens: int
+    max_len: int
+    condition_names: list[str]
+
+    @property
+    def num_contexts(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def prompt_lens(self) -> np.ndarray:
+        return np.array([len(p) for p in self.prompt_ids], np.int32)
+
+    def decode(self, ids) -> str:
+        return self.lm.vocab.decode(ids)
+
+
+def prepare(program) -> Setup:
+    """Encodes the prompts and checks the static budget before any device work.
+
+    Raises:
+        ValueError: the prompt plus ``max_tokens`` exceeds the model's context.
+    """
+    cached = getattr(program, "_ppl_setup", None)
+    if cached is not None:
+        return cached
+    lm = program.lm
+    ids = [lm.prompt_ids(p) for p in program.prompts]
+    longest = max(len(p) for p in ids)
+    max_len = longest + program.max_tokens
+    if max_len > lm.max_context:
+        raise ValueError(
+            f"The prompt ({longest} tokens) plus max_tokens ({program.max_tokens}) needs "
+            f"{max_len} positions, but {getattr(lm, 'name', 'the model')} has a context of "
+            f"{lm.max_context}. Shorten the prompt or lower max_tokens to at most "
+            f"{max(lm.max_context - longest, 0)}."
+        )
+    setup = Setup(program, lm, ids, program.max_tokens, max_len, [])
+    program._ppl_setup = setup
+    return setup
+
+
+def _context(setup: Setup, key, cls=Context, **kw) -> Context:
+    return cls(
+        key,
+        max_tokens=setup.max_tokens,
+        condition_names=setup.condition_names,
+        decode_fn=setup.decode,
+        **kw,
+    )
+
+
+def init_population(key, setup: Setup, params, num_particles: int):
+    """Prefills every prompt once, broadcasts it to the particles, runs ``init``."""
+    lm = setup.lm
+    n, k_ctx, t_max = num_particles, setup.num_contexts, setup.max_tokens
+    caches, lps = [], []
+    for ids in setup.prompt_ids:
+        c, lp = lm.prefill(params, jnp.asarray(ids, jnp.int32), setup.max_len)
+        caches.append(broadcast_cache(c, n))
+        lps.append(lp)
+    # Interleave contexts so that row n*K + k is particle n's context k.
+    cache = jax.tree.map(lambda *xs: jnp.stack(xs, 1).reshape((n * k_ctx,) + xs[0].shape[1:]), *caches)
+    logprobs = jnp.broadcast_to(jnp.stack(lps)[None], (n, k_ctx, lps[0].shape[-1]))
+    tokens = jnp.zeros((n, t_max), jnp.int32)
+    length = jnp.zeros((n,), jnp.int32)
+
+    def one(key):
+        ctx = _context(setup, key, tokens=tokens[0], length=length[0])
+        state = setup.program.init(ctx)
+        if ctx.token is not None:
+            raise ProgramError("init() may not sample LM tokens; do that in step().")
+        return state, ctx.logw, ctx.done, ctx.cause
+
+    state, logw, done, cause = jax.vmap(one)(jax.random.split(key, n))
+    parts = Particles(
+        state=state,
+        tokens=tokens,
+        length=length,
+        logw=jnp.where(jnp.isnan(logw), -jnp.inf, logw).astype(jnp.float32),
+        twist=jnp.zeros((n,), jnp.float32),
+        done=done,
+        cause=cause,
+    )
+    nan = jnp.any(jnp.isnan(logprobs))
+    return parts, LMState(cache, logprobs.astype(jnp.float32), nan)
+
+
+def _step_one(setup: Setup, key, state, tokens, length, logw, twist, done, cause, logprobs, t):
+    ctx = _context(setup, key, logprobs=logprobs, tokens=tokens, length=length, t=t)
+    return apply_step(setup, ctx, state, tokens, length, logw, twist, done, cause)
+
+
+def apply_step(setup: Setup, ctx: Context, state, tokens, length, logw, twist, done, cause):
+    """Runs ``program.step`` in ``ctx`` for one particle and folds the effects into it."""
+    new_state = setup.program.step(ctx, state)
+    if ctx.token is None:
+        raise ProgramError(
+            "step() must sample or observe exactly one token from ctx.lm.next_token() "
+            "(for example `ctx.sample(ctx.lm.next_token())`)."
+        )
+    tok = ctx.token
+    new_tokens = tokens.at[length].set(tok, mode="drop")
+    new_length = length + 1
+    fin = ctx.done | (new_length >= setup.max_tokens)
+    # The twist added last step is removed now; a finishing particle keeps no twist, so the
+    # final weights target the untwisted posterior.
+    new_twist = jnp.where(fin, 0.0, ctx.twist_amount)
+    new_logw = logw + ctx.logw - twist + new_twist
+    new_logw = jnp.where(jnp.isnan(new_logw), -jnp.inf, new_logw)
+    new_cause = jnp.where(cause >= 0, cause, ctx.cause)
+
+    def keep(old, new):
+        return jax.tree.map(lambda o, nw: jnp.where(done, o, nw), old, new)
+
+    out = Particles(
+        keep(state, new_state),
+        jnp.where(done, tokens, new_tokens),
+        jnp.where(done, length, new_length),
+        jnp.where(done, logw, new_logw).astype(jnp.float32),
+        jnp.where(done, twist, new_twist).astype(jnp.float32),
+        done | fin,
+        jnp.where(done, cause, new_cause),
+    )
+    return out, jnp.where(done, setup.lm.eos_token_id, tok)
+
+
+def propose(key, setup: Setup, parts: Particles, logprobs, t):
+    """Runs the program's ``step`` for every particle (vmapped).
+
+    Returns:
+        ``(particles, tokens[N])``. A particle that was already finished is returned
+        unchanged. Weight increment for a live particle::
+
+            log p(x) - log q(x) + Σ factors + twist_t - twist_{t-1}
+
+        with ``twist_t = 0`` when the particle finishes at this step.
+    """
+    n = parts.logw.shape[0]
+    keys = jax.random.split(key, n)
+    fn = lambda *a: _step_one(setup, *a, t)  # noqa: E731
+    return jax.vmap(fn)(keys, parts.state, parts.tokens, parts.length, parts.logw,
+                        parts.twist, parts.done, parts.cause, logprobs)
+
+
+def advance_lm(setup: Setup, params, lm_state: LMState, tokens, old_length, active):
+    """Feeds each particle's new token to all its contexts in one batched forward pass.
+
+    ``tokens[n]`` is written at position ``prompt_len_k + old_length[n]``. Rows of finished
+    particles are computed (static shapes) but ignored; their positions are clamped.
+    """
+    k_ctx = setup.num_contexts
+    n = tokens.shape[0]
+    pos = (jnp.asarray(setup.prompt_lens)[None, :] + old_length[:, None]).reshape(-1)
+    pos = jnp.minimum(pos, setup.max_len - 1)
+    rows = jnp.repeat(tokens, k_ctx)
+    cache, lp = setup.lm.decode(params, lm_state.cache, rows, pos)
+    lp = lp.reshape(n, k_ctx, -1).astype(jnp.float32)
+    nan = lm_state.nan | jnp.any(jnp.isnan(lp) & active[:, None, None])
+    return LMState(cache, lp, nan)
+
+
+def gather(setup: Setup, parts: Particles, lm_state: LMState, ancestors):
+    """Particle ``i`` becomes a copy of particle ``ancestors[i]``: state, tokens and KV cache."""
+    k_ctx = setup.num_contexts
+    parts = jax.tree.map(lambda x: jnp.take(x, ancestors, axis=0), parts)
+    rows = (ancestors[:, None] * k_ctx + jnp.arange(k_ctx)[None, :]).reshape(-1)
+    lm_state = LMState(
+        reorder(lm_state.cache, rows),
+        jnp.take(lm_state.logprobs, ancestors, axis=0),
+        lm_state.nan,
+    )
+    return parts, lm_state
+
+
+def finalize(key, setup: Setup, parts: Particles) -> Particles:
+    """Runs ``final`` once per particle; its factors and conditions enter the weights."""
+    n = parts.logw.shape[0]
+
+    def one(key, state, tokens, length, logw, cause):
+        ctx = _context(setup, key, tokens=tokens, length=length)
+        setup.program.final(ctx, state)
+        if ctx.token is not None:
+            raise ProgramError("final() may not sample LM tokens.")
+        new = logw + ctx.logw
+        new = jnp.where(jnp.isnan(new), -jnp.inf, new)
+        return new.astype(jnp.float32), jnp.where(cause >= 0, cause, ctx.cause)
+
+    logw, cause = jax.vmap(one)(jax.random.split(key, n), parts.state, parts.tokens,
+                                parts.length, parts.logw, parts.cause)
+    return parts._replace(logw=logw, cause=cause)
+
+
+def log_mean_exp(logw) -> jax.Array:
+    return jax.nn.logsumexp(logw) - math.log(logw.shape[0])

@@ -1,0 +1,127 @@
+"""Resampling schemes sharing one signature: ``(key, log_weights, num_samples) -> indices``.
+
+All take unnormalised log-weights (``-inf`` allowed), never produce NaN, and return
+``int32[num_samples]`` ancestor indices whose expected counts are ``num_samples * w_i`` with
+``w`` the normalised weights. When every weight is ``-inf`` the particles are returned in
+order (the run is then reported as dead by the driver, not silently continued).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "RESAMPLERS",
+    "ess",
+    "log_normalize",
+    "multinomial",
+    "optimal",
+    "residual",
+    "stratified",
+    "systematic",
+]
+
+
+def log_normalize(log_weights: jax.Array) -> jax.Array:
+    """Normalised log-weights; uniform when all are ``-inf`` (so downstream math stays finite)."""
+    z = jax.nn.logsumexp(log_weights)
+    n = log_weights.shape[0]
+    return jnp.where(jnp.isfinite(z), log_weights - z, -jnp.log(n) * jnp.ones_like(log_weights))
+
+
+def ess(log_weights: jax.Array) -> jax.Array:
+    """Effective sample size ``(Σw)² / Σw²``; 0 when every weight is ``-inf``."""
+    a = jax.nn.logsumexp(log_weights)
+    b = jax.nn.logsumexp(2.0 * log_weights)
+    return jnp.where(jnp.isfinite(a), jnp.exp(2.0 * a - b), 0.0)
+
+
+def _from_points(log_weights, points):
+    """Indices i with cdf[i-1] <= points < cdf[i], cdf of the normalised weights."""
+    w = jnp.exp(log_normalize(log_weights))
+    cdf = jnp.cumsum(w)
+    cdf = cdf / cdf[-1]
+    idx = jnp.searchsorted(cdf, points, side="right")
+    return jnp.clip(idx, 0, log_weights.shape[0] - 1).astype(jnp.int32)
+
+
+def multinomial(key, log_weights, num_samples):
+    """Independent draws from the weights (the highest-variance scheme)."""
+    u = jnp.sort(jax.random.uniform(key, (num_samples,)))
+    return _from_points(log_weights, u)
+
+
+def stratified(key, log_weights, num_samples):
+    """One uniform draw in each stratum ``[i/n, (i+1)/n)``."""
+    u = (jnp.arange(num_samples) + jax.random.uniform(key, (num_samples,))) / num_samples
+    return _from_points(log_weights, u)
+
+
+def systematic(key, log_weights, num_samples):
+    """One shared uniform offset for all strata ``[i/n, (i+1)/n)``."""
+    u = (jnp.arange(num_samples) + jax.random.uniform(key, ())) / num_samples
+    return _from_points(log_weights, u)
+
+
+def residual(key, log_weights, num_samples):
+    """``floor(n w_i)`` deterministic copies, the remainder drawn multinomially from the residuals."""
+    m = log_weights.shape[0]
+    w = jnp.exp(log_normalize(log_weights))
+    scaled = num_samples * w
+    counts = jnp.floor(scaled).astype(jnp.int32)
+    n_det = jnp.sum(counts)
+    det = jnp.repeat(jnp.arange(m, dtype=jnp.int32), counts, total_repeat_length=num_samples)
+    resid = scaled - counts
+    resid_log = jnp.where(resid > 0, jnp.log(jnp.maximum(resid, 1e-38)), -jnp.inf)
+    # If floor() already used every slot the residual draws are unused; avoid an all -inf cdf.
+    resid_log = jnp.where(jnp.any(resid > 0), resid_log, jnp.zeros_like(resid_log))
+    extra = multinomial(key, resid_log, num_samples)
+    slot = jnp.arange(num_samples)
+    idx = jnp.where(slot < n_det, det, extra[jnp.clip(slot - n_det, 0, num_samples - 1)])
+    return idx.astype(jnp.int32)
+
+
+def optimal(key, log_weights, num_samples):
+    """Fearnhead–Clifford optimal resampling of M >= n candidates down to n, without replacement.
+
+    Finds ``kappa`` with ``Σ min(1, w_i / kappa) = n``: candidates with ``w_i >= kappa`` are kept
+    with their own weight, the others are selected by systematic sampling with probability
+    ``w_i / kappa`` (each at most once) and given weight ``kappa``. The total weight is preserved
+    exactly, and every candidate's expected new weight equals its old one, so evidence
+    estimates stay unbiased. This is the resampling step of LLaMPPL's ``smc_steer``.
+
+    Returns:
+        ``(indices[n], new_log_weights[n])`` in the scale of ``log_weights``.
+    """
+    m = log_weights.shape[0]
+    n = num_samples
+    lz = jax.nn.logsumexp(log_weights)
+    lw = log_normalize(log_weights)
+    order = jnp.argsort(-lw)
+    ws = jnp.exp(lw[order])
+    tail = jnp.cumsum(ws[::-1])[::-1]  # tail[a] = sum_{i >= a} ws[i]
+    a_range = jnp.arange(n)
+    kappa_a = tail[a_range] / (n - a_range)
+    valid = ws[a_range] < kappa_a
+    num_kept = jnp.where(jnp.any(valid), jnp.argmax(valid), n)
+    kappa = jnp.where(num_kept < n, kappa_a[jnp.clip(num_kept, 0, n - 1)], 1.0)
+    pos = jnp.arange(m)
+    rest = jnp.where(pos >= num_kept, ws / kappa, 0.0)
+    cum = jnp.cumsum(rest)
+    u = jax.random.uniform(key, ())
+    slots = jnp.arange(n)
+    picked = jnp.searchsorted(cum, u + (slots - num_kept), side="right")
+    sorted_pos = jnp.where(slots < num_kept, slots, jnp.clip(picked, 0, m - 1))
+    idx = order[sorted_pos].astype(jnp.int32)
+    new_lw = jnp.where(slots < num_kept, lw[idx], jnp.log(kappa))
+    new_lw = jnp.where(jnp.isfinite(lz), new_lw + lz, -jnp.inf)
+    return idx, new_lw
+
+
+RESAMPLERS = {
+    "multinomial": multinomial,
+    "stratified": stratified,
+    "systematic": systematic,
+    "residual": residual,
+}

@@ -1,0 +1,171 @@
+"""The public entry points: ``infer`` (every backend) and ``steer`` (the common program)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from ppl.context import Context
+from ppl.program import Program
+from ppl.result import Result
+
+__all__ = ["infer", "steer", "methods", "register_method", "SteerProgram"]
+
+_METHODS: dict[str, Callable[..., Result]] = {}
+
+
+def register_method(name: str):
+    """Registers ``fn(program, *, particles, seed, **options) -> Result`` as ``method=name``."""
+
+    def deco(fn):
+        _METHODS[name] = fn
+        return fn
+
+    return deco
+
+
+def methods() -> list[str]:
+    """Names accepted by ``infer(method=...)``."""
+    _load_methods()
+    return sorted(_METHODS)
+
+
+def _load_methods():
+    # Backends register themselves on import; importing here keeps `import ppl` light.
+    from ppl.inference import registry  # noqa: F401
+
+
+def infer(program: Program, method: str = "smc", particles: int = 32, seed: Any = 0,
+          **options) -> Result:
+    """Runs inference on ``program`` and returns its :class:`~ppl.Result`.
+
+    Args:
+        program: a :class:`~ppl.Program` (for example from :func:`steer`).
+        method: ``"is"``, ``"smc"``, ``"smc_steer"`` and any other name in :func:`methods`.
+        particles: number of particles ``N``.
+        seed: an int or a JAX PRNG key; the same seed gives the same result bit for bit.
+        **options: backend options, e.g. ``resampling="systematic"``,
+            ``ess_threshold=0.5`` (smc), ``num_beams=3`` (smc_steer).
+
+    Raises:
+        ValueError: unknown method or option, prompt too long for the model's context.
+        MemoryError: the estimated memory of the run exceeds what is available.
+        ppl.InferenceError: no particle satisfied the program's conditions, or NaN.
+    """
+    _load_methods()
+    if not isinstance(program, Program):
+        raise TypeError(f"infer() needs a ppl.Program, got {type(program).__name__}.")
+    if method not in _METHODS:
+        raise ValueError(f"Unknown method {method!r}; available: {', '.join(methods())}.")
+    if int(particles) < 1:
+        raise ValueError(f"particles must be >= 1, got {particles}.")
+    fn = _METHODS[method]
+    allowed = {p for p in inspect.signature(fn).parameters} - {"program", "particles", "seed"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {sorted(unknown)} for method {method!r}; it accepts "
+            f"{sorted(allowed) or 'no options'}."
+        )
+    return fn(program, particles=int(particles), seed=seed, **options)
+
+
+def _name(obj) -> str:
+    return getattr(obj, "name", None) or getattr(obj, "__name__", None) or type(obj).__name__
+
+
+class SteerProgram(Program):
+    """The program :func:`steer` builds: LM prior x hard constraints x potentials.
+
+    Target over token sequences ``x`` (ending at EOS, which is not part of the text, or at
+    ``max_tokens`` tokens)::
+
+        pi(x) ∝ p_LM(x) * Π_c 1[c(text(x))] * Π_f exp(f(text(x)))
+
+    Device constraints (token automata) are enforced with the LM masked to the tokens that
+    keep the text acceptable as the proposal; the weight increment is the log mass the
+    mask kept, ``log Σ_{y allowed} p(y | x_<t)``, which makes the result exact. Python
+    predicates and potentials run on the host when a particle finishes. Twist potentials
+    ``g`` are applied at every step as ``twist(g(text so far))``.
+    """
+
+    def __init__(self, lm, prompt="", constraints: Sequence = (), potentials: Sequence = (),
+                 twists: Sequence = (), max_tokens: int = 32, temperature: float | None = None):
+        super().__init__(lm=lm, prompt=prompt, max_tokens=max_tokens)
+        from ppl.stdlib.base import Constraint, TokenAutomaton
+
+        self.automata: list[TokenAutomaton] = []
+        self.predicates: list[Callable[[str], bool]] = []
+        for c in constraints:
+            if isinstance(c, TokenAutomaton):
+                self.automata.append(c)
+            elif isinstance(c, Constraint):
+                self.automata.append(c.compile(lm.vocab))
+            elif callable(c):
+                self.predicates.append(c)
+            else:
+                raise TypeError(
+                    f"constraint {c!r} is neither a ppl.stdlib constraint nor a callable str -> bool."
+                )
+        self.potentials = list(potentials)
+        self.twists = list(twists)
+        for f in self.potentials + self.twists:
+            if not callable(f):
+                raise TypeError(f"potential {f!r} is not callable (str -> float).")
+        self.temperature = temperature
+
+    def init(self, ctx: Context):
+        return tuple(a.init_state() for a in self.automata)
+
+    def step(self, ctx: Context, state):
+        p = ctx.lm.next_token(self.temperature)
+        eos = self.lm.eos_token_id
+        if self.automata:
+            mask = jnp.ones((self.lm.vocab_size,), bool)
+            last_ok = jnp.ones((self.lm.vocab_size,), bool)
+            for a, s in zip(self.automata, state):
+                mask = mask & a.allowed(s)
+                # At the budget's last token only tokens that end in an accepted text survive.
+                last_ok = last_ok & a.accepting[a.transitions[s]].at[eos].set(a.accepting[s])
+            mask = jnp.where(ctx.is_last, mask & last_ok, mask)
+            tok = ctx.sample(p, proposal=p.mask(mask))
+            state = tuple(a.advance(s, tok) for a, s in zip(self.automata, state))
+            for a, s in zip(self.automata, state):
+                ctx.condition(a.alive(s), name=a.name)
+        else:
+            tok = ctx.sample(p)
+        ctx.finish_if(tok == eos)
+        for g in self.twists:
+            ctx.twist(ctx.text(g))
+        return state
+
+    def final(self, ctx: Context, state):
+        for a, s in zip(self.automata, state):
+            ctx.condition(a.accepting_state(s), name=a.name)
+        for pred in self.predicates:
+            ctx.condition(ctx.text(lambda t, f=pred: bool(f(t)), dtype=bool), name=_name(pred))
+        for f in self.potentials:
+            ctx.factor(ctx.text(lambda t, f=f: float(f(t))))
+
+
+def steer(lm, prompt: str = "", constraints: Sequence = (), potentials: Sequence = (),
+          max_tokens: int = 32, twists: Sequence = (), temperature: float | None = None
+          ) -> SteerProgram:
+    """The common program without writing a class.
+
+    Args:
+        lm: the language model (prior), e.g. ``ppl.models.load("tiny")``.
+        prompt: the text generation continues from.
+        constraints: hard rules: ``ppl.stdlib.constraints`` objects (enforced token by token
+            on device) and/or Python callables ``str -> bool`` (checked when a particle
+            finishes).
+        potentials: soft rules ``str -> float`` (log-weights) applied to the finished text.
+        max_tokens: the token budget; a sequence also ends at EOS.
+        twists: ``str -> float`` heuristics applied to every prefix as twists (they guide
+            resampling and cancel out of the final target).
+        temperature: optional LM temperature (changes the prior itself).
+    """
+    return SteerProgram(lm, prompt, constraints, potentials, twists, max_tokens, temperature)

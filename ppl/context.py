@@ -1,0 +1,215 @@
+"""The effect context a program's ``init``/``step``/``final`` receive: one particle's view.
+
+Every primitive updates the particle's log-weight by an exact log ratio:
+
+* ``sample(p, proposal=q)``: draws ``x ~ q`` (or ``x ~ p``), adds ``log p(x) - log q(x)``
+  (zero without a proposal).
+* ``observe(p, x)``: adds ``log p(x)``.
+* ``factor(w)``: adds ``w``.
+* ``condition(b)``: adds ``0`` if ``b`` else ``-inf`` and finishes the particle.
+* ``twist(w)``: adds ``w`` now and subtracts it at the particle's next step (or when it
+  finishes), so twists steer intermediate resampling without changing the final target.
+* ``finish_if(b)`` / ``finish()``: the particle stops after this step.
+
+Everything here is traced: one particle is written, the backend vmaps it over particles.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ppl.dists import TokenDist
+
+__all__ = ["Context", "LMView", "ProgramError"]
+
+
+class ProgramError(ValueError):
+    """A program broke a rule of the program model (raised while tracing, with the fix)."""
+
+
+class LMView:
+    """One LM context of a particle: its next-token distribution and generated tokens."""
+
+    def __init__(self, ctx: "Context", index: int, logprobs):
+        self._ctx = ctx
+        self._index = index
+        self._logprobs = logprobs
+
+    def next_token(self, temperature: float | None = None) -> TokenDist:
+        """The LM's distribution over the next token given everything generated so far."""
+        if self._logprobs is None:
+            raise ProgramError(
+                "ctx.lm.next_token() is only available inside step(); init() and final() "
+                "run before the first and after the last token."
+            )
+        d = TokenDist(self._logprobs, lm_index=self._index)
+        return d if temperature is None else d.temper(temperature)
+
+    @property
+    def tokens(self) -> jax.Array:
+        """``int32[max_tokens]``: generated tokens (entries past ``length`` are padding)."""
+        return self._ctx.tokens
+
+    @property
+    def length(self) -> jax.Array:
+        return self._ctx.length
+
+
+class Context:
+    """Per-particle effect handler.
+
+    Attributes:
+        t: the step index (0 for the first generated token).
+        tokens: ``int32[max_tokens]`` tokens generated so far, padded.
+        length: number of tokens generated so far.
+        max_tokens: the program's static token budget.
+        is_last: True at the step whose token is the last one the budget allows.
+    """
+
+    def __init__(
+        self,
+        key: jax.Array,
+        *,
+        logprobs=None,
+        tokens=None,
+        length=None,
+        max_tokens: int = 0,
+        t=None,
+        condition_names: list[str] | None = None,
+        decode_fn: Callable[[np.ndarray], str] | None = None,
+    ):
+        self._key = key
+        self.logw = jnp.zeros((), jnp.float32)
+        self.twist_amount = jnp.zeros((), jnp.float32)
+        self.done = jnp.zeros((), bool)
+        self.cause = jnp.full((), -1, jnp.int32)
+        self.token = None
+        self.tokens = tokens
+        self.length = length
+        self.max_tokens = max_tokens
+        self.t = t
+        self._condition_names = condition_names if condition_names is not None else []
+        self._decode_fn = decode_fn
+        if logprobs is None:
+            self.lms: Sequence[LMView] = [LMView(self, 0, None)]
+        else:
+            self.lms = [LMView(self, k, logprobs[k]) for k in range(logprobs.shape[0])]
+
+    # ---- LM access ---------------------------------------------------------------------
+    @property
+    def lm(self) -> LMView:
+        """The particle's (first) LM context."""
+        return self.lms[0]
+
+    @property
+    def is_last(self) -> jax.Array:
+        return self.length + 1 >= self.max_tokens
+
+    def key(self) -> jax.Array:
+        """A fresh PRNG key for the program's own randomness."""
+        self._key, k = jax.random.split(self._key)
+        return k
+
+    # ---- primitives --------------------------------------------------------------------
+    def sample(self, dist, proposal=None):
+        """Draws from ``proposal`` (default ``dist``); weight += log dist(x) - log proposal(x)."""
+        q = dist if proposal is None else proposal
+        x = q.sample(self.key())
+        if proposal is not None:
+            lq = q.log_prob(x)
+            lp = dist.log_prob(x)
+            # A draw the proposal gives no mass to only happens when its support is empty:
+            # the particle is dead, never NaN.
+            self.logw = self.logw + jnp.where(lq > -jnp.inf, lp - lq, -jnp.inf)
+            self.done = self.done | (lq == -jnp.inf)
+        self._record_token(dist, proposal, x)
+        return x
+
+    def observe(self, dist, value):
+        """Conditions on ``value`` having been drawn from ``dist``: weight += log dist(value)."""
+        value = jnp.asarray(value)
+        self.logw = self.logw + dist.log_prob(value)
+        self._record_token(dist, None, value)
+        return value
+
+    def factor(self, log_weight):
+        """Multiplies the particle's weight by ``exp(log_weight)``."""
+        self.logw = self.logw + jnp.asarray(log_weight, jnp.float32)
+
+    def condition(self, predicate, name: str = "condition"):
+        """Kills the particle (weight -inf, finished) unless ``predicate`` holds."""
+        ok = jnp.asarray(predicate, bool)
+        self.logw = jnp.where(ok, self.logw, -jnp.inf)
+        code = self._cause_code(name)
+        self.cause = jnp.where((~ok) & (self.cause < 0), code, self.cause)
+        self.done = self.done | ~ok
+
+    def twist(self, log_weight):
+        """Adds ``log_weight`` now; it is removed at this particle's next step or finish."""
+        self.twist_amount = self.twist_amount + jnp.asarray(log_weight, jnp.float32)
+
+    def finish_if(self, predicate):
+        """Ends the particle after this step when ``predicate`` holds."""
+        self.done = self.done | jnp.asarray(predicate, bool)
+
+    def finish(self):
+        self.done = jnp.ones((), bool)
+
+    # ---- host-side escape hatch ----------------------------------------------------------
+    def text(self, fn: Callable[[str], Any], dtype=jnp.float32):
+        """Runs ``fn(text)`` on the host on the particle's decoded text (no EOS).
+
+        The text includes the token drawn earlier in the same step, if any.
+
+        Implemented with ``jax.pure_callback`` and ``vmap_method="expand_dims"``: under the
+        backend's vmap all particles are decoded and evaluated in one host call per step.
+        """
+        if self.tokens is None or self._decode_fn is None:
+            raise ProgramError("ctx.text() needs the particle's tokens; use it in step() or final().")
+        decode = self._decode_fn
+        out_dtype = np.dtype(dtype)
+
+        def host(tokens, length):
+            tokens = np.asarray(tokens)
+            length = np.asarray(length)
+            flat_t = tokens.reshape(-1, tokens.shape[-1])
+            flat_l = np.broadcast_to(length, tokens.shape[:-1]).reshape(-1)
+            vals = [fn(decode(row[: int(n)])) for row, n in zip(flat_t, flat_l)]
+            return np.asarray(vals, dtype=out_dtype).reshape(tokens.shape[:-1])
+
+        tokens, length = self.tokens, self.length
+        if self.token is not None:  # include the token this step drew
+            tokens = tokens.at[length].set(self.token, mode="drop")
+            length = jnp.minimum(length + 1, tokens.shape[-1])
+        return jax.pure_callback(
+            host,
+            jax.ShapeDtypeStruct((), out_dtype),
+            tokens,
+            length,
+            vmap_method="expand_dims",
+        )
+
+    # ---- internals -----------------------------------------------------------------------
+    def _cause_code(self, name: str) -> int:
+        if name not in self._condition_names:
+            self._condition_names.append(name)
+        return self._condition_names.index(name)
+
+    def _record_token(self, dist, proposal, x):
+        lm_index = getattr(dist, "lm_index", None)
+        if lm_index is None and proposal is not None:
+            lm_index = getattr(proposal, "lm_index", None)
+        if lm_index is None:
+            return
+        if self.token is not None:
+            raise ProgramError(
+                "step() sampled or observed more than one token from the LM; a step extends "
+                "the text by exactly one token. Split the work over several steps."
+            )
+        if self.tokens is None:
+            raise ProgramError("LM tokens can only be sampled in step().")
+        self.token = jnp.asarray(x, jnp.int32)

@@ -1,0 +1,34 @@
+"""Shared fixtures and the hypothesis profiles (``ci``: derandomized; ``dev``: more examples)."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", derandomize=True, max_examples=12, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "dev", max_examples=60, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def make_bigram(seed: int = 0, v: int = 4, eos: int | None = None, strings=None, scale=1.0):
+    import ppl
+
+    rng = np.random.default_rng(seed)
+    eos = v - 1 if eos is None else eos
+    if strings is None:
+        strings = [chr(ord("a") + i) for i in range(v)]
+    return ppl.models.NGramLM(rng.normal(size=v) * scale, rng.normal(size=(v, v)) * scale,
+                              eos_token_id=eos, token_strings=strings)
+
+
+@pytest.fixture
+def bigram():
+    return make_bigram(0)
