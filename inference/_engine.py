@@ -66,6 +66,11 @@ class Setup:
     max_tokens: int
     max_len: int
     condition_names: list[str]
+    progress_fn: Any = None  # host callback (t, live particles, ess) per step, or None
+
+    def report(self, t, live, ess):
+        if self.progress_fn is not None:
+            self.progress_fn(int(t), int(live), float(ess))
 
     @property
     def num_contexts(self) -> int:

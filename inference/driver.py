@@ -101,7 +101,7 @@ def run_population(method: str, program, seed, num_particles: int, make_runner, 
         check_memory(setup, num_particles)
     key = as_key(seed)
     params = setup.lm.params
-    exe, t_compile = compiled(setup, (method, num_particles) + cache_key,
+    exe, t_compile = compiled(setup, (method, num_particles, setup.progress_fn is not None) + cache_key,
                               lambda: make_runner(setup, num_particles), key, params)
     t0 = time.perf_counter()
     state = exe(key, params)

@@ -117,7 +117,9 @@ def run_loop(key, setup: E.Setup, params, num_particles: int, kernel_fn, init_fn
         return (s.t < setup.max_tokens) & ~jnp.all(s.particles.done)
 
     def body(s):
-        s, _ = kernel_fn(jax.random.fold_in(k_loop, s.t), s)
+        s, info = kernel_fn(jax.random.fold_in(k_loop, s.t), s)
+        if setup.progress_fn is not None:
+            jax.debug.callback(setup.report, s.t, jnp.sum(~s.particles.done), info.ess)
         return s
 
     state = jax.lax.while_loop(cond, body, state)

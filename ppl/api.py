@@ -39,7 +39,7 @@ def _load_methods():
 
 
 def infer(program: Program, method: str = "smc", particles: int = 32, seed: Any = 0,
-          **options) -> Result:
+          progress: Callable[[int, int, float], None] | None = None, **options) -> Result:
     """Runs inference on ``program`` and returns its :class:`~ppl.Result`.
 
     Args:
@@ -47,6 +47,8 @@ def infer(program: Program, method: str = "smc", particles: int = 32, seed: Any 
         method: ``"is"``, ``"smc"``, ``"smc_steer"`` and any other name in :func:`methods`.
         particles: number of particles ``N``.
         seed: an int or a JAX PRNG key; the same seed gives the same result bit for bit.
+        progress: optional host callback ``(step, live_particles, ess)`` called after every
+            step (costs one host round-trip per step; used by the CLI's progress bar).
         **options: backend options, e.g. ``resampling="systematic"``,
             ``ess_threshold=0.5`` (smc), ``num_beams=3`` (smc_steer).
 
@@ -70,7 +72,14 @@ def infer(program: Program, method: str = "smc", particles: int = 32, seed: Any 
             f"Unknown option(s) {sorted(unknown)} for method {method!r}; it accepts "
             f"{sorted(allowed) or 'no options'}."
         )
-    return fn(program, particles=int(particles), seed=seed, **options)
+    from ppl.inference._engine import prepare
+
+    setup = prepare(program)
+    setup.progress_fn = progress
+    try:
+        return fn(program, particles=int(particles), seed=seed, **options)
+    finally:
+        setup.progress_fn = None
 
 
 def _name(obj) -> str:

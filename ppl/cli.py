@@ -1,0 +1,205 @@
+"""The ``ppl`` command line: run a program file, list loadable models.
+
+A program file (see ``examples/``) defines ``make_program(lm) -> ppl.Program`` and may define
+``MODEL`` (default model name or path), ``METHOD``, ``PARTICLES``, ``OPTIONS`` (a dict of backend
+options) and ``check(text) -> bool`` (the task's own checker, reported per output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "run_file", "example_main"]
+
+
+def _load_module(path: str):
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"ppl run: no such file: {path}")
+    spec = importlib.util.spec_from_file_location(f"_ppl_program_{p.stem}", p)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    if not hasattr(mod, "make_program"):
+        raise SystemExit(f"ppl run: {path} defines no make_program(lm) function.")
+    return mod
+
+
+def _add_run_args(ap: argparse.ArgumentParser, mod=None):
+    d = lambda name, default: getattr(mod, name, default) if mod is not None else default  # noqa: E731
+    ap.add_argument("--model", default=None, help="model name or local Hugging Face folder (default: the file's MODEL or 'tiny')")
+    ap.add_argument("--method", default=None, help="inference method (default: the file's METHOD or smc)")
+    ap.add_argument("--particles", type=int, default=None, help="number of particles")
+    ap.add_argument("--seed", type=int, default=0, help="PRNG seed (same seed, same result)")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="backend option, e.g. --option resampling=systematic (repeatable)")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
+    ap.add_argument("--trace", default=None, metavar="OUT.html", help="write an HTML trace of the run")
+    ap.add_argument("--plot", default=None, metavar="OUT.png", help="write ESS and weight plots")
+    ap.add_argument("--top", type=int, default=10, help="outputs to show")
+    ap.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def _parse_value(v: str):
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(v.lower(), v)
+
+
+def run_file(path: str, args) -> dict:
+    """Loads a program file, runs it as the CLI arguments say, prints and returns a summary."""
+    mod = _load_module(path)
+    return _run_module(mod, args)
+
+
+def _run_module(mod, args) -> dict:
+    import ppl
+
+    model = args.model or getattr(mod, "MODEL", "tiny")
+    method = args.method or getattr(mod, "METHOD", "smc")
+    particles = args.particles or getattr(mod, "PARTICLES", 32)
+    options = dict(getattr(mod, "OPTIONS", {}) if args.method is None else {})
+    for kv in args.option:
+        if "=" not in kv:
+            raise SystemExit(f"--option expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        options[k] = _parse_value(v)
+    lm = ppl.models.load(model)
+    program = mod.make_program(lm)
+    check = getattr(mod, "check", None)
+    result = _infer_with_progress(program, method, particles, args.seed, options, quiet=args.quiet or args.json)
+    summary = summarize(result, check, top=args.top)
+    if args.trace:
+        from ppl.viz import write_trace
+
+        write_trace(result, args.trace)
+    if args.plot:
+        from ppl.viz import plot_result
+
+        plot_result(result, args.plot)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary)
+    return summary
+
+
+def _infer_with_progress(program, method, particles, seed, options, quiet=False):
+    import ppl
+
+    if quiet:
+        return ppl.infer(program, method=method, particles=particles, seed=seed, **options)
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                  transient=True) as prog:
+        task = prog.add_task(f"compiling {method} for {particles} particles", total=program.max_tokens)
+
+        def on_step(t, live, ess):
+            prog.update(task, completed=t, description=f"{method}: step {t}, live {live}, ESS {ess:.1f}")
+
+        return ppl.infer(program, method=method, particles=particles, seed=seed, progress=on_step, **options)
+
+
+def summarize(result, check=None, top: int = 10) -> dict:
+    post = result.posterior()
+    rows = []
+    for text, p in list(post.items())[:top]:
+        row = {"text": text, "probability": p}
+        if check is not None:
+            row["ok"] = bool(check(text))
+        rows.append(row)
+    le = result.log_evidence
+    return {
+        "method": result.method,
+        "particles": result.num_particles,
+        "log_evidence": le if math.isfinite(le) else None,
+        "final_ess": result.final_ess,
+        "distinct_outputs": len(post),
+        "timings": result.timings,
+        "outputs": rows,
+        "extras": {k: v for k, v in result.extras.items() if isinstance(v, (int, float, str))},
+    }
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=f"{summary['method']} · {summary['particles']} particles · "
+                    f"{summary['distinct_outputs']} distinct outputs")
+    t.add_column("p", justify="right")
+    t.add_column("output")
+    has_ok = any("ok" in r for r in summary["outputs"])
+    if has_ok:
+        t.add_column("ok")
+    for r in summary["outputs"]:
+        cells = [f"{r['probability']:.4f}", repr(r["text"])]
+        if has_ok:
+            cells.append("yes" if r.get("ok") else "NO")
+        t.add_row(*cells)
+    console.print(t)
+    tm = summary["timings"]
+    le = summary["log_evidence"]
+    console.print(
+        f"log-evidence {le if le is None else f'{le:.4f}'} · final ESS {summary['final_ess']:.1f} · "
+        f"compile {tm.get('compile', 0):.2f}s · run {tm.get('run', 0):.2f}s"
+    )
+    for k, v in summary.get("extras", {}).items():
+        console.print(f"{k}: {v}")
+
+
+def example_main(make_program=None, argv=None, **defaults) -> dict:
+    """The ``if __name__ == "__main__"`` of an example file: the same flags as ``ppl run``."""
+    import inspect
+
+    mod = inspect.getmodule(inspect.stack()[1].frame)
+    ap = argparse.ArgumentParser(description=(mod.__doc__ or "").strip().splitlines()[0] if mod and mod.__doc__ else None)
+    _add_run_args(ap, mod)
+    args = ap.parse_args(argv)
+    return _run_module(mod, args)
+
+
+def _cmd_models(args) -> int:
+    from ppl.models import available
+
+    for name in available():
+        print(name)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="ppl", description="steerppl: steer language models with probabilistic programs.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a program file (defines make_program(lm))")
+    r.add_argument("file")
+    _add_run_args(r)
+    sub.add_parser("models", help="list models that can be loaded offline")
+    sub.add_parser("methods", help="list inference methods")
+    args = ap.parse_args(argv)
+    if args.cmd == "run":
+        run_file(args.file, args)
+        return 0
+    if args.cmd == "models":
+        return _cmd_models(args)
+    if args.cmd == "methods":
+        import ppl
+
+        print("\n".join(ppl.methods()))
+        return 0
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
