@@ -119,8 +119,9 @@ class SteerProgram(Program):
                 raise TypeError(
                     f"constraint {c!r} is neither a ppl.stdlib constraint nor a callable str -> bool."
                 )
-        self.potentials = list(potentials)
-        self.twists = list(twists)
+        self.potentials, self.twists = [], list(twists)
+        for f in potentials:
+            (self.twists if getattr(f, "when", "end") == "twist" else self.potentials).append(f)
         for f in self.potentials + self.twists:
             if not callable(f):
                 raise TypeError(f"potential {f!r} is not callable (str -> float).")
@@ -171,7 +172,9 @@ def steer(lm, prompt: str = "", constraints: Sequence = (), potentials: Sequence
         constraints: hard rules: ``ppl.stdlib.constraints`` objects (enforced token by token
             on device) and/or Python callables ``str -> bool`` (checked when a particle
             finishes).
-        potentials: soft rules ``str -> float`` (log-weights) applied to the finished text.
+        potentials: soft rules ``str -> float`` (log-weights) applied to the finished text, or
+            :class:`ppl.stdlib.potentials.Potential` objects (``when="twist"`` ones act as
+            twists).
         max_tokens: the token budget; a sequence also ends at EOS.
         twists: ``str -> float`` heuristics applied to every prefix as twists (they guide
             resampling and cancel out of the final target).
