@@ -1,0 +1,139 @@
+"""Looking at a run: a self-contained HTML trace of SMC and matplotlib plots of ESS/weights."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["particle_texts", "write_trace", "plot_result"]
+
+
+def particle_texts(result) -> list[list[str | None]]:
+    """``texts[t][i]``: the text of particle slot ``i`` after step ``t`` (None once finished).
+
+    Rebuilt from the recorded history: slot ``i`` after step ``t`` extends slot
+    ``ancestors[t, i]`` after step ``t - 1`` by ``history.tokens[t, i]``.
+    """
+    hist = result.extras.get("history")
+    if hist is None:
+        raise ValueError(f"Result of method {result.method!r} has no step history to trace.")
+    strings = result.extras["token_strings"]
+    toks = hist["tokens"]
+    prev = [""] * toks.shape[1]
+    out = []
+    for t in range(toks.shape[0]):
+        cur = []
+        for i in range(toks.shape[1]):
+            base = prev[int(result.ancestors[t, i])]
+            tok = int(toks[t, i])
+            cur.append(base + (strings[tok] if tok >= 0 else ""))
+        out.append(cur)
+        prev = cur
+    return out
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>steerppl trace: {title}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}}
+h1{{font-size:1.3em}} .meta{{color:#555}}
+#controls{{margin:1em 0}} input[type=range]{{width:60%}}
+table{{border-collapse:collapse;font-size:.9em}} td,th{{border-bottom:1px solid #ddd;padding:.2em .6em;text-align:left}}
+td.w{{text-align:right;font-variant-numeric:tabular-nums}} .bar{{background:#4a7bd0;height:.7em;display:inline-block}}
+.text{{font-family:ui-monospace,monospace;white-space:pre-wrap}} .res{{color:#b35}}
+svg{{background:#fafafa;border:1px solid #ddd}}
+</style></head><body>
+<h1>steerppl · {title}</h1>
+<p class="meta" id="meta"></p>
+<h2>ESS per step</h2><svg id="ess" width="720" height="140"></svg>
+<h2>Resampling lineage</h2><svg id="tree" width="720" height="260"></svg>
+<div id="controls">step <input type="range" id="step" min="0" value="0"> <span id="stepno"></span></div>
+<table id="particles"><thead><tr><th>#</th><th>parent</th><th>weight</th><th></th><th>text</th></tr></thead><tbody></tbody></table>
+<script id="data" type="application/json">{data}</script>
+<script>
+const D = JSON.parse(document.getElementById('data').textContent);
+const T = D.texts.length, N = D.texts[0] ? D.texts[0].length : 0;
+document.getElementById('meta').textContent =
+  `${{D.method}} · ${{N}} particles · ${{T}} steps · log-evidence ${{D.log_evidence}} · resampled at ${{D.resampled.filter(x=>x).length}} steps`;
+const slider = document.getElementById('step'); slider.max = Math.max(T-1,0);
+function norm(lw){{const m=Math.max(...lw.filter(x=>x!==null)); if(!isFinite(m)) return lw.map(()=>0);
+  const e=lw.map(x=>x===null?0:Math.exp(x-m)); const s=e.reduce((a,b)=>a+b,0); return e.map(x=>x/s);}}
+function show(t){{
+  document.getElementById('stepno').textContent = `${{t}} / ${{T-1}}` + (D.resampled[t] ? ' (resampled)' : '');
+  const w = norm(D.logw[t]); const tb = document.querySelector('#particles tbody'); tb.innerHTML='';
+  for(let i=0;i<N;i++){{ const tr=document.createElement('tr'); tr.className='particle';
+    tr.innerHTML = `<td>${{i}}</td><td>${{D.ancestors[t][i]}}</td><td class="w">${{w[i].toFixed(4)}}</td>`+
+      `<td><span class="bar" style="width:${{Math.round(120*w[i])}}px"></span></td><td class="text"></td>`;
+    tr.lastChild.textContent = D.texts[t][i]; tb.appendChild(tr);}}
+}}
+slider.oninput = () => show(+slider.value); show(T-1); slider.value=T-1;
+// ESS chart
+(function(){{const s=document.getElementById('ess'), W=720, H=140, p=20; let h='';
+  const x=t=>p+(W-2*p)*t/Math.max(T-1,1), y=e=>H-p-(H-2*p)*e/N;
+  h+=`<polyline fill="none" stroke="#4a7bd0" stroke-width="2" points="${{D.ess.map((e,t)=>x(t)+','+y(e)).join(' ')}}"/>`;
+  D.resampled.forEach((r,t)=>{{ if(r) h+=`<circle cx="${{x(t)}}" cy="${{y(D.ess[t])}}" r="3" fill="#b35"/>`; }});
+  h+=`<text x="${{p}}" y="14" font-size="11">ESS (max ${{N}}); red: resampled</text>`; s.innerHTML=h;}})();
+// lineage tree: one node per (step, slot), edges to the parent slot
+(function(){{const s=document.getElementById('tree'), W=720, H=260, p=12; let h='';
+  const x=t=>p+(W-2*p)*t/Math.max(T-1,1), y=i=>p+(H-2*p)*i/Math.max(N-1,1);
+  for(let t=1;t<T;t++) for(let i=0;i<N;i++){{ const a=D.ancestors[t][i];
+    h+=`<line x1="${{x(t-1)}}" y1="${{y(a)}}" x2="${{x(t)}}" y2="${{y(i)}}" stroke="#999" stroke-width="0.7"/>`; }}
+  s.innerHTML=h;}})();
+</script></body></html>
+"""
+
+
+def write_trace(result, path: str | Path, title: str | None = None) -> Path:
+    """Writes a self-contained HTML page showing the run step by step.
+
+    The page shows, for a chosen step, every particle's text, parent and normalised weight,
+    the ESS curve with the resampling steps marked, and the lineage of the particles as a tree.
+    """
+    texts = particle_texts(result)
+    lw = result.extras["history"]["log_weights"]
+    data = {
+        "method": result.method,
+        "log_evidence": None if not math.isfinite(result.log_evidence) else round(result.log_evidence, 4),
+        "texts": texts,
+        "logw": [[(float(x) if np.isfinite(x) else None) for x in row] for row in lw],
+        "ancestors": result.ancestors.astype(int).tolist(),
+        "resampled": [bool(x) for x in result.resampled],
+        "ess": [float(x) for x in result.ess],
+    }
+    blob = json.dumps(data).replace("</", "<\\/")
+    page = _PAGE.format(title=html.escape(title or result.method), data=blob)
+    path = Path(path)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def plot_result(result, path: str | Path) -> Path:
+    """Saves a PNG with the ESS per step and the final normalised weights."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    a.plot(np.arange(len(result.ess)), result.ess, marker=".")
+    res_steps = np.nonzero(result.resampled)[0]
+    a.scatter(res_steps, result.ess[res_steps], color="crimson", zorder=3, label="resampled")
+    a.set_xlabel("step")
+    a.set_ylabel("ESS")
+    a.set_ylim(0, result.num_particles * 1.05)
+    a.legend(loc="lower left")
+    a.set_title("effective sample size")
+    order = np.argsort(-result.weights)
+    b.bar(np.arange(len(order)), result.weights[order])
+    b.set_xlabel("particle (sorted)")
+    b.set_ylabel("normalised weight")
+    b.set_title(f"final weights (log Z ≈ {result.log_evidence:.3f})")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
