@@ -1,0 +1,135 @@
+"""SMC's cost over plain batched sampling of the same N x T tokens, on the same model.
+
+Both sides generate ``N`` sequences of exactly ``T`` tokens (EOS excluded) after the same
+prompt, prefilled once, in one ``jax.jit`` each:
+
+* plain: ``ppl.inference.baselines.ancestral_sample`` — prefill, then ``lax.scan`` of
+  (sample, decode); no weights, no program.
+* smc: ``ppl.infer`` on a program whose proposal is the LM without EOS (so every particle has
+  a non-trivial weight ``log(1 - p(EOS))``), ``ess_threshold=1.0`` (resampling, and the KV-cache
+  gather that comes with it, at every step where the weights are not all equal), the program
+  step vmapped over particles, ancestry/ESS/history recording, the while loop.
+* is: the same program without resampling.
+
+Reported: median run time over ``--repeats`` (compilation excluded, reported separately) and
+the overhead ``smc / plain - 1``. Usage::
+
+    python benchmarks/smc_overhead.py                 # tiny + GPT-2-small shape, N=32, T=32
+    python benchmarks/smc_overhead.py --models tiny --repeats 3 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+RESULTS = ROOT / "benchmarks" / "results" / "smc_overhead.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+PROMPT = "The king said unto them, and the people"
+
+
+def load_model(name: str):
+    import ppl
+
+    if name == "gpt2-small-random":
+        from decode import ensure_checkpoint
+
+        return ppl.models.load(str(ensure_checkpoint()))
+    return ppl.models.load(name)
+
+
+def no_eos_program(lm, steps: int):
+    import jax.numpy as jnp
+
+    import ppl
+
+    not_eos = jnp.arange(lm.vocab_size) != lm.eos_token_id
+
+    class NoEOS(ppl.Program):
+        def step(self, ctx, state):
+            p = ctx.lm.next_token()
+            ctx.sample(p, proposal=p.mask(not_eos))
+            return state
+
+    return NoEOS(lm, prompt=PROMPT, max_tokens=steps)
+
+
+def measure(model: str, n: int, steps: int, repeats: int) -> dict:
+    import ppl
+    from ppl.inference.baselines import ancestral_sample
+
+    lm = load_model(model)
+    prog = no_eos_program(lm, steps)
+    plain_t, smc_t, is_t = [], [], []
+    compile_s = {}
+    for r in range(repeats + 1):  # round 0 compiles (and warms up)
+        toks, tm = ancestral_sample(lm, PROMPT, n, steps, seed=r)
+        assert toks.shape == (n, steps)
+        res_s = ppl.infer(prog, method="smc", particles=n, seed=r, ess_threshold=1.0)
+        res_i = ppl.infer(prog, method="is", particles=n, seed=r)
+        assert (res_s.lengths == steps).all() and res_s.num_steps == steps
+        if r == 0:
+            compile_s = {"plain": tm["compile"], "smc": res_s.timings["compile"], "is": res_i.timings["compile"]}
+            continue
+        plain_t.append(tm["run"])
+        smc_t.append(res_s.timings["run"])
+        is_t.append(res_i.timings["run"])
+        resampled = int(res_s.resampled.sum())
+    plain, smc, imp = (statistics.median(x) for x in (plain_t, smc_t, is_t))
+    return {
+        "model": model, "N": n, "T": steps, "plain_s": plain, "smc_s": smc, "is_s": imp,
+        "smc_overhead": smc / plain - 1.0, "is_overhead": imp / plain - 1.0,
+        "resampling_steps": resampled, "compile_s": compile_s,
+        "particle_tokens_per_s": {"plain": n * steps / plain, "smc": n * steps / smc},
+    }
+
+
+def table(rows) -> str:
+    out = ["| model | N | T | plain (s) | IS (s) | SMC, resample every step (s) | SMC overhead | steps resampled |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['model']} | {r['N']} | {r['T']} | {r['plain_s']:.3f} | {r['is_s']:.3f} | "
+                   f"{r['smc_s']:.3f} | {100 * r['smc_overhead']:+.1f}% | {r['resampling_steps']}/{r['T']} |")
+    return "\n".join(out)
+
+
+def write_docs(md: str, command: str) -> None:
+    header = "## SMC overhead over plain batched sampling"
+    body = (f"{header}\n\nCommand: `{command}` ({platform.processor() or platform.machine()}, "
+            f"{time.strftime('%Y-%m-%d')}). Median run time after compilation; overhead = SMC / plain - 1.\n\n{md}\n")
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    if header in text:
+        start = text.index(header)
+        nxt = text.find("\n## ", start + len(header))
+        text = text[:start] + body + (text[nxt + 1:] if nxt >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + body
+    DOCS.write_text(text)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["tiny", "gpt2-small-random"])
+    ap.add_argument("--n", type=int, nargs="+", default=[32])
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    rows = [measure(m, n, args.steps, args.repeats) for m in args.models for n in args.n]
+    md = table(rows)
+    print(md)
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(rows, indent=2))
+        write_docs(md, "python benchmarks/smc_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
