@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +51,17 @@ class TokenAutomaton:
     start: int
     eos_token_id: int
     name: str = "constraint"
+    final: jax.Array | None = None
+
+    def __post_init__(self):
+        # ``final`` marks accepting states from which no text token is allowed (e.g. a stop
+        # string was just completed). Backends may finish such particles without sampling EOS,
+        # which gives "truncate at the stop string" semantics instead of multiplying the weight
+        # by p(EOS). Derived once here so that it is a lookup inside jit.
+        if self.final is None:
+            # numpy on the host: a jnp expression here would compile once per table shape.
+            live = np.any(np.asarray(self.transitions) != DEAD, axis=1)
+            object.__setattr__(self, "final", jnp.asarray(np.asarray(self.accepting) & ~live))
 
     @property
     def num_states(self) -> int:
@@ -75,20 +87,60 @@ class TokenAutomaton:
     def alive(self, state: jax.Array) -> jax.Array:
         return state != DEAD
 
+    def is_final(self, state: jax.Array) -> jax.Array:
+        """True when the text is accepted and no further text token is allowed (only EOS)."""
+        return self.final[state]
+
 
 class Constraint(abc.ABC):
     """A hard constraint on the generated text, independent of any vocabulary.
 
     Subclasses validate their arguments at construction (raising ``ValueError`` with the
-    problem and its position) and implement :meth:`compile`.
+    problem and its position) and implement either :meth:`_compile` (and get a per-vocabulary
+    cache from :meth:`compile`) or :meth:`compile` itself.
+
+    Host-side reference checks come in three entry points: :meth:`check` (a ``str``),
+    :meth:`check_bytes` (the exact UTF-8 bytes, which is what the automata read) and
+    :meth:`check_ids` (token ids of a vocabulary). Subclasses override ``check_bytes`` (text
+    rules) or ``check_ids`` (token rules such as a token budget).
     """
 
     name: str = "constraint"
 
-    @abc.abstractmethod
     def compile(self, vocab: Vocab) -> TokenAutomaton:
-        """Lifts the constraint to a token automaton over ``vocab`` (host-side, cached)."""
+        """Lifts the constraint to a token automaton over ``vocab`` (host-side, cached).
+
+        The cache is keyed on the vocabulary object (weakly, so dropping the vocabulary frees
+        the tables) and lives on the constraint instance.
+        """
+        cache = self.__dict__.get("_compiled")
+        if cache is None:
+            cache = weakref.WeakKeyDictionary()
+            self.__dict__["_compiled"] = cache
+        out = cache.get(vocab)
+        if out is None:
+            out = self._compile(vocab)
+            cache[vocab] = out
+        return out
+
+    def _compile(self, vocab: Vocab) -> TokenAutomaton:
+        raise NotImplementedError(f"{type(self).__name__} does not implement compile().")
 
     def check(self, text: str) -> bool:
         """Host-side reference check of a finished text (used by tests and final checks)."""
-        raise NotImplementedError
+        return self.check_bytes(text.encode("utf-8"))
+
+    def check_bytes(self, data: bytes) -> bool:
+        """Reference check of the finished text given as its exact UTF-8 bytes."""
+        raise NotImplementedError(f"{type(self).__name__} has no host-side check.")
+
+    def check_ids(self, ids, vocab: Vocab) -> bool:
+        """Reference check of a finished token sequence (EOS excluded) over ``vocab``.
+
+        Special or empty tokens never occur inside accepted text, so they make it False.
+        """
+        text = vocab.text_mask()
+        ids = [int(i) for i in ids]
+        if not all(0 <= i < vocab.size and text[i] for i in ids):
+            return False
+        return self.check_bytes(b"".join(vocab.token_bytes[i] for i in ids))

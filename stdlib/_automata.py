@@ -1,0 +1,446 @@
+"""Host-side automaton machinery shared by every constraint.
+
+Every text constraint is first a *byte DFA* (a transition table over the 256 byte values) and
+is then lifted to a *token automaton* over a vocabulary by one function, :func:`lift`, and
+pruned and renumbered by one function, :func:`finalize`. Token-level constructions (a token
+budget, conjunctions) build a token table directly and go through the same
+:func:`finalize`, so the exactness contract of :mod:`ppl.stdlib.base` is enforced in one place.
+
+Everything here is numpy; only :func:`finalize` creates device arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from typing import Callable, Hashable, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from ppl.models.base import Vocab
+from ppl.stdlib.base import DEAD, TokenAutomaton
+
+__all__ = ["ByteDFA", "dfa_from_step", "lift", "finalize", "prune", "product", "host_tables"]
+
+#: Largest device table (int32[S, V]) a constraint may compile to; beyond it lift raises.
+MAX_TABLE_BYTES = 2 << 30
+
+# Upper bound on the size of one [rows, V] block materialised while lifting, in elements.
+_BLOCK_ELEMS = 1 << 22
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ByteDFA:
+    """A deterministic automaton over bytes.
+
+    Attributes:
+        trans: ``int32[N, 256]``; state 0 is the dead state (``trans[0] == 0``).
+        accepting: ``bool[N]``; True where the bytes read so far form an accepted text.
+        start: the initial state.
+    """
+
+    trans: np.ndarray
+    accepting: np.ndarray
+    start: int
+
+    @property
+    def num_states(self) -> int:
+        return int(self.trans.shape[0])
+
+    def run(self, data: bytes) -> int:
+        """State after reading ``data`` from the start state (host-side, for checks)."""
+        s = self.start
+        for b in data:
+            s = int(self.trans[s, b])
+            if s == DEAD:
+                return DEAD
+        return s
+
+    def accepts(self, data: bytes) -> bool:
+        return bool(self.accepting[self.run(data)])
+
+
+def dfa_from_step(
+    start: Hashable,
+    step: Callable[[Hashable, int], Hashable | None],
+    accept: Callable[[Hashable], bool],
+    byte_class: np.ndarray,
+    *,
+    max_states: int = 200_000,
+    what: str = "constraint",
+) -> ByteDFA:
+    """Builds a byte DFA by exploring a Python transition function from ``start``.
+
+    Args:
+        start: the initial (hashable) state.
+        step: ``step(state, byte) -> state`` or None for the dead state. It is called once per
+            (state, byte class) with a representative byte of the class.
+        accept: whether a state is accepting.
+        byte_class: ``int[256]`` partition of the bytes into classes on which ``step`` behaves
+            identically (this keeps construction at states x classes Python calls).
+        max_states: raises ``ValueError`` beyond this many states.
+        what: name used in the error message.
+    """
+    byte_class = np.asarray(byte_class, np.int64)
+    n_cls = int(byte_class.max()) + 1
+    reps = [int(np.flatnonzero(byte_class == c)[0]) for c in range(n_cls)]
+    ids: dict = {start: 1}
+    order = [start]
+    rows = []
+    i = 0
+    while i < len(order):
+        s = order[i]
+        i += 1
+        row = np.zeros(n_cls, np.int32)
+        for c, b in enumerate(reps):
+            t = step(s, b)
+            if t is None:
+                continue
+            j = ids.get(t)
+            if j is None:
+                j = len(order) + 1
+                if j > max_states:
+                    raise ValueError(
+                        f"{what}: the byte automaton exceeds {max_states} states; use fewer "
+                        "or shorter words/strings."
+                    )
+                ids[t] = j
+                order.append(t)
+            row[c] = j
+        rows.append(row[byte_class])
+    trans = np.zeros((len(order) + 1, 256), np.int32)
+    trans[1:] = np.stack(rows)
+    acc = np.zeros(len(order) + 1, bool)
+    acc[1:] = [bool(accept(s)) for s in order]
+    return ByteDFA(trans, acc, 1)
+
+
+# ---- vocabulary preprocessing (cached per vocabulary object) ------------------------------
+
+_VOCAB_GROUPS: "weakref.WeakKeyDictionary[Vocab, list]" = weakref.WeakKeyDictionary()
+
+
+def _length_groups(vocab: Vocab) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Text tokens grouped by byte length: ``[(ids int64[n], bytes uint8[n, L]), ...]``.
+
+    Grouping by length lets the lifter advance all (state, token) pairs of a group one byte
+    position at a time with a single gather, instead of looping over tokens in Python.
+    """
+    groups = _VOCAB_GROUPS.get(vocab)
+    if groups is None:
+        text = vocab.text_mask()
+        by_len: dict[int, list[int]] = {}
+        for i, b in enumerate(vocab.token_bytes):
+            if text[i]:
+                by_len.setdefault(len(b), []).append(i)
+        groups = []
+        for length in sorted(by_len):
+            ids = np.asarray(by_len[length], np.int64)
+            buf = b"".join(vocab.token_bytes[i] for i in ids)
+            mat = np.frombuffer(buf, np.uint8).reshape(len(ids), length).astype(np.int64)
+            groups.append((ids, mat))
+        _VOCAB_GROUPS[vocab] = groups
+    return groups
+
+
+# ---- lifting bytes -> tokens ------------------------------------------------------------
+
+
+def lift(dfa: ByteDFA, vocab: Vocab, name: str = "constraint") -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Lifts a byte DFA to a token table over the states reachable at token boundaries.
+
+    Only byte states reached after whole tokens become token states (states reachable only in
+    the middle of a token never need a row). The table is built breadth-first from the start
+    state; each block of frontier states is advanced through every token, vectorised over
+    (state, token) pairs one byte position at a time, tokens grouped by byte length.
+
+    Tokens whose bytes fall into the same DFA byte classes position by position behave
+    identically, so they are deduplicated first and the table is returned *column-compressed*:
+    ``table[:, columns]`` is the full ``[S, V]`` table. Column ``U`` (the last) is all-dead
+    and is where special and empty tokens point.
+
+    Returns:
+        ``(table int32[S, U + 1], accepting bool[S], start, columns int64[V])`` with row 0
+        the dead state; not yet pruned (see :func:`finalize`).
+    """
+    v = vocab.size
+    # Bytes on which the DFA behaves identically form one class (e.g. "digit / '-' / other"
+    # for a date regex: 50k tokens collapse to a few hundred distinct class sequences).
+    col_keys = np.ascontiguousarray(dfa.trans.T).view(
+        np.dtype((np.void, dfa.trans.shape[0] * dfa.trans.itemsize))).reshape(-1)
+    byte_class = np.unique(col_keys, return_inverse=True)[1].reshape(-1).astype(np.uint8)
+    groups = []
+    n_unique = 0
+    columns = np.full(v, -1, np.int64)
+    for ids, mat in _length_groups(vocab):
+        cmat = np.ascontiguousarray(byte_class[mat])
+        # unique rows via a fixed-width bytes view (much faster than np.unique(axis=0))
+        keys = cmat.view(np.dtype((np.void, cmat.shape[1]))).reshape(-1)
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        groups.append((n_unique, mat[first]))
+        columns[ids] = n_unique + inverse.reshape(-1)
+        n_unique += len(first)
+    columns[columns < 0] = n_unique  # special / empty tokens -> the all-dead column
+    flat = np.ascontiguousarray(dfa.trans, dtype=np.int64).ravel()
+    local = np.zeros(dfa.num_states, np.int64)  # byte state -> token state (0 = unseen/dead)
+    local[dfa.start] = 1
+    order = [int(dfa.start)]
+    rows = []
+    rows_per_block = max(1, _BLOCK_ELEMS // max(n_unique + 1, 1))
+    i = 0
+    while i < len(order):
+        frontier = np.asarray(order[i : i + rows_per_block], np.int64)
+        i += len(frontier)
+        out = np.zeros((len(frontier), n_unique + 1), np.int64)
+        f = len(frontier)
+        for off, mat in groups:
+            n, length = mat.shape
+            # All (state, token) pairs of this length group advance one byte position per
+            # step: cur <- trans[cur, byte_j], a single gather. Pairs that died are dropped
+            # once they are the majority (structured patterns kill most pairs at byte 0).
+            cur = np.repeat(frontier, n)
+            tok = None  # None: all pairs present, in [f, n] order
+            pos = None
+            for j in range(length):
+                byte_j = mat[:, j] if tok is None else mat[tok, j]
+                cur = flat[cur * 256 + (np.tile(byte_j, f) if tok is None else byte_j)]
+                if j + 1 < length:
+                    alive = cur != DEAD
+                    if 2 * int(np.count_nonzero(alive)) < alive.size:
+                        if tok is None:
+                            tok = np.tile(np.arange(n), f)
+                            pos = np.arange(f * n)
+                        cur, tok, pos = cur[alive], tok[alive], pos[alive]
+            if pos is None:
+                out[:, off : off + n] = cur.reshape(f, n)
+            else:
+                block = np.zeros(f * n, np.int64)
+                block[pos] = cur
+                out[:, off : off + n] = block.reshape(f, n)
+        seen = np.zeros(dfa.num_states, bool)
+        seen[out.ravel()] = True
+        seen[DEAD] = False
+        for s in np.flatnonzero(seen & (local == 0)):
+            order.append(int(s))
+            local[s] = len(order)
+        if (len(order) + 1) * v * 4 > MAX_TABLE_BYTES:
+            raise ValueError(
+                f"{name}: the token table would exceed {MAX_TABLE_BYTES >> 20} MiB "
+                f"(more than {len(order)} states x {v} tokens); shorten counted repeats such "
+                "as maxLength/maxItems/{m,n}, or split the constraint."
+            )
+        rows.append(out)
+    table = np.zeros((len(order) + 1, n_unique + 1), np.int32)
+    table[1:] = local[np.concatenate(rows)]
+    acc = np.zeros(len(order) + 1, bool)
+    acc[1:] = dfa.accepting[np.asarray(order)]
+    return table, acc, 1, columns
+
+
+# ---- pruning, renumbering, device arrays --------------------------------------------------
+
+
+def _edges(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (src, dst) state pairs of a token table (dead targets dropped)."""
+    s = table.shape[0]
+    srcs, dsts = [], []
+    block = max(1, _BLOCK_ELEMS // max(s, 1))
+    for lo in range(0, s, block):
+        part = table[lo : lo + block]
+        present = np.zeros((part.shape[0], s), bool)
+        present[np.arange(part.shape[0])[:, None], part] = True
+        present[:, DEAD] = False
+        a, b = np.nonzero(present)
+        srcs.append(a + lo)
+        dsts.append(b)
+    return np.concatenate(srcs), np.concatenate(dsts)
+
+
+def prune(
+    table: np.ndarray,
+    accepting: np.ndarray,
+    start: int,
+    vocab: Vocab,
+    name: str,
+    columns: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Keeps states reachable from ``start`` from which an accepting state is reachable.
+
+    ``table`` is ``[S, V]``, or column-compressed ``[S, U]`` with ``columns`` (``int[V]``)
+    mapping each token to its column (as returned by :func:`lift`); the output keeps the
+    input's column layout (``[K, V]`` or ``[K, U]``).
+
+    Co-accessibility is computed over the *token* graph (which is what a particle walks),
+    so a state that could only be rescued by a byte sequence no token sequence spells is
+    pruned too. Every other state becomes dead (0); kept states are renumbered ``1..K`` in
+    breadth-first order with ``start`` = 1. Special and empty tokens (EOS included) are dead.
+
+    Raises:
+        ValueError: when no accepted text can be spelled by the vocabulary's tokens.
+    """
+    table = np.array(table, np.int32, copy=True)
+    text = vocab.text_mask()
+    if columns is None:
+        table[:, ~text] = DEAD
+    else:
+        dead_cols = np.ones(table.shape[1], bool)
+        dead_cols[columns[text]] = False  # columns used only by special tokens
+        table[:, dead_cols] = DEAD
+    table[DEAD] = DEAD
+    acc = np.asarray(accepting, bool).copy()
+    acc[DEAD] = False
+    n = table.shape[0]
+    src, dst = _edges(table)
+    # forward reachability from start
+    order_f = np.argsort(src, kind="stable")
+    src_f, dst_f = src[order_f], dst[order_f]
+    starts_f = np.searchsorted(src_f, np.arange(n + 1))
+    reach = np.zeros(n, bool)
+    reach[start] = True
+    bfs = [start]
+    k = 0
+    while k < len(bfs):
+        s = bfs[k]
+        k += 1
+        for t in dst_f[starts_f[s] : starts_f[s + 1]]:
+            if not reach[t]:
+                reach[t] = True
+                bfs.append(int(t))
+    # backward (co-)reachability from accepting states, over the reversed edges
+    order_b = np.argsort(dst, kind="stable")
+    src_b, dst_b = src[order_b], dst[order_b]
+    starts_b = np.searchsorted(dst_b, np.arange(n + 1))
+    coacc = acc & reach
+    stack = list(np.flatnonzero(coacc))
+    while stack:
+        s = stack.pop()
+        for t in src_b[starts_b[s] : starts_b[s + 1]]:
+            if not coacc[t] and reach[t]:
+                coacc[t] = True
+                stack.append(int(t))
+    if not coacc[start]:
+        raise ValueError(
+            f"{name}: no text that this vocabulary's tokens can spell satisfies the constraint "
+            "(the automaton is empty after pruning)."
+        )
+    kept = [s for s in bfs if coacc[s]]  # BFS order, start first
+    new = np.zeros(n, np.int32)
+    new[np.asarray(kept)] = np.arange(1, len(kept) + 1, dtype=np.int32)
+    out = np.zeros((len(kept) + 1, table.shape[1]), np.int32)
+    out[1:] = new[table[np.asarray(kept)]]
+    out_acc = np.zeros(len(kept) + 1, bool)
+    out_acc[1:] = acc[np.asarray(kept)]
+    return out, out_acc, 1
+
+
+_HOST: "weakref.WeakKeyDictionary[TokenAutomaton, tuple]" = weakref.WeakKeyDictionary()
+
+
+def finalize(
+    table: np.ndarray,
+    accepting: np.ndarray,
+    start: int,
+    vocab: Vocab,
+    name: str,
+    columns: np.ndarray | None = None,
+) -> TokenAutomaton:
+    """Prunes (see :func:`prune`), expands compressed columns and moves tables to the device."""
+    table, acc, start = prune(table, accepting, start, vocab, name, columns)
+    if columns is None:
+        table, columns = _compress(table)
+    final = acc & ~np.any(table != DEAD, axis=1)
+    full = table[:, columns]
+    aut = TokenAutomaton(
+        transitions=jnp.asarray(full, jnp.int32),
+        accepting=jnp.asarray(acc),
+        start=int(start),
+        eos_token_id=int(vocab.eos_token_id),
+        name=name,
+        final=jnp.asarray(final),
+    )
+    _HOST[aut] = (table, np.asarray(columns, np.int64), acc)
+    return aut
+
+
+def _compress(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column-compresses a full ``[S, V]`` table: ``(table[:, first], columns)``."""
+    cols = np.ascontiguousarray(table.T)
+    keys = cols.view(np.dtype((np.void, cols.shape[1] * cols.itemsize))).reshape(-1)
+    _, first, columns = np.unique(keys, return_index=True, return_inverse=True)
+    return np.ascontiguousarray(table[:, first]), columns.reshape(-1).astype(np.int64)
+
+
+def host_tables(aut: TokenAutomaton) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Host copies ``(table int32[S, U], columns int64[V], accepting bool[S])``.
+
+    ``table[:, columns]`` equals ``aut.transitions``; automata built here keep their
+    compressed form, others (built elsewhere) are compressed on first use.
+    """
+    got = _HOST.get(aut)
+    if got is None:
+        table, columns = _compress(np.asarray(aut.transitions))
+        got = (table, columns, np.asarray(aut.accepting))
+        _HOST[aut] = got
+    return got
+
+
+def product(
+    parts: Sequence[TokenAutomaton], vocab: Vocab, name: str, max_states: int
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Product (conjunction) of token automata, explored from the joint start state.
+
+    Pairs are folded left to right and pruned after each fold so that intermediate products
+    stay small. Tokens that fall in the same column of every part behave identically, so the
+    exploration runs over distinct column tuples only (often a few hundred of 50k tokens).
+
+    Returns:
+        ``(table [S, U], accepting, start, columns)``, column-compressed as from :func:`lift`.
+
+    Raises:
+        ValueError: when a (pruned) product would exceed ``max_states`` states.
+    """
+    table, columns, acc = host_tables(parts[0])
+    start = parts[0].start
+    for other in parts[1:]:
+        t2, cols2, a2 = host_tables(other)
+        s2 = t2.shape[0]
+        u2 = t2.shape[1]
+        uniq, columns = np.unique(columns * u2 + cols2, return_inverse=True)
+        columns = columns.reshape(-1).astype(np.int64)
+        table, t2 = table[:, uniq // u2], t2[:, uniq % u2]
+        index = {start * s2 + other.start: 1}
+        order = [(start, other.start)]
+        rows = []
+        block = max(1, _BLOCK_ELEMS // max(table.shape[1], 1))
+        i = 0
+        while i < len(order):
+            pairs = np.asarray(order[i : i + block], np.int64)
+            i += len(pairs)
+            ka = table[pairs[:, 0]].astype(np.int64)
+            kb = t2[pairs[:, 1]].astype(np.int64)
+            key = ka * s2 + kb
+            key[(ka == DEAD) | (kb == DEAD)] = 0
+            for k in np.unique(key):
+                k = int(k)
+                if k and k not in index:
+                    order.append(divmod(k, s2))
+                    index[k] = len(order)
+                    if len(order) > max_states:
+                        raise ValueError(
+                            f"{name}: the product automaton exceeds max_states={max_states} "
+                            "states; combine fewer constraints, or run them side by side as "
+                            "separate automata."
+                        )
+            rows.append(key)
+        keys = np.asarray([0] + sorted(index), np.int64)
+        vals = np.asarray([0] + [index[k] for k in sorted(index)], np.int32)
+        allkeys = np.concatenate(rows)
+        new_table = np.zeros((len(order) + 1, table.shape[1]), np.int32)
+        new_table[1:] = vals[np.searchsorted(keys, allkeys)]
+        new_acc = np.zeros(len(order) + 1, bool)
+        o = np.asarray(order, np.int64)
+        new_acc[1:] = acc[o[:, 0]] & a2[o[:, 1]]
+        table, acc, start = prune(new_table, new_acc, 1, vocab, name, columns)
+    return table, acc, start, columns
+

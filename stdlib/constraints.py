@@ -1,0 +1,667 @@
+"""Hard constraints compiled to token-level automata.
+
+Every text constraint here is a byte-level DFA, lifted to a token automaton over a model's
+vocabulary by one shared function (:func:`ppl.stdlib._automata.lift`) and pruned to its
+co-accessible part by another (:func:`ppl.stdlib._automata.finalize`). Because the automata
+read the *bytes* of tokens, a token that spans a word boundary, starts with a space or ends in
+the middle of a UTF-8 character is handled exactly.
+
+Quick reference (details and examples in docs/constraints.md):
+
+========================  ===============================================================
+``regex(p)``              the whole text matches ``p`` (Python syntax, regular subset)
+``json_schema(s)``        the text is the canonical serialisation of a document valid
+                          under ``s`` (a documented subset of JSON Schema)
+``max_word_length(n)``    every word has at most ``n`` characters
+``allowed_words(ws)``     every word is one of ``ws``
+``banned_words(ws)``      no word is one of ``ws``
+``must_contain(ws)``      every word of ``ws`` occurs (as a whole word)
+``stop(ss)``              the text ends right after the first occurrence of a stop string
+                          (or never contains one)
+``max_tokens(n)``         at most ``n`` text tokens
+``max_chars(n)``          at most ``n`` characters (Unicode code points)
+``max_words(n)``          at most ``n`` words
+``all_of(c1, c2, ...)``   all constraints hold (product automaton)
+========================  ===============================================================
+
+A *word* is a maximal run of word characters; word characters default to the ASCII letters
+``[A-Za-z]`` and can be changed with ``word_chars=`` (ASCII only).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ppl.models.base import Vocab
+from ppl.stdlib import _automata as A
+from ppl.stdlib._jsonschema import schema_to_regex
+from ppl.stdlib._regex import compile_fsm, fsm_to_byte_dfa, preprocess
+from ppl.stdlib.base import Constraint, TokenAutomaton
+
+__all__ = [
+    "lark",
+    "regex",
+    "json_schema",
+    "max_word_length",
+    "allowed_words",
+    "banned_words",
+    "must_contain",
+    "stop",
+    "max_tokens",
+    "max_chars",
+    "max_words",
+    "all_of",
+    "Regex",
+    "JsonSchema",
+    "MaxWordLength",
+    "AllowedWords",
+    "BannedWords",
+    "MustContain",
+    "Stop",
+    "MaxTokens",
+    "MaxChars",
+    "MaxWords",
+    "AllOf",
+    "ByteConstraint",
+    "DEFAULT_WORD_CHARS",
+    "MUST_CONTAIN_MAX_WORDS",
+]
+
+DEFAULT_WORD_CHARS = string.ascii_letters
+#: ``must_contain`` tracks which words were seen as a bit mask: 2**k states per trie node.
+MUST_CONTAIN_MAX_WORDS = 8
+
+
+class ByteConstraint(Constraint):
+    """A constraint defined by a byte DFA; compiles through the shared lifter and pruner.
+
+    Subclasses implement :meth:`_build_byte_dfa` and :meth:`check_bytes` (an independent
+    reference implementation, used by the tests to validate the automaton).
+    """
+
+    def byte_dfa(self) -> A.ByteDFA:
+        """The (vocabulary-independent) byte DFA, built once per constraint."""
+        dfa = self.__dict__.get("_byte_dfa_cache")
+        if dfa is None:
+            dfa = self._build_byte_dfa()
+            self.__dict__["_byte_dfa_cache"] = dfa
+        return dfa
+
+    def _build_byte_dfa(self) -> A.ByteDFA:
+        raise NotImplementedError
+
+    def _compile(self, vocab: Vocab) -> TokenAutomaton:
+        table, acc, start, columns = A.lift(self.byte_dfa(), vocab, self.name)
+        return A.finalize(table, acc, start, vocab, self.name, columns)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# ---- regex / JSON schema ------------------------------------------------------------------
+
+
+class Regex(ByteConstraint):
+    """The whole generated text matches ``pattern`` (full-match semantics).
+
+    Args:
+        pattern: a Python regular expression restricted to its regular subset: literals,
+            classes (``\\d \\w \\s`` are ASCII, as with ``re.ASCII``), ``.``, groups,
+            alternation, ``* + ? {m,n}`` (lazy variants behave like greedy ones), inline flags
+            ``(?i)``/``(?s)``, ``\\xNN``, ``\\uXXXX``, ``\\N{NAME}``. A leading ``^`` and a
+            trailing ``$`` are accepted and ignored.
+
+    Raises:
+        ValueError: invalid or unsupported syntax, with the position in the pattern.
+    """
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+        self._rewritten = preprocess(pattern)
+        self._fsm = compile_fsm(pattern, self._rewritten)
+        self._re = re.compile(self._rewritten, re.ASCII)
+        self.name = f"regex({pattern!r})"
+
+    def _build_byte_dfa(self) -> A.ByteDFA:
+        return fsm_to_byte_dfa(self._fsm)
+
+    def check_bytes(self, data: bytes) -> bool:
+        # Reference: Python's re on the decoded text; bytes that are not valid UTF-8 never match.
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return self._re.fullmatch(text) is not None
+
+
+def regex(pattern: str) -> Regex:
+    """The whole text matches ``pattern``; see :class:`Regex`."""
+    return Regex(pattern)
+
+
+class JsonSchema(Regex):
+    """The text is the canonical JSON serialisation of a document valid under ``schema``.
+
+    Canonical form: no whitespace except the separators (default ``", "`` between items and
+    ``": "`` after keys, i.e. ``json.dumps(doc)``), object members in the order of
+    ``properties``, objects closed (only declared properties). Supported keywords: ``type``
+    (one or a list), ``properties``, ``required``, ``additionalProperties: false``, ``enum``,
+    ``const``, ``anyOf``, ``items``, ``minItems``/``maxItems``, ``minLength``/``maxLength``,
+    ``pattern``; annotations (``title``, ``description``, ``$schema``, ``$id``, ``$comment``,
+    ``examples``, ``default``, ``deprecated``, ``readOnly``, ``writeOnly``) are ignored.
+
+    Args:
+        schema: a dict (or a JSON string) of the schema.
+        separators: ``(item_sep, key_sep)`` as for ``json.dumps``, spaces around ``,``/``:`` only.
+
+    Raises:
+        ValueError: naming the first unsupported keyword and its location.
+    """
+
+    def __init__(self, schema: Any, separators: Sequence[str] = (", ", ": ")):
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"json_schema: the schema is not valid JSON: {e}") from None
+        self.schema = schema
+        self.separators = tuple(separators)
+        super().__init__(schema_to_regex(schema, self.separators))
+        self.name = f"json_schema({json.dumps(schema)[:60]})"
+
+    def check_bytes(self, data: bytes) -> bool:
+        if not super().check_bytes(data):
+            return False
+        try:  # belt and braces: the canonical regex only admits parseable JSON
+            json.loads(data.decode("utf-8"))
+        except ValueError:
+            return False
+        return True
+
+
+def json_schema(schema: Any, separators: Sequence[str] = (", ", ": ")) -> JsonSchema:
+    """Canonical JSON valid under ``schema``; see :class:`JsonSchema`."""
+    return JsonSchema(schema, separators)
+
+
+# ---- word rules ---------------------------------------------------------------------------
+
+
+def _word_bytes(word_chars: str) -> bytes:
+    if not isinstance(word_chars, str) or not word_chars:
+        raise ValueError("word_chars must be a non-empty string of ASCII characters")
+    try:
+        b = word_chars.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError(f"word_chars must be ASCII, got {word_chars!r}") from None
+    return bytes(sorted(set(b)))
+
+
+def _word_classes(wb: bytes, individual: bool) -> np.ndarray:
+    """Byte classes: 0 = non-word; word bytes share class 1 or get one class each."""
+    cls = np.zeros(256, np.int64)
+    for k, b in enumerate(wb):
+        cls[b] = k + 1 if individual else 1
+    return cls
+
+
+def _words_re(wb: bytes) -> re.Pattern:
+    return re.compile(b"[" + b"".join(re.escape(bytes([c])) for c in wb) + b"]+")
+
+
+class _WordRule(ByteConstraint):
+    def __init__(self, word_chars: str):
+        self.word_chars = word_chars
+        self._wb = _word_bytes(word_chars)
+        self._is_word = np.zeros(256, bool)
+        self._is_word[list(self._wb)] = True
+        self._re_words = _words_re(self._wb)
+
+    def _words_of(self, data: bytes) -> list[bytes]:
+        return self._re_words.findall(data)
+
+
+class MaxWordLength(_WordRule):
+    """Every word (maximal run of word characters) has at most ``n`` characters."""
+
+    def __init__(self, n: int, word_chars: str = DEFAULT_WORD_CHARS):
+        super().__init__(word_chars)
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"max_word_length: n must be a non-negative int, got {n!r}")
+        self.n = n
+        self.name = f"max_word_length({n})"
+
+    def _build_byte_dfa(self):
+        n, isw = self.n, self._is_word
+        return A.dfa_from_step(
+            0, lambda k, b: (k + 1 if k < n else None) if isw[b] else 0, lambda k: True,
+            _word_classes(self._wb, False), what=self.name)
+
+    def check_bytes(self, data: bytes) -> bool:
+        return all(len(w) <= self.n for w in self._words_of(data))
+
+
+def max_word_length(n: int, word_chars: str = DEFAULT_WORD_CHARS) -> MaxWordLength:
+    """Every maximal run of word characters (default ``[A-Za-z]``) has length ``<= n``."""
+    return MaxWordLength(n, word_chars)
+
+
+class _Trie:
+    """A trie over (optionally case-folded) word bytes; node 0 is the root."""
+
+    def __init__(self, words: list[bytes]):
+        self.children: list[dict[int, int]] = [{}]
+        self.word_at: dict[int, int] = {}
+        for k, w in enumerate(words):
+            node = 0
+            for b in w:
+                nxt = self.children[node].get(b)
+                if nxt is None:
+                    nxt = len(self.children)
+                    self.children.append({})
+                    self.children[node][b] = nxt
+                node = nxt
+            self.word_at.setdefault(node, k)
+
+
+class _WordListRule(_WordRule):
+    """Shared validation and trie for rules over a list of words.
+
+    States used by subclasses: ``("out",)`` outside a word, ``("in", node)`` inside a word
+    whose bytes so far spell a trie prefix, ``("other",)`` inside a word that is no listed
+    word's prefix.
+    """
+
+    kind = "words"
+
+    def __init__(self, words: Iterable[str], word_chars: str, ignore_case: bool):
+        super().__init__(word_chars)
+        if isinstance(words, (str, bytes)):
+            raise ValueError(f"{self.kind}: give a list of words, not a single string {words!r}")
+        words = list(words)
+        self.ignore_case = bool(ignore_case)
+        enc = []
+        for w in words:
+            if not isinstance(w, str) or not w:
+                raise ValueError(f"{self.kind}: words must be non-empty strings, got {w!r}")
+            b = w.encode("utf-8")
+            bad = [chr(c) for c in b if not self._is_word[c]]
+            if bad:
+                raise ValueError(
+                    f"{self.kind}: {w!r} contains {bad[0]!r}, which is not a word character "
+                    f"(word_chars={word_chars!r}); a word is a maximal run of word characters"
+                )
+            enc.append(self._fold(b))
+        self.words = words
+        self._enc = list(dict.fromkeys(enc))  # dedupe, keep order
+        self._set = set(self._enc)
+        self._trie = _Trie(self._enc)
+
+    def _fold(self, b: bytes) -> bytes:
+        return b.lower() if self.ignore_case else b
+
+    def _fold_byte(self, b: int) -> int:
+        return b + 32 if self.ignore_case and 65 <= b <= 90 else b
+
+    def _classes(self) -> np.ndarray:
+        return _word_classes(self._wb, True)
+
+    def _advance_word(self, st, b):
+        """Word-tracking part of a state after byte ``b``: returns (new_state, ended_word_idx).
+
+        ``ended_word_idx`` is the index of the listed word that just ended (a non-word byte
+        after it), -1 when the ended word is not listed, None when no word ended.
+        """
+        if self._is_word[b]:
+            fb = self._fold_byte(b)
+            if st[0] == "in":
+                nxt = self._trie.children[st[1]].get(fb)
+            elif st[0] == "out":
+                nxt = self._trie.children[0].get(fb)
+            else:
+                nxt = None
+            return (("in", nxt) if nxt is not None else ("other",)), None
+        return ("out",), self._ended(st)
+
+    def _ended(self, st):
+        if st[0] == "in":
+            return self._trie.word_at.get(st[1], -1)
+        if st[0] == "other":
+            return -1
+        return None
+
+
+class AllowedWords(_WordListRule):
+    """Every word of the text is one of ``words``."""
+
+    kind = "allowed_words"
+
+    def __init__(self, words, word_chars=DEFAULT_WORD_CHARS, ignore_case=False):
+        super().__init__(words, word_chars, ignore_case)
+        self.name = f"allowed_words({len(self._enc)} words)"
+
+    def _build_byte_dfa(self):
+        def step(st, b):
+            nst, ended = self._advance_word(st, b)
+            if nst == ("other",) or ended == -1:
+                return None  # a prefix of no allowed word, or a finished unlisted word
+            return nst
+
+        return A.dfa_from_step(("out",), step, lambda st: self._ended(st) != -1,
+                               self._classes(), what=self.name)
+
+    def check_bytes(self, data: bytes) -> bool:
+        return all(self._fold(w) in self._set for w in self._words_of(data))
+
+
+def allowed_words(words: Iterable[str], word_chars: str = DEFAULT_WORD_CHARS,
+                  ignore_case: bool = False) -> AllowedWords:
+    """Every word (maximal run of ``word_chars``) is in ``words``; see :class:`AllowedWords`."""
+    return AllowedWords(words, word_chars, ignore_case)
+
+
+class BannedWords(_WordListRule):
+    """No word of the text is one of ``words`` (substrings of longer words are fine)."""
+
+    kind = "banned_words"
+
+    def __init__(self, words, word_chars=DEFAULT_WORD_CHARS, ignore_case=False):
+        super().__init__(words, word_chars, ignore_case)
+        self.name = f"banned_words({len(self._enc)} words)"
+
+    def _build_byte_dfa(self):
+        def step(st, b):
+            nst, ended = self._advance_word(st, b)
+            if ended is not None and ended >= 0:
+                return None
+            return nst
+
+        def accept(st):
+            e = self._ended(st)
+            return e is None or e < 0
+
+        return A.dfa_from_step(("out",), step, accept, self._classes(), what=self.name)
+
+    def check_bytes(self, data: bytes) -> bool:
+        return not any(self._fold(w) in self._set for w in self._words_of(data))
+
+
+def banned_words(words: Iterable[str], word_chars: str = DEFAULT_WORD_CHARS,
+                 ignore_case: bool = False) -> BannedWords:
+    """No whole word is in ``words``; see :class:`BannedWords`."""
+    return BannedWords(words, word_chars, ignore_case)
+
+
+class MustContain(_WordListRule):
+    """Each of ``words`` occurs at least once as a whole word (at most 8 words)."""
+
+    kind = "must_contain"
+
+    def __init__(self, words, word_chars=DEFAULT_WORD_CHARS, ignore_case=False):
+        super().__init__(words, word_chars, ignore_case)
+        if len(self._enc) > MUST_CONTAIN_MAX_WORDS:
+            raise ValueError(
+                f"must_contain: {len(self._enc)} distinct words exceed the limit of "
+                f"{MUST_CONTAIN_MAX_WORDS} (the automaton tracks a subset of found words, "
+                f"2**k states); split into several must_contain constraints run side by side"
+            )
+        self.name = f"must_contain({', '.join(self.words)})"
+
+    def _build_byte_dfa(self):
+        full = (1 << len(self._enc)) - 1
+
+        def step(st, b):
+            word, mask = st
+            nst, ended = self._advance_word(word, b)
+            if ended is not None and ended >= 0:
+                mask |= 1 << ended
+            return (nst, mask)
+
+        def accept(st):
+            word, mask = st
+            e = self._ended(word)
+            if e is not None and e >= 0:
+                mask |= 1 << e
+            return mask == full
+
+        return A.dfa_from_step((("out",), 0), step, accept, self._classes(), what=self.name)
+
+    def check_bytes(self, data: bytes) -> bool:
+        found = {self._fold(w) for w in self._words_of(data)}
+        return self._set <= found
+
+
+def must_contain(words: Iterable[str], word_chars: str = DEFAULT_WORD_CHARS,
+                 ignore_case: bool = False) -> MustContain:
+    """Every word in ``words`` appears as a whole word; see :class:`MustContain`."""
+    return MustContain(words, word_chars, ignore_case)
+
+
+class MaxWords(_WordRule):
+    """At most ``n`` words (maximal runs of word characters)."""
+
+    def __init__(self, n: int, word_chars: str = DEFAULT_WORD_CHARS):
+        super().__init__(word_chars)
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"max_words: n must be a non-negative int, got {n!r}")
+        self.n = n
+        self.name = f"max_words({n})"
+
+    def _build_byte_dfa(self):
+        n, isw = self.n, self._is_word
+
+        def step(st, b):
+            count, inside = st
+            if not isw[b]:
+                return (count, False)
+            if inside:
+                return st
+            return (count + 1, True) if count < n else None
+
+        return A.dfa_from_step((0, False), step, lambda st: True,
+                               _word_classes(self._wb, False), what=self.name)
+
+    def check_bytes(self, data: bytes) -> bool:
+        return len(self._words_of(data)) <= self.n
+
+
+def max_words(n: int, word_chars: str = DEFAULT_WORD_CHARS) -> MaxWords:
+    """At most ``n`` words; see :class:`MaxWords`."""
+    return MaxWords(n, word_chars)
+
+
+# ---- stop strings and lengths -------------------------------------------------------------
+
+
+class Stop(ByteConstraint):
+    """Generation ends right after the first occurrence of a stop string.
+
+    Accepted texts: texts that contain no stop string (they may end with EOS anywhere, unless
+    ``require=True``), and texts whose *first* stop-string occurrence ends exactly at the
+    end of the text. After a stop string is completed the automaton is in a ``final`` state:
+    only EOS is allowed (:meth:`TokenAutomaton.is_final` lets a backend finish the particle
+    without sampling EOS). A token that would run past a stop string (e.g. ``".\\n\\nThe"``
+    with stop ``"\\n\\n"``) is not allowed, because the text would not end at the stop string.
+    """
+
+    def __init__(self, strings: Iterable[str], require: bool = False):
+        if isinstance(strings, (str, bytes)):
+            strings = [strings]
+        enc = []
+        for s in strings:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"stop: stop strings must be non-empty strings, got {s!r}")
+            enc.append(s.encode("utf-8"))
+        if not enc:
+            raise ValueError("stop: give at least one stop string")
+        self.strings = list(strings)
+        self.require = bool(require)
+        self._enc = list(dict.fromkeys(enc))
+        self.name = f"stop({self.strings!r})"
+
+    def _build_byte_dfa(self):
+        enc = self._enc
+        prefixes = {s[:k] for s in enc for k in range(len(s) + 1)}
+        used = sorted({b for s in enc for b in s})
+        cls = np.zeros(256, np.int64)
+        for k, b in enumerate(used):
+            cls[b] = k + 1
+
+        def step(st, b):
+            if st == "STOP":
+                return None
+            x = st + bytes([b])
+            if any(x.endswith(s) for s in enc):
+                return "STOP"
+            while x not in prefixes:  # longest suffix that can still grow into a stop string
+                x = x[1:]
+            return x
+
+        return A.dfa_from_step(b"", step, lambda st: st == "STOP" or not self.require, cls,
+                               what=self.name)
+
+    def check_bytes(self, data: bytes) -> bool:
+        ends = [data.find(s) + len(s) for s in self._enc if s in data]
+        if not ends:
+            return not self.require
+        return min(ends) == len(data)
+
+
+def stop(strings: Iterable[str] | str, require: bool = False) -> Stop:
+    """Text ends right after the first stop string (or has none); see :class:`Stop`."""
+    return Stop(strings, require)
+
+
+class MaxChars(ByteConstraint):
+    """At most ``n`` characters (Unicode code points, counted as non-continuation bytes)."""
+
+    def __init__(self, n: int):
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"max_chars: n must be a non-negative int, got {n!r}")
+        self.n = n
+        self.name = f"max_chars({n})"
+
+    def _build_byte_dfa(self):
+        n = self.n
+        cls = np.zeros(256, np.int64)
+        cls[0x80:0xC0] = 1  # UTF-8 continuation bytes do not start a character
+
+        def step(k, b):
+            if 0x80 <= b < 0xC0:
+                return k
+            return k + 1 if k < n else None
+
+        return A.dfa_from_step(0, step, lambda k: True, cls, what=self.name)
+
+    def check_bytes(self, data: bytes) -> bool:
+        return sum(1 for b in data if not 0x80 <= b < 0xC0) <= self.n
+
+
+def max_chars(n: int) -> MaxChars:
+    """At most ``n`` characters; see :class:`MaxChars`."""
+    return MaxChars(n)
+
+
+class MaxTokens(Constraint):
+    """At most ``n`` text tokens (EOS not counted). A counter automaton over tokens."""
+
+    def __init__(self, n: int):
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"max_tokens: n must be a non-negative int, got {n!r}")
+        self.n = n
+        self.name = f"max_tokens({n})"
+
+    def _compile(self, vocab: Vocab) -> TokenAutomaton:
+        n = self.n
+        # Column-compressed: every text token behaves alike (column 0), specials go to the
+        # all-dead column 1; finalize expands to [S, V].
+        table = np.zeros((n + 2, 2), np.int32)
+        table[1 : n + 1, 0] = np.arange(2, n + 2)  # state s means s-1 tokens so far
+        columns = np.where(vocab.text_mask(), 0, 1)
+        acc = np.ones(n + 2, bool)
+        acc[0] = False
+        return A.finalize(table, acc, 1, vocab, self.name, columns)
+
+    def check(self, text: str) -> bool:
+        raise TypeError("max_tokens counts tokens, not characters; use check_ids(ids, vocab)")
+
+    def check_bytes(self, data: bytes) -> bool:
+        return self.check(data.decode("utf-8", "replace"))
+
+    def check_ids(self, ids, vocab: Vocab) -> bool:
+        text = vocab.text_mask()
+        ids = [int(i) for i in ids]
+        return all(0 <= i < vocab.size and text[i] for i in ids) and len(ids) <= self.n
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def max_tokens(n: int) -> MaxTokens:
+    """At most ``n`` text tokens; see :class:`MaxTokens`."""
+    return MaxTokens(n)
+
+
+# ---- conjunction --------------------------------------------------------------------------
+
+
+class AllOf(Constraint):
+    """Conjunction: the product automaton of the parts, explored and pruned on the host.
+
+    Args:
+        *constraints: two or more constraints (nested ``AllOf`` are flattened).
+        max_states: raise ``ValueError`` when the (pruned) product exceeds this many states.
+    """
+
+    def __init__(self, *constraints: Constraint, max_states: int = 20_000):
+        parts: list[Constraint] = []
+        for c in constraints:
+            if isinstance(c, AllOf):
+                parts.extend(c.parts)
+            elif isinstance(c, Constraint):
+                parts.append(c)
+            else:
+                raise TypeError(f"all_of: expected Constraint objects, got {type(c).__name__}")
+        if not parts:
+            raise ValueError("all_of: give at least one constraint")
+        self.parts = parts
+        self.max_states = int(max_states)
+        self.name = "all_of(" + ", ".join(p.name for p in parts) + ")"
+
+    def _compile(self, vocab: Vocab) -> TokenAutomaton:
+        auts = [p.compile(vocab) for p in self.parts]
+        table, acc, start, columns = A.product(auts, vocab, self.name, self.max_states)
+        return A.finalize(table, acc, start, vocab, self.name, columns)
+
+    def check_bytes(self, data: bytes) -> bool:
+        return all(p.check_bytes(data) for p in self.parts)
+
+    def check(self, text: str) -> bool:
+        return all(p.check(text) for p in self.parts)
+
+    def check_ids(self, ids, vocab: Vocab) -> bool:
+        return all(p.check_ids(ids, vocab) for p in self.parts)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def all_of(*constraints: Constraint, max_states: int = 20_000) -> AllOf:
+    """All constraints hold; see :class:`AllOf`."""
+    return AllOf(*constraints, max_states=max_states)
+
+
+def lark(grammar: str, start: str = "start", max_draws: int = 64):
+    """A Lark grammar (LALR(1)): the final text is a sentence of the grammar; exact.
+
+    Enforced on the host with an incremental parser and unbiased weighted rejection (see
+    :mod:`ppl.stdlib._lark`); invalid grammars raise ``ValueError`` at construction.
+    """
+    from ppl.stdlib._lark import LarkConstraint
+
+    return LarkConstraint(grammar, start=start, max_draws=max_draws)

@@ -1,0 +1,156 @@
+"""JSON schema -> regex: valid/invalid documents, canonical form, unsupported keywords."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ppl.stdlib import constraints as C
+
+PERSON = {
+    "title": "Person",
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 8},
+        "age": {"type": "integer"},
+        "email": {"type": "string", "pattern": "^[a-z]+@[a-z]+\\.com$"},
+        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "minItems": 1, "maxItems": 2},
+        "address": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "zip": {"type": ["string", "null"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+        "score": {"type": "number"},
+        "ok": {"type": "boolean"},
+        "kind": {"const": "person"},
+    },
+    "required": ["name", "age"],
+}
+
+VALID = [
+    {"name": "Ann", "age": 3},
+    {"name": "Ann", "age": -30, "email": "ann@x.com"},
+    {"name": "Bob", "age": 0, "tags": ["a"], "address": {"city": "Zürich", "zip": None}},
+    {"name": "\"q\"\\", "age": 1, "score": -1.5e-3, "ok": False, "kind": "person"},
+    {"name": "日本語", "age": 7, "tags": ["b", "a"], "address": {"city": "", "zip": "8001"}},
+    {"name": "x", "age": 1, "score": 12},
+]
+
+INVALID = [
+    {"age": 3},  # name missing
+    {"name": "Ann"},  # age missing
+    {"name": "", "age": 3},  # minLength
+    {"name": "Annabelle!", "age": 3},  # maxLength
+    {"name": "Ann", "age": 3.5},  # integer
+    {"name": "Ann", "age": 3, "email": "ANN@x.com"},  # pattern
+    {"name": "Ann", "age": 3, "tags": []},  # minItems
+    {"name": "Ann", "age": 3, "tags": ["a", "b", "a"]},  # maxItems
+    {"name": "Ann", "age": 3, "tags": ["c"]},  # enum
+    {"name": "Ann", "age": 3, "address": {"zip": "1"}},  # nested required
+    {"name": "Ann", "age": 3, "address": {"city": "a", "x": 1}},  # closed object
+    {"name": "Ann", "age": 3, "extra": 1},  # closed object
+    {"name": "Ann", "age": 3, "ok": "yes"},  # boolean
+    {"name": "Ann", "age": 3, "kind": "robot"},  # const
+]
+
+
+@pytest.fixture(scope="module")
+def person():
+    return C.json_schema(PERSON)
+
+
+@pytest.mark.parametrize("doc", VALID)
+def test_valid_documents_accepted(person, doc):
+    text = json.dumps(doc, ensure_ascii=False)
+    assert person.check(text), text
+    assert person.check(json.dumps(doc)), "\\u escapes are valid JSON string characters"
+
+
+@pytest.mark.parametrize("doc", INVALID)
+def test_invalid_documents_rejected(person, doc):
+    assert not person.check(json.dumps(doc, ensure_ascii=False))
+
+
+def test_canonical_form_only(person):
+    doc = {"name": "Ann", "age": 3}
+    assert person.check('{"name": "Ann", "age": 3}')
+    assert not person.check('{"name":"Ann","age":3}')  # other separators
+    assert not person.check('{ "name": "Ann", "age": 3 }')  # extra whitespace
+    assert not person.check('{"age": 3, "name": "Ann"}')  # order of properties
+    assert not person.check('{"name": "Ann", "age": 03}')  # leading zero
+    assert not person.check('{"name": "A\nn", "age": 3}')  # raw control char
+    compact = C.json_schema(PERSON, separators=(",", ":"))
+    assert compact.check(json.dumps(doc, separators=(",", ":")))
+    assert not compact.check(json.dumps(doc))
+
+
+def test_optional_members_any_subset():
+    s = {"type": "object", "properties": {k: {"type": "integer"} for k in "abc"}}
+    c = C.json_schema(s)
+    import itertools
+
+    for r in range(4):
+        for keys in itertools.combinations("abc", r):
+            assert c.check(json.dumps({k: 1 for k in keys}))
+    assert not c.check('{, "a": 1}') and not c.check('{"a": 1, }')
+
+
+def test_accepted_text_is_valid_json_on_real_tokens(gpt2):
+    """Walks documents through the compiled GPT-2 automaton one byte-token at a time."""
+    import numpy as np
+
+    c = C.json_schema(PERSON)
+    aut = c.compile(gpt2)
+    table, acc = np.asarray(aut.transitions), np.asarray(aut.accepting)
+    byte_tok = {}
+    for i, b in enumerate(gpt2.token_bytes):
+        if len(b) == 1:
+            byte_tok[b[0]] = i
+    for doc, want in [(d, True) for d in VALID] + [(d, False) for d in INVALID]:
+        s = aut.start
+        for b in json.dumps(doc, ensure_ascii=False).encode():
+            s = table[s, byte_tok[b]]
+        assert bool(acc[s]) == want, doc
+
+
+@pytest.mark.parametrize(
+    "schema,fragment",
+    [
+        ({"type": "string", "format": "date"}, "unsupported keyword 'format'"),
+        ({"type": "integer", "minimum": 0}, "unsupported keyword 'minimum'"),
+        ({"$ref": "#/defs/x"}, "unsupported keyword '$ref'"),
+        ({"type": "object", "additionalProperties": True}, "additionalProperties"),
+        ({"type": "object", "properties": {"a": {"type": "string", "format": "email"}}},
+         "'format' (at /properties/a)"),
+        ({"type": "array"}, "needs 'items'"),
+        ({"type": "object", "properties": {}, "required": ["a"]}, "required property 'a'"),
+        ({"type": "integer", "maxLength": 3}, "does not apply to type"),
+        ({"type": "wat"}, "unknown type"),
+        ({}, "needs 'type'"),
+        ({"type": "string", "minLength": 3, "maxLength": 2}, "exceeds"),
+        ({"type": "string", "pattern": "a\"b"}, "escaping"),
+        ({"type": "string", "pattern": "a("}, "position 1"),
+        ({"oneOf": [{"type": "null"}]}, "unsupported keyword 'oneOf'"),
+    ],
+)
+def test_unsupported_or_invalid_schema(schema, fragment):
+    with pytest.raises(ValueError) as info:
+        C.json_schema(schema)
+    assert fragment in str(info.value), str(info.value)
+
+
+def test_annotations_ignored_and_anyof():
+    c = C.json_schema({"$schema": "x", "description": "d", "examples": [1],
+                       "anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 1}]})
+    assert c.check("12") and c.check('"a"') and not c.check('"ab"') and not c.check("1.5")
+
+
+def test_pattern_search_semantics():
+    c = C.json_schema({"type": "string", "pattern": "ab+"})
+    assert c.check('"xxabbby"') and c.check('"ab"') and not c.check('"ba"')
+    anchored = C.json_schema({"type": "string", "pattern": "^ab+$"})
+    assert anchored.check('"abb"') and not anchored.check('"xabb"')
+    dot = C.json_schema({"type": "string", "pattern": "^a.c$"})
+    assert dot.check('"abc"') and not dot.check('"a"c"')
