@@ -1,7 +1,22 @@
 """Language models in pure JAX: the prior of every steering program."""
 
 from ppl.models.base import LanguageModel, Vocab, broadcast_cache, reorder
-from ppl.models.loading import load
+from ppl.models.gpt2 import GPT2LM
+from ppl.models.llama import LlamaLM
+from ppl.models.loading import SUPPORTED_ARCHITECTURES, available, load
 from ppl.models.ngram import NGramLM
+from ppl.models.vocab import build_vocab
 
-__all__ = ["LanguageModel", "NGramLM", "Vocab", "broadcast_cache", "load", "reorder"]
+__all__ = [
+    "GPT2LM",
+    "LanguageModel",
+    "LlamaLM",
+    "NGramLM",
+    "SUPPORTED_ARCHITECTURES",
+    "Vocab",
+    "available",
+    "broadcast_cache",
+    "build_vocab",
+    "load",
+    "reorder",
+]

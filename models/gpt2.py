@@ -1,0 +1,190 @@
+"""The GPT-2 family in pure JAX (GPT2LMHeadModel checkpoints: gpt2, distilgpt2, ...).
+
+Learned absolute positions, pre-LayerNorm blocks, fused ``c_attn`` projection stored as
+Hugging Face's ``Conv1D`` (``[in, out]``, so ``x @ W`` needs no transpose), ``gelu_new`` MLP and
+an LM head tied to the token embedding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ppl.models import _common as C
+from ppl.models.base import LanguageModel, Vocab
+
+__all__ = ["GPT2LM"]
+
+
+def _cfg(config, key, default=None):
+    if isinstance(config, Mapping):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
+class GPT2LM(C.TransformerLM, LanguageModel):
+    """A GPT-2 causal LM over a params pytree (a dict of arrays).
+
+    Args:
+        config: the Hugging Face ``GPT2Config`` (or a dict with the same keys).
+        params: the pytree made by :meth:`convert_state_dict`.
+        tokenizer: a Hugging Face tokenizer (or anything with ``encode``/``decode``).
+        vocab: the :class:`Vocab` of ``vocab_size`` entries.
+        name: a display name.
+        eos_token_id: overrides the config's EOS id.
+        bos_token_id: overrides the config's BOS id.
+    """
+
+    def __init__(
+        self,
+        config,
+        params,
+        *,
+        tokenizer: Any = None,
+        vocab: Vocab | None = None,
+        name: str = "gpt2",
+        eos_token_id: int | None = None,
+        bos_token_id: int | None = None,
+    ):
+        self.config = config
+        self.n_layers = int(_cfg(config, "n_layer"))
+        self.hidden_size = int(_cfg(config, "n_embd"))
+        self.n_heads = int(_cfg(config, "n_head"))
+        self.head_dim = self.hidden_size // self.n_heads
+        self.kv_heads = self.n_heads
+        self.max_context = int(_cfg(config, "n_positions"))
+        self.eps = float(_cfg(config, "layer_norm_epsilon", 1e-5))
+        self.act = C.activation(_cfg(config, "activation_function", "gelu_new"), "GPT-2")
+        scale = self.head_dim**-0.5 if _cfg(config, "scale_attn_weights", True) else 1.0
+        by_layer = bool(_cfg(config, "scale_attn_by_inverse_layer_idx", False))
+        self.scales = [scale / (i + 1) if by_layer else scale for i in range(self.n_layers)]
+        self.params = params
+        self.dtype = params["embed"].dtype
+        self.vocab_size = int(params["embed"].shape[0])
+        self.eos_token_id = int(eos_token_id if eos_token_id is not None else _cfg(config, "eos_token_id", 0))
+        bos = bos_token_id if bos_token_id is not None else _cfg(config, "bos_token_id")
+        self.bos_token_id = None if bos is None else int(bos)
+        self.tokenizer = tokenizer
+        self.vocab = vocab
+        self.name = name
+
+    # ---- weights -----------------------------------------------------------------------
+    @staticmethod
+    def convert_state_dict(state: Mapping[str, np.ndarray], config, dtype=jnp.float32):
+        """Maps a Hugging Face GPT-2 state dict (numpy arrays) to this model's params.
+
+        Accepts names with or without the ``transformer.`` prefix. Extra tensors (the old
+        ``attn.bias`` causal-mask buffers) are ignored.
+        """
+        keys = set(state.keys())
+
+        def get(name):
+            for k in (name, "transformer." + name):
+                if k in keys:
+                    return jnp.asarray(np.asarray(state[k]), dtype=dtype)
+            raise ValueError(f"GPT-2 checkpoint: tensor {name!r} is missing.")
+
+        n_layer = int(_cfg(config, "n_layer"))
+        layers = []
+        for i in range(n_layer):
+            p = f"h.{i}."
+            layers.append(
+                {
+                    "ln1_g": get(p + "ln_1.weight"),
+                    "ln1_b": get(p + "ln_1.bias"),
+                    "qkv_w": get(p + "attn.c_attn.weight"),
+                    "qkv_b": get(p + "attn.c_attn.bias"),
+                    "o_w": get(p + "attn.c_proj.weight"),
+                    "o_b": get(p + "attn.c_proj.bias"),
+                    "ln2_g": get(p + "ln_2.weight"),
+                    "ln2_b": get(p + "ln_2.bias"),
+                    "fc_w": get(p + "mlp.c_fc.weight"),
+                    "fc_b": get(p + "mlp.c_fc.bias"),
+                    "proj_w": get(p + "mlp.c_proj.weight"),
+                    "proj_b": get(p + "mlp.c_proj.bias"),
+                }
+            )
+        params = {
+            "embed": get("wte.weight"),
+            "pos": get("wpe.weight"),
+            "layers": layers,
+            "lnf_g": get("ln_f.weight"),
+            "lnf_b": get("ln_f.bias"),
+        }
+        tied = _cfg(config, "tie_word_embeddings", True)
+        if not tied and "lm_head.weight" in keys:
+            params["lm_head"] = jnp.asarray(np.asarray(state["lm_head.weight"]).T, dtype=dtype)
+        return params
+
+    # ---- forward -----------------------------------------------------------------------
+    def _block(self, lp, x, scale, attn):
+        """One transformer block on ``x [T, D]``; ``attn(q, k, v, scale)`` does attention."""
+        t = x.shape[0]
+        h = C.layer_norm(x, lp["ln1_g"], lp["ln1_b"], self.eps)
+        qkv = h @ lp["qkv_w"] + lp["qkv_b"]
+        q, k, v = jnp.split(qkv, 3, axis=-1)
+        shape = (t, self.n_heads, self.head_dim)
+        a, cache = attn(q.reshape(shape), k.reshape(shape), v.reshape(shape), scale)
+        x = x + (a @ lp["o_w"] + lp["o_b"])
+        h = C.layer_norm(x, lp["ln2_g"], lp["ln2_b"], self.eps)
+        x = x + (self.act(h @ lp["fc_w"] + lp["fc_b"]) @ lp["proj_w"] + lp["proj_b"])
+        return x, cache
+
+    def _head(self, params, x):
+        h = C.layer_norm(x, params["lnf_g"], params["lnf_b"], self.eps)
+        return h, C.log_softmax_f32(C.lm_head(h, params))
+
+    def _prefill(self, params, prompt_ids, max_len: int):
+        """Cache and final-layer activations ``[P, D]`` (before the final norm)."""
+        C.check_max_len(max_len, self.max_context, self.name)
+        ids = jnp.asarray(prompt_ids, jnp.int32)
+        n = ids.shape[0]
+        if n > max_len:
+            raise ValueError(f"{self.name}: a prompt of {n} tokens does not fit a cache of {max_len}.")
+        x = params["embed"][ids] + params["pos"][:n]
+        caches = []
+        for lp, scale in zip(params["layers"], self.scales):
+            empty = C.empty_layer_cache(1, self.kv_heads, max_len, self.head_dim, self.dtype)
+
+            def attn(q, k, v, s, empty=empty):
+                return C.attend_prefill(q, k, v, s), C.write_prefill(empty, k, v)
+
+            x, c = self._block(lp, x, scale, attn)
+            caches.append(c)
+        return tuple(caches), x
+
+    def prefill(self, params, prompt_ids, max_len: int, return_hidden: bool = False):
+        """See :meth:`LanguageModel.prefill`; ``return_hidden`` adds the final hidden state."""
+        caches, x = self._prefill(params, prompt_ids, max_len)
+        h, lp_ = self._head(params, x[-1])
+        return (caches, lp_, h) if return_hidden else (caches, lp_)
+
+    def forward(self, params, ids):
+        """Log-probs of the next token after every prefix of ``ids``: ``float32[P, V]``.
+
+        Row ``t`` is the distribution of ``ids[t + 1]``. One pass, no cache kept: for scoring
+        whole sequences (and as the reference of incremental decoding in tests).
+        """
+        ids = jnp.asarray(ids, jnp.int32)
+        _, x = self._prefill(params, ids, ids.shape[0])
+        return self._head(params, x)[1]
+
+    def decode(self, params, cache, tokens, positions, return_hidden: bool = False):
+        """See :meth:`LanguageModel.decode`; ``return_hidden`` adds the final hidden states."""
+        tokens = jnp.asarray(tokens, jnp.int32)
+        positions = jnp.asarray(positions, jnp.int32)
+        x = params["embed"][tokens] + params["pos"][positions]
+        new = []
+        for lp, scale, c in zip(params["layers"], self.scales, cache):
+
+            def attn(q, k, v, s, c=c):
+                c = C.write_decode(c, k, v, positions)
+                return C.attend_decode(q, c, positions, s), c
+
+            x, c = self._block(lp, x, scale, attn)
+            new.append(c)
+        h, lp_ = self._head(params, x)
+        return (tuple(new), lp_, h) if return_hidden else (tuple(new), lp_)
