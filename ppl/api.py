@@ -39,7 +39,8 @@ def _load_methods():
 
 
 def infer(program: Program, method: str = "smc", particles: int = 32, seed: Any = 0,
-          progress: Callable[[int, int, float], None] | None = None, **options) -> Result:
+          progress: Callable[[int, int, float], None] | None = None, devices=None,
+          **options) -> Result:
     """Runs inference on ``program`` and returns its :class:`~ppl.Result`.
 
     Args:
@@ -49,6 +50,9 @@ def infer(program: Program, method: str = "smc", particles: int = 32, seed: Any 
         seed: an int or a JAX PRNG key; the same seed gives the same result bit for bit.
         progress: optional host callback ``(step, live_particles, ess)`` called after every
             step (costs one host round-trip per step; used by the CLI's progress bar).
+        devices: a list of devices (e.g. ``jax.devices()``) or a ``jax.sharding.Mesh`` with a
+            ``"particles"`` axis: the particle axis is sharded across them (weights
+            replicated); ``particles`` must be a multiple of the device count.
         **options: backend options, e.g. ``resampling="systematic"``,
             ``ess_threshold=0.5`` (smc), ``num_beams=3`` (smc_steer).
 
@@ -74,12 +78,20 @@ def infer(program: Program, method: str = "smc", particles: int = 32, seed: Any 
         )
     from ppl.inference._engine import prepare
 
+    from ppl.inference.sharding import particle_mesh
+
     setup = prepare(program)
+    mesh = particle_mesh(devices)
+    if mesh is not None and int(particles) % mesh.size:
+        raise ValueError(
+            f"particles ({particles}) must be a multiple of the number of devices ({mesh.size}).")
     setup.progress_fn = progress
+    setup.mesh = mesh
     try:
         return fn(program, particles=int(particles), seed=seed, **options)
     finally:
         setup.progress_fn = None
+        setup.mesh = None
 
 
 def _name(obj) -> str:
@@ -108,8 +120,11 @@ class SteerProgram(Program):
 
         self.automata: list[TokenAutomaton] = []
         self.predicates: list[Callable[[str], bool]] = []
+        self.host = []  # host-side samplers (Lark grammars)
         for c in constraints:
-            if isinstance(c, TokenAutomaton):
+            if getattr(c, "host", False):
+                self.host.append(c.bind(lm.vocab))
+            elif isinstance(c, TokenAutomaton):
                 self.automata.append(c)
             elif isinstance(c, Constraint):
                 self.automata.append(c.compile(lm.vocab))
@@ -135,24 +150,37 @@ class SteerProgram(Program):
         eos = self.lm.eos_token_id
         if self.automata:
             mask = jnp.ones((self.lm.vocab_size,), bool)
-            last_ok = jnp.ones((self.lm.vocab_size,), bool)
+            # Tokens left after this one; only tokens from which every automaton can still
+            # reach acceptance within them survive (exact: nothing acceptable is removed).
+            remaining = self.max_tokens - (ctx.length + 1)
             for a, s in zip(self.automata, state):
-                mask = mask & a.allowed(s)
-                # At the budget's last token only tokens that end in an accepted text survive.
-                last_ok = last_ok & a.accepting[a.transitions[s]].at[eos].set(a.accepting[s])
-            mask = jnp.where(ctx.is_last, mask & last_ok, mask)
-            tok = ctx.sample(p, proposal=p.mask(mask))
+                mask = mask & a.allowed(s) & a.within_budget(s, remaining)
+            tok = self._draw(ctx, p, p.mask(mask))
             state = tuple(a.advance(s, tok) for a, s in zip(self.automata, state))
             for a, s in zip(self.automata, state):
                 ctx.condition(a.alive(s), name=a.name)
         else:
-            tok = ctx.sample(p)
+            tok = self._draw(ctx, p, None)
         ctx.finish_if(tok == eos)
         for g in self.twists:
             ctx.twist(ctx.text(g))
         return state
 
+    def _draw(self, ctx: Context, p, q):
+        if not self.host:
+            return ctx.sample(p, proposal=q)
+        if len(self.host) > 1:
+            raise ValueError("steer() supports one grammar constraint at a time; combine the grammars.")
+        # Device masks first (their kept mass is exact), then the host sampler's unbiased
+        # estimate of the mass the grammar keeps among what is left.
+        base = p if q is None else q
+        lz_dev = 0.0 if q is None else q.log_normalizer - p.log_normalizer
+        tok, lz_host = self.host[0].sample(ctx, base.logprobs)
+        return ctx.extend(p, tok, lz_dev + lz_host)
+
     def final(self, ctx: Context, state):
+        for h in self.host:
+            ctx.condition(ctx.text(lambda t, c=h.c: c.check(t), dtype=bool), name=h.name)
         for a, s in zip(self.automata, state):
             ctx.condition(a.accepting_state(s), name=a.name)
         for pred in self.predicates:

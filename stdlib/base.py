@@ -52,6 +52,7 @@ class TokenAutomaton:
     eos_token_id: int
     name: str = "constraint"
     final: jax.Array | None = None
+    min_steps: jax.Array | None = None
 
     def __post_init__(self):
         # ``final`` marks accepting states from which no text token is allowed (e.g. a stop
@@ -62,6 +63,9 @@ class TokenAutomaton:
             # numpy on the host: a jnp expression here would compile once per table shape.
             live = np.any(np.asarray(self.transitions) != DEAD, axis=1)
             object.__setattr__(self, "final", jnp.asarray(np.asarray(self.accepting) & ~live))
+        if self.min_steps is None:
+            object.__setattr__(self, "min_steps", jnp.asarray(_min_steps(
+                np.asarray(self.transitions), np.asarray(self.accepting))))
 
     @property
     def num_states(self) -> int:
@@ -87,9 +91,38 @@ class TokenAutomaton:
     def alive(self, state: jax.Array) -> jax.Array:
         return state != DEAD
 
+    def within_budget(self, state: jax.Array, remaining: jax.Array) -> jax.Array:
+        """``bool[V]``: tokens after which an accepting state is reachable with at most
+        ``remaining`` further tokens (EOS: iff accepting now). Removing only tokens that cannot
+        lead to an accepted text within the budget keeps masked proposals exact."""
+        ok = self.min_steps[self.transitions[state]] <= remaining
+        return ok.at[self.eos_token_id].set(self.accepting[state])
+
     def is_final(self, state: jax.Array) -> jax.Array:
         """True when the text is accepted and no further text token is allowed (only EOS)."""
         return self.final[state]
+
+
+_UNREACHABLE = np.iinfo(np.int32).max // 2
+
+
+def _min_steps(transitions: np.ndarray, accepting: np.ndarray) -> np.ndarray:
+    """``int32[S]``: fewest tokens from each state to an accepting state (a large number if
+    none), by backward relaxation over the state graph (S x S successor matrix, so the cost
+    does not grow with the vocabulary after one pass over the table)."""
+    s = transitions.shape[0]
+    succ = np.zeros((s, s), bool)
+    succ[np.repeat(np.arange(s), transitions.shape[1]), transitions.reshape(-1)] = True
+    succ[:, DEAD] = False
+    dist = np.where(accepting, 0, _UNREACHABLE).astype(np.int64)
+    for _ in range(s):
+        via = np.where(succ, dist[None, :], _UNREACHABLE).min(axis=1) + 1
+        new = np.minimum(dist, via)
+        if np.array_equal(new, dist):
+            break
+        dist = new
+    dist[DEAD] = _UNREACHABLE
+    return np.minimum(dist, _UNREACHABLE).astype(np.int32)
 
 
 class Constraint(abc.ABC):
