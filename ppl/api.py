@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from ppl._jaxcache import enable_compilation_cache
 from ppl.context import Context
 from ppl.program import Program
 from ppl.result import Result
@@ -62,6 +63,7 @@ def infer(program: Program, method: str = "smc", particles: int = 32, seed: Any 
         ppl.InferenceError: no particle satisfied the program's conditions, or NaN.
     """
     _load_methods()
+    enable_compilation_cache()
     if not isinstance(program, Program):
         raise TypeError(f"infer() needs a ppl.Program, got {type(program).__name__}.")
     if method not in _METHODS:

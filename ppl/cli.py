@@ -2,18 +2,28 @@
 
 A program file (see ``examples/``) defines ``make_program(lm) -> ppl.Program`` and may define
 ``MODEL`` (default model name or path), ``METHOD``, ``PARTICLES``, ``OPTIONS`` (a dict of backend
-options) and ``check(text) -> bool`` (the task's own checker, reported per output).
+options), ``check(text) -> bool`` (the task's own checker, reported per output) and
+``report(lm, result) -> dict`` (extra measurements, e.g. a comparison with a baseline; printed
+after the outputs and included under ``"report"`` in ``--json``). ``make_program`` may take
+keyword arguments; ``--max-tokens N`` is passed as ``max_tokens=N`` when it accepts one.
+
+Compiled executables are kept in JAX's persistent compilation cache (``~/.cache/steerppl/jax``,
+or ``$PPL_CACHE_DIR``; set ``PPL_CACHE_DIR=`` to an empty value to disable), so running the same
+program again skips most of the compilation.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import math
+import os
 import sys
-import time
 from pathlib import Path
+
+from ppl._jaxcache import enable_compilation_cache  # noqa: E402
 
 __all__ = ["main", "run_file", "example_main"]
 
@@ -42,6 +52,8 @@ def _add_run_args(ap: argparse.ArgumentParser, mod=None):
     ap.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     ap.add_argument("--trace", default=None, metavar="OUT.html", help="write an HTML trace of the run")
     ap.add_argument("--plot", default=None, metavar="OUT.png", help="write ESS and weight plots")
+    ap.add_argument("--max-tokens", type=int, default=None, dest="max_tokens",
+                    help="token budget, passed to make_program(lm, max_tokens=N) when it accepts it")
     ap.add_argument("--top", type=int, default=10, help="outputs to show")
     ap.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -61,9 +73,23 @@ def run_file(path: str, args) -> dict:
     return _run_module(mod, args)
 
 
+
+
+def build_program(mod, lm, max_tokens: int | None = None):
+    """``mod.make_program(lm)``, passing ``max_tokens`` when given and accepted."""
+    kwargs = {}
+    if max_tokens is not None:
+        params = inspect.signature(mod.make_program).parameters
+        if "max_tokens" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise SystemExit(f"--max-tokens: {mod.__name__}.make_program takes no max_tokens argument.")
+        kwargs["max_tokens"] = int(max_tokens)
+    return mod.make_program(lm, **kwargs)
+
+
 def _run_module(mod, args) -> dict:
     import ppl
 
+    enable_compilation_cache()
     model = args.model or getattr(mod, "MODEL", "tiny")
     method = args.method or getattr(mod, "METHOD", "smc")
     particles = args.particles or getattr(mod, "PARTICLES", 32)
@@ -73,24 +99,54 @@ def _run_module(mod, args) -> dict:
             raise SystemExit(f"--option expects KEY=VALUE, got {kv!r}")
         k, v = kv.split("=", 1)
         options[k] = _parse_value(v)
-    lm = ppl.models.load(model)
-    program = mod.make_program(lm)
+    try:
+        lm = ppl.models.load(model)
+    except ValueError as e:
+        raise SystemExit(f"ppl: {e}") from None
+    program = build_program(mod, lm, getattr(args, "max_tokens", None))
     check = getattr(mod, "check", None)
-    result = _infer_with_progress(program, method, particles, args.seed, options, quiet=args.quiet or args.json)
+    quiet = args.quiet or args.json
+    try:
+        result = _infer_with_progress(program, method, particles, args.seed, options, quiet=quiet)
+    except (ValueError, ppl.InferenceError) as e:
+        raise SystemExit(f"ppl: {e}") from None
     summary = summarize(result, check, top=args.top)
     if args.trace:
         from ppl.viz import write_trace
 
-        write_trace(result, args.trace)
+        try:
+            write_trace(result, args.trace, title=f"{Path(getattr(mod, '__file__', 'program')).stem} · {method}")
+        except ValueError as e:  # MCMC/VI results carry no step history
+            raise SystemExit(f"ppl: --trace: {e} Use --method smc, is or smc_steer.") from None
     if args.plot:
         from ppl.viz import plot_result
 
         plot_result(result, args.plot)
+    report = getattr(mod, "report", None)
+    if report is not None:
+        summary["report"] = _jsonable(report(lm, result))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print_summary(summary)
     return summary
+
+
+def _jsonable(x):
+    """Numbers, strings, lists and dicts only (numpy scalars become floats, -inf None)."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (bool, str)) or x is None:
+        return x
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if isinstance(x, (int,)) or (hasattr(x, "dtype") and "int" in str(x.dtype)):
+        return int(x)
+    return f if math.isfinite(f) else None
 
 
 def _infer_with_progress(program, method, particles, seed, options, quiet=False):
@@ -158,6 +214,25 @@ def print_summary(summary: dict) -> None:
     )
     for k, v in summary.get("extras", {}).items():
         console.print(f"{k}: {v}")
+    for k, v in (summary.get("report") or {}).items():
+        if isinstance(v, list) and v and all(isinstance(r, dict) for r in v):
+            rt = Table(title=k)
+            cols = list(dict.fromkeys(c for r in v for c in r))
+            for c in cols:
+                rt.add_column(c)
+            for r in v:
+                rt.add_row(*[_fmt(r.get(c)) for c in cols])
+            console.print(rt)
+        else:
+            console.print(f"{k}: {_fmt(v)}")
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
 
 
 def example_main(make_program=None, argv=None, **defaults) -> dict:

@@ -77,11 +77,17 @@ slider.oninput = () => show(+slider.value); show(T-1); slider.value=T-1;
   h+=`<polyline fill="none" stroke="#4a7bd0" stroke-width="2" points="${{D.ess.map((e,t)=>x(t)+','+y(e)).join(' ')}}"/>`;
   D.resampled.forEach((r,t)=>{{ if(r) h+=`<circle cx="${{x(t)}}" cy="${{y(D.ess[t])}}" r="3" fill="#b35"/>`; }});
   h+=`<text x="${{p}}" y="14" font-size="11">ESS (max ${{N}}); red: resampled</text>`; s.innerHTML=h;}})();
-// lineage tree: one node per (step, slot), edges to the parent slot
+// lineage tree: one node per (step, slot), edges to the parent slot; the lineages that
+// survive to the final particles are dark, the ones resampling pruned are light
 (function(){{const s=document.getElementById('tree'), W=720, H=260, p=12; let h='';
   const x=t=>p+(W-2*p)*t/Math.max(T-1,1), y=i=>p+(H-2*p)*i/Math.max(N-1,1);
-  for(let t=1;t<T;t++) for(let i=0;i<N;i++){{ const a=D.ancestors[t][i];
-    h+=`<line x1="${{x(t-1)}}" y1="${{y(a)}}" x2="${{x(t)}}" y2="${{y(i)}}" stroke="#999" stroke-width="0.7"/>`; }}
+  const alive=[]; alive[T-1]=new Array(N).fill(true);
+  for(let t=T-1;t>0;t--){{ alive[t-1]=new Array(N).fill(false);
+    for(let i=0;i<N;i++) if(alive[t][i]) alive[t-1][D.ancestors[t][i]]=true; }}
+  D.resampled.forEach((r,t)=>{{ if(r) h+=`<rect x="${{x(t)-2}}" y="0" width="4" height="${{H}}" fill="#f3d6de"/>`; }});
+  for(let t=1;t<T;t++) for(let i=0;i<N;i++){{ const a=D.ancestors[t][i], on=alive[t][i];
+    h+=`<line x1="${{x(t-1)}}" y1="${{y(a)}}" x2="${{x(t)}}" y2="${{y(i)}}" stroke="${{on?'#24508f':'#c8c8c8'}}" stroke-width="${{on?1.4:0.7}}"/>`; }}
+  h+=`<text x="${{p}}" y="${{H-2}}" font-size="11">dark: ancestors of the final particles; pink: resampling steps</text>`;
   s.innerHTML=h;}})();
 </script></body></html>
 """
