@@ -67,6 +67,7 @@ class Setup:
     max_len: int
     condition_names: list[str]
     progress_fn: Any = None  # host callback (t, live particles, ess) per step, or None
+    mesh: Any = None  # jax.sharding.Mesh with a "particles" axis, or None (one device)
 
     def report(self, t, live, ess):
         if self.progress_fn is not None:
@@ -155,9 +156,15 @@ def init_population(key, setup: Setup, params, num_particles: int):
     return parts, LMState(cache, logprobs.astype(jnp.float32), nan)
 
 
-def _step_one(setup: Setup, key, state, tokens, length, logw, twist, done, cause, logprobs, t):
-    ctx = _context(setup, key, logprobs=logprobs, tokens=tokens, length=length, t=t)
-    return apply_step(setup, ctx, state, tokens, length, logw, twist, done, cause)
+def _step_one(setup: Setup, key, state, tokens, length, logw, twist, done, cause, logprobs, t,
+              bias=None, force=None, record=False):
+    ctx = _context(setup, key, logprobs=logprobs, tokens=tokens, length=length, t=t,
+                   proposal_bias=bias, force=force, active=~done)
+    out = apply_step(setup, ctx, state, tokens, length, logw, twist, done, cause)
+    if record:  # -inf everywhere when the step observed its token instead of drawing it
+        q = ctx.proposal_logits
+        return out + (jnp.full(logprobs.shape[-1:], -jnp.inf) if q is None else q,)
+    return out
 
 
 def apply_step(setup: Setup, ctx: Context, state, tokens, length, logw, twist, done, cause):
@@ -194,22 +201,36 @@ def apply_step(setup: Setup, ctx: Context, state, tokens, length, logw, twist, d
     return out, jnp.where(done, setup.lm.eos_token_id, tok)
 
 
-def propose(key, setup: Setup, parts: Particles, logprobs, t):
+def propose(key, setup: Setup, parts: Particles, logprobs, t, *, bias=None, force=None,
+            record: bool = False):
     """Runs the program's ``step`` for every particle (vmapped).
 
+    Args:
+        bias: optional ``float32[N, V]`` proposal logit bias per particle: LM tokens are drawn
+            from ``q'(x) ∝ q(x) exp(bias[x])`` (see :class:`~ppl.Context`).
+        force: optional ``(bool[N], int32[N])``: particles whose flag is set get the given
+            token instead of a draw, weighted as the (biased) proposal would weight it.
+        record: also return the normalised proposal log-probabilities ``float32[N, V]`` of
+            each particle's token draw (for variational gradients).
+
     Returns:
-        ``(particles, tokens[N])``. A particle that was already finished is returned
-        unchanged. Weight increment for a live particle::
+        ``(particles, tokens[N])`` (plus the proposal log-probabilities when ``record``). A
+        particle that was already finished is returned unchanged. Weight increment for a
+        live particle::
 
-            log p(x) - log q(x) + Σ factors + twist_t - twist_{t-1}
+            log p(x) - log q'(x) + Σ factors + twist_t - twist_{t-1}
 
-        with ``twist_t = 0`` when the particle finishes at this step.
+        with ``twist_t = 0`` when the particle finishes at this step and ``q' = q`` without
+        a bias.
     """
     n = parts.logw.shape[0]
     keys = jax.random.split(key, n)
-    fn = lambda *a: _step_one(setup, *a, t)  # noqa: E731
-    return jax.vmap(fn)(keys, parts.state, parts.tokens, parts.length, parts.logw,
-                        parts.twist, parts.done, parts.cause, logprobs)
+    def fn(*a, bias=None, force=None):
+        return _step_one(setup, *a, t, bias=bias, force=force, record=record)
+
+    return jax.vmap(lambda *a: fn(*a[:-2], bias=a[-2], force=a[-1]))(
+        keys, parts.state, parts.tokens, parts.length, parts.logw, parts.twist, parts.done,
+        parts.cause, logprobs, bias, force)
 
 
 def advance_lm(setup: Setup, params, lm_state: LMState, tokens, old_length, active):

@@ -14,7 +14,7 @@ import numpy as np
 from ppl.inference import _engine as E
 from ppl.result import InferenceError, Result, normalized
 
-__all__ = ["as_key", "check_memory", "estimate_bytes", "run_population", "compiled"]
+__all__ = ["as_key", "bind_lm_params", "check_memory", "estimate_bytes", "run_population", "compiled"]
 
 
 def as_key(seed) -> jax.Array:
@@ -63,8 +63,9 @@ def check_memory(setup: E.Setup, num_rows: int, what: str = "particles") -> dict
     on_cpu = jax.default_backend() == "cpu"
     if avail is not None and on_cpu and est["total"] > 0.9 * avail:
         gib = 2.0**30
-        per_row = est["kv_cache"] / max(num_rows, 1)
-        fit = int(max(0.9 * avail - est["weights"] - est["step_buffers"], 0) // max(per_row, 1))
+        # KV cache and step buffers both grow with the number of rows.
+        per_row = (est["kv_cache"] + est["step_buffers"]) / max(num_rows, 1)
+        fit = int(max(0.9 * avail - est["weights"], 0) // max(per_row, 1))
         raise MemoryError(
             f"This run needs about {est['total'] / gib:.2f} GiB (weights {est['weights'] / gib:.2f} "
             f"GiB + KV cache {est['kv_cache'] / gib:.2f} GiB for {num_rows} {what} x "
@@ -75,21 +76,103 @@ def check_memory(setup: E.Setup, num_rows: int, what: str = "particles") -> dict
     return est
 
 
+def _signature(params) -> tuple:
+    """Structure, shapes and dtypes of ``params``: what an executable is specialised on."""
+    leaves, treedef = jax.tree.flatten(params)
+    return (treedef,) + tuple(
+        (tuple(np.shape(x)), str(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype))
+        for x in leaves)
+
+
+def bind_lm_params(setup: E.Setup, runner: Callable) -> Callable:
+    """``runner(key, params)`` with ``setup.lm.params`` bound to ``params`` while it runs.
+
+    Under ``jax.jit``/``vmap`` this makes every read of ``program.lm.params`` inside program
+    code a read of the traced argument instead of a constant captured at trace time (what
+    :func:`compiled` does for ``ppl.infer``; tests that jit or vmap runners themselves use it).
+    """
+    lm = setup.lm
+
+    def bound(key, params):
+        saved = lm.params
+        object.__setattr__(lm, "params", params)  # LMs may be frozen dataclasses
+        try:
+            return runner(key, params)
+        finally:
+            object.__setattr__(lm, "params", saved)
+
+    return bound
+
+
 def compiled(setup: E.Setup, cache_key: tuple, make: Callable[[], Callable], key, params):
-    """``(executable, compile_seconds)``: ``jax.jit(make())`` compiled once per cache_key."""
+    """``(executable, compile_seconds)``: ``jax.jit(make())`` compiled once per cache_key and
+    per structure/shapes/dtypes of ``params``.
+
+    ``params`` is an argument of the executable, never a constant baked into it. When it is the
+    program's LM parameters (``setup.lm.params``), the LM's ``params`` attribute is bound to the
+    traced argument while the runner is traced, so program code that reads tables from
+    ``self.lm.params`` (e.g. a per-token potential or a proposal bias kept there) also reads
+    inputs. Assigning new arrays of the same shapes to ``program.lm.params`` therefore reruns
+    the cached executable with the new values, without recompiling (property tests rely on it).
+    The same holds when ``params`` is a tuple whose first element is the LM's parameters.
+    """
     store = setup.__dict__.setdefault("_executables", {})
+    cache_key = cache_key + (_signature(params),)
     if cache_key in store:
         return store[cache_key], 0.0
     t0 = time.perf_counter()
-    exe = jax.jit(make()).lower(key, params).compile()
+    fn = make()
+    lm = setup.lm
+    lm_params = getattr(lm, "params", None)
+    # The LM parameters are the whole argument, or the first element of a tuple argument
+    # (backends with parameters of their own, e.g. a learned proposal, pass (lm, own)).
+    whole = params is lm_params
+    first = isinstance(params, tuple) and len(params) > 0 and params[0] is lm_params
+    if whole or first:
+        inner = fn
+
+        def fn(key, traced_params):
+            saved = lm.params
+            traced_lm = traced_params if whole else traced_params[0]
+            object.__setattr__(lm, "params", traced_lm)  # LMs may be frozen dataclasses
+            try:
+                return inner(key, traced_params)
+            finally:
+                object.__setattr__(lm, "params", saved)
+
+    exe = jax.jit(fn).lower(key, params).compile()
     dt = time.perf_counter() - t0
     store[cache_key] = exe
     return exe, dt
 
 
+def _mesh_key(mesh):
+    return None if mesh is None else (tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
+
+
+def _drop_lm_buffers(out):
+    """The runner's output without the KV cache and the last log-probabilities.
+
+    Nothing on the host reads them; as outputs of the executable they made XLA allocate an
+    output-side copy of the whole KV cache next to the loop's own (``memory_analysis()``:
+    output size = the cache; see docs/benchmarks.md, "Scaling and memory").
+    """
+    if type(out) is tuple and len(out) == 2 and isinstance(out[1], dict):
+        return (_drop_lm_buffers(out[0]), out[1])
+    lm = getattr(out, "lm", None)
+    if isinstance(lm, E.LMState):
+        return out._replace(lm=lm._replace(cache=(), logprobs=jnp.zeros((0,), jnp.float32)))
+    return out
+
+
 def run_population(method: str, program, seed, num_particles: int, make_runner, cache_key: tuple,
-                   *, check_mem: bool = True) -> Result:
+                   *, check_mem: bool = True, params=None) -> Result:
     """Runs a particle backend end to end and returns its :class:`Result`.
+
+    ``make_runner(setup, n)`` returns ``runner(key, params)``; ``params`` defaults to the LM's
+    parameters (a backend with its own parameters, e.g. a learned proposal, passes a pytree
+    holding both). The runner returns a state with ``particles`` (an SMC state), or a pair
+    ``(state, extras)`` whose dict of arrays is added to ``Result.extras``.
 
     Raises:
         InferenceError: every particle was killed (with the condition that killed most), or
@@ -100,14 +183,22 @@ def run_population(method: str, program, seed, num_particles: int, make_runner, 
     if check_mem:
         check_memory(setup, num_particles)
     key = as_key(seed)
-    params = setup.lm.params
-    exe, t_compile = compiled(setup, (method, num_particles, setup.progress_fn is not None) + cache_key,
-                              lambda: make_runner(setup, num_particles), key, params)
+    params = setup.lm.params if params is None else params
+    def make():
+        runner = make_runner(setup, num_particles)
+        return lambda key, params: _drop_lm_buffers(runner(key, params))
+
+    exe, t_compile = compiled(setup, (method, num_particles, setup.progress_fn is not None,
+                                         _mesh_key(setup.mesh)) + cache_key, make, key, params)
     t0 = time.perf_counter()
     state = exe(key, params)
     state = jax.block_until_ready(state)
     t_run = time.perf_counter() - t0
+    extras = {}
+    if type(state) is tuple and len(state) == 2 and isinstance(state[1], dict):
+        state, extras = state
     res = build_result(method, setup, state)
+    res.extras.update({k: np.asarray(v) for k, v in extras.items()})
     res.timings = {"compile": t_compile, "run": t_run, "total": time.perf_counter() - t_start}
     raise_if_failed(setup, res, state)
     return res
@@ -137,6 +228,12 @@ def build_result(method: str, setup: E.Setup, state) -> Result:
         states=jax.tree.map(np.asarray, parts.state),
     )
     res.extras["causes"] = np.asarray(parts.cause)
+    if hasattr(state, "hist_tokens"):
+        res.extras["history"] = {
+            "tokens": np.asarray(state.hist_tokens)[:steps],
+            "log_weights": np.asarray(state.hist_logw)[:steps],
+        }
+    res.extras["token_strings"] = setup.lm.vocab.token_strings
     return res
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "RESAMPLERS",
     "ess",
     "log_normalize",
+    "iid_multinomial",
     "multinomial",
     "optimal",
     "residual",
@@ -52,6 +53,13 @@ def multinomial(key, log_weights, num_samples):
     return _from_points(log_weights, u)
 
 
+def iid_multinomial(key, log_weights, num_samples):
+    """Independent draws in i.i.d. order (not sorted), so any one slot may be overwritten by
+    a conditioning value without changing the law of the others (conditional SMC)."""
+    lw = log_normalize(log_weights)
+    return jax.random.categorical(key, lw, shape=(num_samples,)).astype(jnp.int32)
+
+
 def stratified(key, log_weights, num_samples):
     """One uniform draw in each stratum ``[i/n, (i+1)/n)``."""
     u = (jnp.arange(num_samples) + jax.random.uniform(key, (num_samples,))) / num_samples
@@ -76,7 +84,9 @@ def residual(key, log_weights, num_samples):
     resid_log = jnp.where(resid > 0, jnp.log(jnp.maximum(resid, 1e-38)), -jnp.inf)
     # If floor() already used every slot the residual draws are unused; avoid an all -inf cdf.
     resid_log = jnp.where(jnp.any(resid > 0), resid_log, jnp.zeros_like(resid_log))
-    extra = multinomial(key, resid_log, num_samples)
+    # i.i.d. draws in unsorted order: the first num_samples - n_det of them are used, and the
+    # first k of a *sorted* sample are its k smallest, which would favour low indices.
+    extra = _from_points(resid_log, jax.random.uniform(key, (num_samples,)))
     slot = jnp.arange(num_samples)
     idx = jnp.where(slot < n_det, det, extra[jnp.clip(slot - n_det, 0, num_samples - 1)])
     return idx.astype(jnp.int32)

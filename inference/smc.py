@@ -29,6 +29,8 @@ class SMCState(NamedTuple):
     ess: jax.Array  # float32[T]: ESS before each step's resampling decision
     ancestors: jax.Array  # int32[T, N]
     resampled: jax.Array  # bool[T]
+    hist_tokens: jax.Array  # int32[T, N]: token slot i's sequence got at step t (-1: finished)
+    hist_logw: jax.Array  # float32[T, N]: log-weights after step t
 
 
 class SMCInfo(NamedTuple):
@@ -47,26 +49,54 @@ def init(key, setup: E.Setup, params, num_particles: int) -> SMCState:
         jnp.zeros((t_max,), jnp.float32),
         jnp.broadcast_to(jnp.arange(num_particles, dtype=jnp.int32), (t_max, num_particles)),
         jnp.zeros((t_max,), bool),
+        jnp.full((t_max, num_particles), -1, jnp.int32),
+        jnp.zeros((t_max, num_particles), jnp.float32),
     )
 
 
 def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
-                 ess_threshold: float = 0.5):
+                 ess_threshold: float = 0.5, islands: int = 1, exchange_every: int = 0,
+                 bias_fn=None, forced=None, keep_first: bool = False):
     """Returns ``step(key, state) -> (state, info)``: one token for every particle.
 
     Args:
         resampling: one of ``multinomial``, ``stratified``, ``systematic``, ``residual``.
         ess_threshold: resample when ``ESS < ess_threshold * N``; 0 never resamples
             (importance sampling), 1 resamples at every step (unless all weights are equal).
+        islands: split the particles into this many equal groups that resample within
+            themselves (each group's weights reset to the group's mean weight, so the final
+            estimate is the mean of the islands' unbiased estimates). With particles sharded
+            over devices, one island per device keeps resampling local.
+        exchange_every: with islands, every this many steps a resampling is global instead
+            (0: never).
+        bias_fn: optional ``bias_fn(tokens[T], length) -> float32[V]``: a logit bias on each
+            particle's LM-token proposal, ``q'(x) ∝ q(x) exp(bias[x])``; the weight increment
+            becomes ``log p(x) - log q'(x) + ...`` (learned proposals, :mod:`.vi`).
+        forced: optional ``(tokens int32[N, T], upto int32[N])``: particle ``i``'s token at
+            position ``l < upto[i]`` is ``tokens[i, l]`` instead of a draw, weighted as the
+            proposal would weight it (conditional SMC, rejuvenation replays).
+        keep_first: conditional SMC: particle 0 (the retained reference) is its own ancestor at
+            every resampling and the others are drawn i.i.d. (multinomially) from the weights
+            of all ``N``, which is the conditional law the particle Gibbs kernel needs.
     """
     if resampling not in R.RESAMPLERS:
         raise ValueError(f"Unknown resampling scheme {resampling!r}; choose one of {sorted(R.RESAMPLERS)}.")
     resample_fn = R.RESAMPLERS[resampling]
+    islands = int(islands)
+    if islands < 1:
+        raise ValueError(f"islands must be >= 1, got {islands}.")
 
     def step(key, state: SMCState):
         k_prop, k_res = jax.random.split(key)
         parts0 = state.particles
-        parts, tokens = E.propose(k_prop, setup, parts0, state.lm.logprobs, state.t)
+        bias = None if bias_fn is None else jax.vmap(bias_fn)(parts0.tokens, parts0.length)
+        force = None
+        if forced is not None:
+            f_tok, f_upto = forced
+            pos = jnp.minimum(parts0.length, f_tok.shape[1] - 1)
+            force = (parts0.length < f_upto, jnp.take_along_axis(f_tok, pos[:, None], 1)[:, 0])
+        parts, tokens = E.propose(k_prop, setup, parts0, state.lm.logprobs, state.t,
+                                  bias=bias, force=force)
         n = parts.logw.shape[0]
         ess = R.ess(parts.logw)
         all_done = jnp.all(parts.done)
@@ -77,6 +107,18 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
             parts, lm_state, tokens, old_len = args
             idx = resample_fn(k_res, parts.logw, n)
             mean = E.log_mean_exp(parts.logw)
+            if islands > 1:
+                g = n // islands
+                lw = parts.logw.reshape(islands, g)
+                local = jax.vmap(lambda k, w: resample_fn(k, w, g))(
+                    jax.random.split(k_res, islands), lw)
+                island_idx = (local + g * jnp.arange(islands, dtype=jnp.int32)[:, None]).reshape(n)
+                island_mean = jnp.repeat(jax.vmap(E.log_mean_exp)(lw), g)
+                exchange = (exchange_every > 0) & ((state.t + 1) % max(exchange_every, 1) == 0)
+                idx = jnp.where(exchange, idx, island_idx)
+                mean = jnp.where(exchange, mean, island_mean)
+            if keep_first:
+                idx = R.iid_multinomial(k_res, parts.logw, n).at[0].set(0)
             parts, lm_state = E.gather(setup, parts, lm_state, idx)
             parts = parts._replace(logw=jnp.full_like(parts.logw, mean))
             return parts, lm_state, tokens[idx], old_len[idx], idx
@@ -85,8 +127,18 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
             parts, lm_state, tokens, old_len = args
             return parts, lm_state, tokens, old_len, jnp.arange(n, dtype=jnp.int32)
 
+        # The KV cache is reordered layer by layer, each under its own cond, outside the cond
+        # that reorders the (small) particle arrays: one cond over the whole cache made XLA
+        # hold a second full copy of it (the gather's output) next to the loop's own.
+        small_lm = state.lm._replace(cache=())
         parts, lm_state, tokens, old_len, idx = jax.lax.cond(
-            do_res, resample, keep, (parts, state.lm, tokens, parts0.length))
+            do_res, resample, keep, (parts, small_lm, tokens, parts0.length))
+        rows = (idx[:, None] * setup.num_contexts
+                + jnp.arange(setup.num_contexts)[None, :]).reshape(-1)
+        cache = jax.tree.map(
+            lambda x: jax.lax.cond(do_res, lambda y: jnp.take(y, rows, axis=0), lambda y: y, x),
+            state.lm.cache)
+        lm_state = lm_state._replace(cache=cache)
         active = ~parts.done
         lm_state = jax.lax.cond(
             jnp.any(active),
@@ -102,6 +154,8 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
             state.ess.at[t].set(ess),
             state.ancestors.at[t].set(idx),
             state.resampled.at[t].set(do_res),
+            state.hist_tokens.at[t].set(jnp.where(parts0.done[idx], -1, tokens)),
+            state.hist_logw.at[t].set(parts.logw),
         )
         return new, SMCInfo(ess, do_res, idx)
 
@@ -110,14 +164,18 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
 
 def run_loop(key, setup: E.Setup, params, num_particles: int, kernel_fn, init_fn=init):
     """Runs ``kernel`` under ``lax.while_loop`` until every particle finished, then ``final``."""
+    from ppl.inference.sharding import constrain_state
+
     k_init, k_loop, k_fin = jax.random.split(key, 3)
-    state = init_fn(k_init, setup, params, num_particles)
+    shard = lambda s: constrain_state(s, setup.mesh, num_particles, setup.num_contexts)  # noqa: E731
+    state = shard(init_fn(k_init, setup, params, num_particles))
 
     def cond(s):
         return (s.t < setup.max_tokens) & ~jnp.all(s.particles.done)
 
     def body(s):
         s, info = kernel_fn(jax.random.fold_in(k_loop, s.t), s)
+        s = shard(s)
         if setup.progress_fn is not None:
             jax.debug.callback(setup.report, s.t, jnp.sum(~s.particles.done), info.ess)
         return s
@@ -127,11 +185,15 @@ def run_loop(key, setup: E.Setup, params, num_particles: int, kernel_fn, init_fn
     return state._replace(particles=parts)
 
 
-def make_runner(setup: E.Setup, num_particles: int, *, resampling="stratified", ess_threshold=0.5):
+def make_runner(setup: E.Setup, num_particles: int, *, resampling="stratified", ess_threshold=0.5,
+                islands=1, exchange_every=0):
     """A function ``(key, params) -> SMCState`` for ``jax.jit``."""
+    if num_particles % int(islands):
+        raise ValueError(f"particles ({num_particles}) must be a multiple of islands ({islands}).")
 
     def runner(key, params):
-        kernel = build_kernel(setup, params, resampling=resampling, ess_threshold=ess_threshold)
+        kernel = build_kernel(setup, params, resampling=resampling, ess_threshold=ess_threshold,
+                              islands=islands, exchange_every=exchange_every)
         return run_loop(key, setup, params, num_particles, kernel)
 
     return runner

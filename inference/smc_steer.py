@@ -63,7 +63,9 @@ def build_kernel(setup: E.Setup, params, *, num_beams: int = 3):
         t = state.t
         new = smc.SMCState(parts, lm_state, t + 1, state.ess.at[t].set(ess),
                            state.ancestors.at[t].set(parents),
-                           state.resampled.at[t].set(True))
+                           state.resampled.at[t].set(True),
+                           state.hist_tokens.at[t].set(jnp.where(parts0.done[parents], -1, tok)),
+                           state.hist_logw.at[t].set(parts.logw))
         return new, smc.SMCInfo(ess, jnp.ones((), bool), parents)
 
     return step

@@ -11,6 +11,16 @@ Every primitive updates the particle's log-weight by an exact log ratio:
   finishes), so twists steer intermediate resampling without changing the final target.
 * ``finish_if(b)`` / ``finish()``: the particle stops after this step.
 
+Two optional hooks let backends change *how* LM tokens are drawn without touching programs:
+
+* ``proposal_bias`` (``float32[V]``): a token draw uses ``q'(x) ∝ q(x) exp(bias[x])`` instead
+  of the program's proposal ``q`` (or ``p`` when it gave none) and adds the exact
+  ``log p(x) - log q'(x)``; used by learned (variational) proposals.
+* ``force`` (``(flag, token)``): when ``flag`` holds, the LM token draw returns ``token``
+  and adds the weight the program's proposal would have given it, ``log p(x) - log q'(x)``;
+  used by conditional SMC and by rejuvenation moves to replay a retained prefix. With
+  ``force`` set, a program may only sample LM tokens (other latents cannot be replayed).
+
 Everything here is traced: one particle is written, the backend vmaps it over particles.
 """
 
@@ -81,8 +91,12 @@ class Context:
         t=None,
         condition_names: list[str] | None = None,
         decode_fn: Callable[[np.ndarray], str] | None = None,
+        proposal_bias=None,
+        force=None,
+        active=True,
     ):
         self._key = key
+        self.active = jnp.asarray(active, bool)  # False: the particle finished earlier (step is masked)
         self.logw = jnp.zeros((), jnp.float32)
         self.twist_amount = jnp.zeros((), jnp.float32)
         self.done = jnp.zeros((), bool)
@@ -94,6 +108,9 @@ class Context:
         self.t = t
         self._condition_names = condition_names if condition_names is not None else []
         self._decode_fn = decode_fn
+        self._bias = proposal_bias
+        self._force = force
+        self.proposal_logits = None  # normalised log q'(.) of this step's LM token draw
         if logprobs is None:
             self.lms: Sequence[LMView] = [LMView(self, 0, None)]
         else:
@@ -116,10 +133,29 @@ class Context:
 
     # ---- primitives --------------------------------------------------------------------
     def sample(self, dist, proposal=None):
-        """Draws from ``proposal`` (default ``dist``); weight += log dist(x) - log proposal(x)."""
+        """Draws from ``proposal`` (default ``dist``); weight += log dist(x) - log proposal(x).
+
+        For LM tokens the backend's hooks apply: with a proposal bias ``b`` the draw is from
+        ``q'(x) ∝ q(x) exp(b[x])`` and the weight is ``log dist(x) - log q'(x)``; a forced
+        token replaces the draw and is weighted the same way.
+        """
         q = dist if proposal is None else proposal
+        is_token = getattr(dist, "lm_index", None) is not None or getattr(proposal, "lm_index", None) is not None
+        if is_token and self._bias is not None:
+            q = q.add(self._bias)
         x = q.sample(self.key())
-        if proposal is not None:
+        if self._force is not None:
+            if not is_token:
+                raise ProgramError(
+                    "This backend replays retained token sequences (particle Gibbs, "
+                    "rejuvenation), so a program may only sample LM tokens; it sampled "
+                    f"{type(dist).__name__}. Use method='smc', 'is' or 'pimh' instead."
+                )
+            flag, forced = self._force
+            x = jnp.where(flag, jnp.asarray(forced, x.dtype), x)
+        if is_token and hasattr(q, "logprobs"):
+            self.proposal_logits = q.logprobs
+        if proposal is not None or q is not dist:
             lq = q.log_prob(x)
             lp = dist.log_prob(x)
             # A draw the proposal gives no mass to only happens when its support is empty:
@@ -158,6 +194,15 @@ class Context:
 
     def finish(self):
         self.done = jnp.ones((), bool)
+
+    def extend(self, dist, token, log_weight):
+        """Extends the LM context by ``token`` chosen by other means (e.g. a host-side
+        sampler) and adds ``log_weight``, which the caller guarantees is the correct
+        (possibly random but unbiased) importance weight of that choice."""
+        self.logw = self.logw + jnp.asarray(log_weight, jnp.float32)
+        self.done = self.done | (jnp.asarray(log_weight) == -jnp.inf)
+        self._record_token(dist, None, token)
+        return token
 
     # ---- host-side escape hatch ----------------------------------------------------------
     def text(self, fn: Callable[[str], Any], dtype=jnp.float32):

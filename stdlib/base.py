@@ -59,13 +59,21 @@ class TokenAutomaton:
         # string was just completed). Backends may finish such particles without sampling EOS,
         # which gives "truncate at the stop string" semantics instead of multiplying the weight
         # by p(EOS). Derived once here so that it is a lookup inside jit.
+        traced = isinstance(self.transitions, jax.core.Tracer) or isinstance(self.accepting, jax.core.Tracer)
         if self.final is None:
-            # numpy on the host: a jnp expression here would compile once per table shape.
-            live = np.any(np.asarray(self.transitions) != DEAD, axis=1)
-            object.__setattr__(self, "final", jnp.asarray(np.asarray(self.accepting) & ~live))
+            if traced:  # built inside jit (e.g. random automata in property tests)
+                live = jnp.any(self.transitions != DEAD, axis=1)
+                object.__setattr__(self, "final", self.accepting & ~live)
+            else:
+                # numpy on the host: a jnp expression here would compile once per table shape.
+                live = np.any(np.asarray(self.transitions) != DEAD, axis=1)
+                object.__setattr__(self, "final", jnp.asarray(np.asarray(self.accepting) & ~live))
         if self.min_steps is None:
-            object.__setattr__(self, "min_steps", jnp.asarray(_min_steps(
-                np.asarray(self.transitions), np.asarray(self.accepting))))
+            if traced:  # no host pass possible: no budget pruning (still exact)
+                object.__setattr__(self, "min_steps", jnp.zeros(self.transitions.shape[0], jnp.int32))
+            else:
+                object.__setattr__(self, "min_steps", jnp.asarray(_min_steps(
+                    np.asarray(self.transitions), np.asarray(self.accepting))))
 
     @property
     def num_states(self) -> int:
