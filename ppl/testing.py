@@ -17,6 +17,7 @@ Use it to test your own programs: compare ``ppl.infer(...).posterior()`` and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections import defaultdict
 
@@ -36,6 +37,18 @@ __all__ = [
     "evidence_discrepancy",
     "posterior_discrepancies",
     "replicate",
+    "t_quantile",
+    "mean_discrepancy",
+    "decrease_discrepancy",
+    "sequences",
+    "gamma_discrepancies",
+    "resampling_discrepancies",
+    "run_or_none",
+    "TrigramLM",
+    "toy_program_tables",
+    "toy_program",
+    "ToyExact",
+    "toy_exact",
 ]
 
 
@@ -257,3 +270,392 @@ def evidence_discrepancy(results, exact: Exact, alpha: float = 1e-4) -> str | No
     if abs(ratios.mean() - 1.0) > tol:
         return f"mean Z_hat/Z = {ratios.mean():.4f}, outside 1 ± {tol:.4f} (sd {sd:.4f}, R={r})"
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistical checks with a declared false-failure rate (used by tests/properties).
+# ---------------------------------------------------------------------------------------------
+
+
+def t_quantile(alpha: float, df: int) -> float:
+    """Two-sided Student-t quantile: ``P(|T_df| > q) = alpha``."""
+    from scipy import stats
+
+    return float(stats.t.ppf(1.0 - alpha / 2.0, df))
+
+
+def mean_discrepancy(samples, target: float, alpha: float = 1e-4, float_tol: float = 0.0,
+                     what: str = "mean") -> str | None:
+    """One-sample t-test that ``E[samples] == target`` at false-failure rate ``alpha``.
+
+    The half-width is ``t_{alpha, R-1} * sd / sqrt(R) + float_tol``, with ``sd`` the samples'
+    standard deviation and ``float_tol`` a bound on floating-point error (not a statistical
+    slack). Returns a failure message, or None when the mean is within the bound.
+    """
+    x = np.asarray(samples, np.float64)
+    r = x.size
+    sd = float(x.std(ddof=1)) if r > 1 else 0.0
+    tol = t_quantile(alpha, max(r - 1, 1)) * sd / math.sqrt(r) + float_tol
+    if not np.all(np.isfinite(x)) or abs(x.mean() - target) > tol:
+        return f"{what}: {x.mean():.6g} vs exact {target:.6g}, outside ± {tol:.3g} (sd {sd:.3g}, R={r})"
+    return None
+
+
+def decrease_discrepancy(larger, smaller, alpha: float = 1e-4, what: str = "value") -> str | None:
+    """One-sided Welch test that ``E[larger] > E[smaller]``; a message when it is not shown.
+
+    The failure rate under a real decrease depends on its size (the test's power); callers
+    choose sample sizes so that the expected statistic is far above the critical value.
+    """
+    a, b = np.asarray(larger, np.float64), np.asarray(smaller, np.float64)
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = math.sqrt(max(va + vb, 1e-300))
+    df = (va + vb) ** 2 / max(va**2 / (a.size - 1) + vb**2 / (b.size - 1), 1e-300)
+    from scipy import stats
+
+    crit = float(stats.t.ppf(1.0 - alpha, df))
+    stat = (a.mean() - b.mean()) / se
+    if not stat > crit:
+        return (f"{what} did not decrease: {a.mean():.4g} -> {b.mean():.4g} "
+                f"(Welch t = {stat:.2f} <= {crit:.2f})")
+    return None
+
+
+def sequences(result) -> list[tuple]:
+    """The token tuples of a :class:`~ppl.Result` (EOS included when drawn)."""
+    return [tuple(int(t) for t in row[:n]) for row, n in zip(result.tokens, result.lengths)]
+
+
+def gamma_discrepancies(results, exact_log_weights: dict, features: dict,
+                        alpha: float = 1e-4) -> list[str]:
+    """Unbiasedness of weighted expectations: for each feature ``f`` (token tuple -> [0, 1]) the
+    replicates' ``mean_i exp(logw_i - log Z) f(x_i)`` must average to ``E_pi[f]``.
+
+    ``mean_i exp(logw_i) f(x_i)`` estimates ``Z * E_pi[f]`` without bias under IS, SMC (weights
+    reset to their mean at resampling) and SMC-steer (weight-preserving resampling), so the
+    comparison needs no slack for self-normalisation bias. ``results`` may contain None for a
+    run in which every particle died (its estimate is 0). One t-test per feature at
+    ``alpha / #features`` (Bonferroni); the float32 term is ``1e-5`` relative.
+    """
+    lw_exact = np.array([w for w in exact_log_weights.values() if np.isfinite(w)], np.float64)
+    log_z = float(np.log(np.sum(np.exp(lw_exact - lw_exact.max()))) + lw_exact.max())
+    probs = {s: math.exp(w - log_z) for s, w in exact_log_weights.items() if np.isfinite(w)}
+    runs = []
+    for res in results:
+        if res is None:
+            runs.append((np.zeros(0), []))
+        else:
+            lw = np.asarray(res.log_weights, np.float64)
+            runs.append((np.where(np.isfinite(lw), np.exp(np.minimum(lw - log_z, 700.0)), 0.0),
+                         sequences(res)))
+    bad = []
+    a = alpha / max(len(features), 1)
+    for name, f in features.items():
+        target = sum(p * f(s) for s, p in probs.items())
+        est = [float(np.mean(w * np.array([f(s) for s in seqs], np.float64))) if len(seqs) else 0.0
+               for w, seqs in runs]
+        msg = mean_discrepancy(est, target, a, float_tol=1e-5 * max(abs(target), 1e-3), what=name)
+        if msg:
+            bad.append(msg)
+    return bad
+
+
+@functools.lru_cache(maxsize=64)
+def _vmapped_resampler(resample_fn, num_samples: int):
+    return jax.jit(jax.vmap(lambda k, lw: resample_fn(k, lw, num_samples), in_axes=(0, None)))
+
+
+def resampling_discrepancies(resample_fn, log_weights, num_samples: int, num_keys: int = 4000,
+                             seed: int = 0, alpha: float = 1e-4) -> list[str]:
+    """Checks a resampler ``(key, log_weights, n) -> indices`` on ``num_keys`` keys (vmapped):
+    indices in range, never an index of weight zero, ``n`` of them, and expected counts
+    ``n * w_i`` (a t-test per particle at ``alpha / M``, Bonferroni over the ``M`` particles).
+    """
+    lw = jnp.asarray(log_weights, jnp.float32)
+    m = lw.shape[0]
+    keys = jax.random.split(jax.random.key(seed), num_keys)
+    idx = np.asarray(_vmapped_resampler(resample_fn, num_samples)(keys, lw))
+    bad = []
+    if idx.shape != (num_keys, num_samples):
+        return [f"indices have shape {idx.shape}, expected {(num_keys, num_samples)}"]
+    if idx.min() < 0 or idx.max() >= m:
+        bad.append(f"indices out of range: [{idx.min()}, {idx.max()}] for {m} particles")
+        return bad
+    w = np.exp(np.asarray(lw, np.float64) - np.logaddexp.reduce(np.asarray(lw, np.float64)))
+    counts = (idx[:, :, None] == np.arange(m)[None, None, :]).sum(axis=1)
+    zero = w == 0
+    if zero.any() and counts[:, zero].any():
+        bad.append("a particle of weight zero was resampled")
+    # float32 cumulative sums shift each stratum boundary by at most ~M ulps.
+    float_tol = 4.0 * m * np.finfo(np.float32).eps * num_samples
+    for i in range(m):
+        msg = mean_discrepancy(counts[:, i], num_samples * w[i], alpha / m, float_tol,
+                               what=f"count of particle {i} (w={w[i]:.4f})")
+        if msg:
+            bad.append(msg)
+    return bad
+
+
+def run_or_none(program, method: str, particles: int, seed, **options):
+    """``ppl.infer(...)``, or None when every particle died (``InferenceError``: ``Z_hat = 0``)."""
+    from ppl.api import infer
+    from ppl.result import InferenceError
+
+    try:
+        return infer(program, method=method, particles=particles, seed=seed, **options)
+    except InferenceError as e:
+        if "NaN" in str(e):
+            raise
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# A toy program family whose every random ingredient is a value (tests reuse one compilation).
+# ---------------------------------------------------------------------------------------------
+
+
+class TrigramLM:
+    """An exact second-order LM: ``p(x_1) = first``, ``p(x_2 | x_1) = trans[V, x_1]``,
+    ``p(x_t | x_{t-2}, x_{t-1}) = trans[x_{t-2}, x_{t-1}]``.
+
+    Unlike :class:`~ppl.models.NGramLM` its cache matters: it holds the last token fed, which
+    the next ``decode`` needs, so a wrong KV-cache gather after resampling changes the
+    next-token distribution (as it would in a transformer). ``params`` is
+    ``{"lm": {"first": [V], "trans": [V+1, V, V]}, "program": {...}}``; the ``program`` entry
+    holds tables of :class:`ToyProgram`. Replace ``params`` with same-shaped arrays
+    (:meth:`make_params`) to change the model without recompiling.
+    """
+
+    def __init__(self, params, eos_token_id: int, token_strings=None, max_context: int = 4096):
+        from ppl.models.base import Vocab
+        from ppl.models.ngram import _ListTokenizer
+
+        v = int(np.shape(params["lm"]["first"])[0])
+        strings = list(token_strings) if token_strings is not None else [chr(97 + i) for i in range(v)]
+        strings[eos_token_id] = ""
+        self.vocab_size = v
+        self.eos_token_id = int(eos_token_id)
+        self.bos_token_id = v
+        self.max_context = int(max_context)
+        self.name = "TrigramLM"
+        self.params = params
+        self.vocab = Vocab.from_bytes([x.encode() for x in strings], eos_token_id)
+        self.tokenizer = _ListTokenizer(strings, {eos_token_id})
+
+    @staticmethod
+    def make_params(first_logits, trans_logits, program_tables=None) -> dict:
+        """Normalised parameters from unnormalised log-weights (``-inf`` allowed)."""
+        first = jax.nn.log_softmax(jnp.asarray(first_logits, jnp.float32))
+        trans = jax.nn.log_softmax(jnp.asarray(trans_logits, jnp.float32), axis=-1)
+        out = {"lm": {"first": first, "trans": trans}}
+        out["program"] = {} if program_tables is None else jax.tree.map(jnp.asarray, program_tables)
+        return out
+
+    def prompt_ids(self, prompt) -> list[int]:
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        return ids or [self.bos_token_id]
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode_text(self, ids) -> str:
+        return self.vocab.decode(ids)
+
+    def init_cache_bytes(self, max_len: int) -> int:
+        return 4
+
+    def _row(self, params, prev, last):
+        v = self.vocab_size
+        first = params["lm"]["first"]
+        row = params["lm"]["trans"][jnp.clip(prev, 0, v), jnp.clip(last, 0, v - 1)]
+        return jnp.where((last == self.bos_token_id)[..., None], first, row)
+
+    def prefill(self, params, prompt_ids, max_len):
+        ids = jnp.asarray(prompt_ids, jnp.int32)
+        last = ids[-1]
+        prev = ids[-2] if ids.shape[0] >= 2 else jnp.int32(self.vocab_size)
+        prev = jnp.where(prev == self.bos_token_id, self.vocab_size, prev)
+        lp = self._row(params, prev, last)
+        fed = jnp.where(last == self.bos_token_id, self.vocab_size, last)
+        return {"prev": fed[None]}, lp
+
+    def decode(self, params, cache, tokens, positions):
+        tokens = jnp.asarray(tokens, jnp.int32)
+        return {"prev": tokens}, self._row(params, cache["prev"], tokens)
+
+    def logprob_row(self, prefix) -> np.ndarray:
+        """Host-side ``log p(. | prefix)`` (empty prompt), for oracles."""
+        first = np.asarray(self.params["lm"]["first"], np.float64)
+        trans = np.asarray(self.params["lm"]["trans"], np.float64)
+        if len(prefix) == 0:
+            return first
+        prev = self.vocab_size if len(prefix) == 1 else prefix[-2]
+        return trans[prev, prefix[-1]]
+
+
+def toy_program_tables(num_states: int, vocab_size: int, eos_token_id: int, *, transitions=None,
+                       accepting=None, temperature=1.0, bias=None, token_factor=None,
+                       twist=None) -> dict:
+    """The value tables :class:`ToyProgram` reads from ``lm.params["program"]``.
+
+    ``transitions`` (``int32[S, V]``) follows :class:`~ppl.stdlib.base.TokenAutomaton`'s
+    conventions, which this function enforces: state 0 is dead (row 0 all 0, not accepting) and
+    EOS leads to the dead state (its acceptance is read from ``accepting``). The start state is 1.
+    Defaults: every text accepted, prior proposal, no factors, no twist.
+    """
+    s, v = num_states, vocab_size
+    tr = np.ones((s, v), np.int32) if transitions is None else np.array(transitions, np.int32)
+    tr[0, :] = 0
+    tr[:, eos_token_id] = 0
+    acc = np.ones(s, bool) if accepting is None else np.array(accepting, bool)
+    acc[0] = False
+    live = np.any(tr != 0, axis=1)
+    return {
+        "transitions": tr,
+        "accepting": acc,
+        "final": acc & ~live,
+        "temperature": np.float32(temperature),
+        "bias": np.zeros((s, v), np.float32) if bias is None else np.asarray(bias, np.float32),
+        "token_factor": np.zeros(v, np.float32) if token_factor is None else np.asarray(token_factor, np.float32),
+        "twist": np.zeros(s, np.float32) if twist is None else np.asarray(twist, np.float32),
+    }
+
+
+def _automaton(tables, eos):
+    """A :class:`~ppl.stdlib.base.TokenAutomaton` over (possibly traced) tables.
+
+    ``__post_init__`` derives host-side tables with numpy, which traced values cannot feed, so
+    the instance is assembled field by field; derived fields the toy program does not use
+    stay at their defaults.
+    """
+    from ppl.stdlib.base import TokenAutomaton
+
+    a = object.__new__(TokenAutomaton)
+    for f in dataclasses.fields(TokenAutomaton):
+        default = None if f.default is dataclasses.MISSING else f.default
+        object.__setattr__(a, f.name, tables.get(f.name, default))
+    for name, value in (("start", 1), ("eos_token_id", eos), ("name", "automaton")):
+        object.__setattr__(a, name, value)
+    return a
+
+
+def toy_program(lm: TrigramLM, max_tokens: int, predicate=None, potential=None):
+    """A program exercising every primitive, with all its numbers read from ``lm.params``:
+
+    * proposal ``q ∝ exp(log p / temperature + bias[s])`` masked by a random
+      :class:`~ppl.stdlib.base.TokenAutomaton` (state ``s``), as ``steer`` masks constraints;
+    * ``condition`` on the automaton (alive at each step, accepting at the end);
+    * ``factor(token_factor[x])`` per token; ``twist(twist[s])`` per step;
+    * optional host ``predicate(text) -> bool`` (condition) and ``potential(text) -> float``
+      (factor) in ``final`` through ``ctx.text``. They are looked up at run time
+      (``program.predicate`` / ``program.potential`` may be reassigned), but whether each is
+      present is fixed at construction.
+
+    Target: ``p_LM(x) exp(Σ token_factor[x_t] + potential(text)) 1[automaton accepts]
+    1[predicate(text)]``; :func:`toy_exact` computes it independently in numpy.
+    """
+    from ppl.program import Program
+
+    eos = lm.eos_token_id
+
+    class _Toy(Program):
+        def init(self, ctx):
+            return jnp.int32(1)
+
+        def step(self, ctx, s):
+            tab = self.lm.params["program"]
+            a = _automaton(tab, eos)
+            p = ctx.lm.next_token()
+            q = p.temper(tab["temperature"]).add(tab["bias"][s])
+            mask = a.allowed(s)
+            last_ok = a.accepting[a.transitions[s]].at[eos].set(a.accepting[s])
+            mask = jnp.where(ctx.is_last, mask & last_ok, mask)
+            tok = ctx.sample(p, proposal=q.mask(mask))
+            s2 = a.advance(s, tok)
+            ctx.condition(a.alive(s2), name="automaton")
+            ctx.factor(tab["token_factor"][tok])
+            ctx.twist(tab["twist"][s2])
+            ctx.finish_if(tok == eos)
+            return s2
+
+        def final(self, ctx, s):
+            tab = self.lm.params["program"]
+            ctx.condition(tab["accepting"][s], name="automaton")
+            if self.has_predicate:
+                ctx.condition(ctx.text(lambda t: bool(self.predicate(t)), dtype=bool),
+                              name="predicate")
+            if self.has_potential:
+                ctx.factor(ctx.text(lambda t: float(self.potential(t))))
+
+    prog = _Toy(lm=lm, prompt="", max_tokens=max_tokens)
+    prog.has_predicate = predicate is not None
+    prog.has_potential = potential is not None
+    prog.predicate = predicate
+    prog.potential = potential
+    return prog
+
+
+@dataclasses.dataclass
+class ToyExact:
+    """Exact target of a :func:`toy_program` (numpy enumeration, independent of the engine).
+
+    Attributes:
+        log_evidence: ``log Z``.
+        log_weights: ``{token tuple: log pi~(x)}`` for complete sequences of positive weight.
+        log_proposal: ``{token tuple: log q(x)}`` the program's proposal probability of each
+            complete sequence it can generate (any with positive target weight included).
+    """
+
+    log_evidence: float
+    log_weights: dict
+    log_proposal: dict
+
+    @property
+    def posterior(self) -> dict:
+        return {s: math.exp(w - self.log_evidence) for s, w in self.log_weights.items()}
+
+
+def toy_exact(program) -> ToyExact:
+    """Enumerates every sequence of a :func:`toy_program` in numpy (no JAX, no engine code)."""
+    lm = program.lm
+    tab = jax.tree.map(np.asarray, lm.params["program"])
+    v, eos, t_max = lm.vocab_size, lm.eos_token_id, program.max_tokens
+    tr, acc = tab["transitions"], tab["accepting"]
+    tau, bias, tf = float(tab["temperature"]), tab["bias"].astype(np.float64), tab["token_factor"]
+    weights, props = {}, {}
+
+    def visit(seq, s, lp_sum, lq_sum, f_sum):
+        lp = lm.logprob_row(seq)
+        allowed = tr[s] != 0
+        allowed[eos] = acc[s]
+        if len(seq) + 1 >= t_max:
+            last_ok = acc[tr[s]].copy()
+            last_ok[eos] = acc[s]
+            allowed &= last_ok
+        logits = np.where(allowed, lp / tau + bias[s], -np.inf)
+        mx = logits.max()
+        lq = logits - (mx + np.log(np.sum(np.exp(logits - mx)))) if np.isfinite(mx) else logits
+        for x in range(v):
+            s2 = s if (x == eos and acc[s]) else int(tr[s, x])
+            new = seq + (x,)
+            a_lp, a_lq, a_f = lp_sum + lp[x], lq_sum + lq[x], f_sum + float(tf[x])
+            if s2 == 0 or not np.isfinite(lp[x]):
+                continue
+            if x == eos or len(new) >= t_max:
+                if not acc[s2]:
+                    continue
+                text = lm.vocab.decode(new[:-1] if x == eos else new)
+                if program.has_predicate and not program.predicate(text):
+                    continue
+                pot = float(program.potential(text)) if program.has_potential else 0.0
+                weights[new] = a_lp + a_f + pot
+                props[new] = a_lq
+            else:
+                visit(new, s2, a_lp, a_lq, a_f)
+
+    visit((), 1, 0.0, 0.0, 0.0)
+    if not weights:
+        return ToyExact(-math.inf, {}, {})
+    lw = np.array(list(weights.values()))
+    log_z = float(lw.max() + np.log(np.sum(np.exp(lw - lw.max()))))
+    return ToyExact(log_z, weights, props)
