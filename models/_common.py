@@ -176,7 +176,9 @@ class TransformerLM:
     """Mixin of what GPT-2 and Llama share: cache layout, memory estimate, host fields.
 
     Subclasses set ``n_layers``, ``kv_heads``, ``head_dim``, ``dtype`` and implement
-    ``prefill``/``decode`` (with an optional ``return_hidden`` flag).
+    ``_prefill(params, ids, max_len) -> (caches, hidden[P, D])``, ``_head(params, x) ->
+    (normed hidden, logprobs)`` and ``decode`` (with an optional ``return_hidden`` flag);
+    ``prefill`` and ``forward`` are shared here.
     """
 
     n_layers: int
@@ -194,6 +196,22 @@ class TransformerLM:
 
     def init_cache_bytes(self, max_len: int) -> int:
         return cache_bytes(self.n_layers, self.kv_heads, self.head_dim, max_len, self.dtype)
+
+    def prefill(self, params, prompt_ids, max_len: int, return_hidden: bool = False):
+        """See :meth:`LanguageModel.prefill`; ``return_hidden`` adds the final hidden state."""
+        caches, x = self._prefill(params, prompt_ids, max_len)
+        h, lp_ = self._head(params, x[-1])
+        return (caches, lp_, h) if return_hidden else (caches, lp_)
+
+    def forward(self, params, ids):
+        """Log-probs of the next token after every prefix of ``ids``: ``float32[P, V]``.
+
+        Row ``t`` is the distribution of ``ids[t + 1]``. One pass, no cache kept: for scoring
+        whole sequences (and as the reference of incremental decoding in tests).
+        """
+        ids = jnp.asarray(ids, jnp.int32)
+        _, x = self._prefill(params, ids, ids.shape[0])
+        return self._head(params, x)[1]
 
     def decode_with_hidden(self, params, cache, tokens, positions):
         """Like ``decode`` but also returns the final hidden state ``[B, hidden_size]``.

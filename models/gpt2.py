@@ -156,22 +156,6 @@ class GPT2LM(C.TransformerLM, LanguageModel):
             caches.append(c)
         return tuple(caches), x
 
-    def prefill(self, params, prompt_ids, max_len: int, return_hidden: bool = False):
-        """See :meth:`LanguageModel.prefill`; ``return_hidden`` adds the final hidden state."""
-        caches, x = self._prefill(params, prompt_ids, max_len)
-        h, lp_ = self._head(params, x[-1])
-        return (caches, lp_, h) if return_hidden else (caches, lp_)
-
-    def forward(self, params, ids):
-        """Log-probs of the next token after every prefix of ``ids``: ``float32[P, V]``.
-
-        Row ``t`` is the distribution of ``ids[t + 1]``. One pass, no cache kept: for scoring
-        whole sequences (and as the reference of incremental decoding in tests).
-        """
-        ids = jnp.asarray(ids, jnp.int32)
-        _, x = self._prefill(params, ids, ids.shape[0])
-        return self._head(params, x)[1]
-
     def decode(self, params, cache, tokens, positions, return_hidden: bool = False):
         """See :meth:`LanguageModel.decode`; ``return_hidden`` adds the final hidden states."""
         tokens = jnp.asarray(tokens, jnp.int32)

@@ -12,17 +12,10 @@ from ppl.models.base import Vocab
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable unicode map (from the original encoder.py)."""
-    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-          + list(range(ord("®"), ord("ÿ") + 1)))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    """GPT-2's reversible byte -> printable unicode map (the library's own)."""
+    from ppl.models.vocab import bytes_to_unicode as _b2u
+
+    return _b2u()
 
 
 @functools.lru_cache(maxsize=1)
