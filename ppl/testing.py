@@ -35,6 +35,8 @@ __all__ = [
     "binomial_tolerance",
     "evidence_tolerance",
     "evidence_discrepancy",
+    "rank_uniformity_discrepancy",
+    "sbc_ranks",
     "posterior_discrepancies",
     "replicate",
     "t_quantile",
@@ -659,3 +661,38 @@ def toy_exact(program) -> ToyExact:
     lw = np.array(list(weights.values()))
     log_z = float(lw.max() + np.log(np.sum(np.exp(lw - lw.max()))))
     return ToyExact(log_z, weights, props)
+
+
+def sbc_ranks(simulate, posterior_draws, num_replicates: int, num_draws: int, seed: int = 0):
+    """Simulation-based calibration ranks (Talts et al.): for programs with continuous latents.
+
+    For each replicate, ``simulate(rng) -> (theta, data)`` draws a latent from the prior and
+    data given it; ``posterior_draws(data, replicate) -> array`` returns ``num_draws``
+    approximately independent posterior draws of the latent. If inference is exact, the rank
+    of ``theta`` among the draws is uniform on ``0..num_draws``.
+    """
+    rng = np.random.default_rng(seed)
+    ranks = []
+    for r in range(num_replicates):
+        theta, data = simulate(rng)
+        draws = np.asarray(posterior_draws(data, r))
+        if draws.shape != (num_draws,):
+            raise ValueError(f"posterior_draws returned shape {draws.shape}, expected ({num_draws},).")
+        ranks.append(int(np.sum(draws < theta)))
+    return np.asarray(ranks)
+
+
+def rank_uniformity_discrepancy(ranks, num_draws: int, bins: int = 5, alpha: float = 1e-4) -> str | None:
+    """Chi-square test that SBC ranks (on ``0..num_draws``) are uniform, at false-failure rate
+    ``alpha``. ``num_draws + 1`` must be a multiple of ``bins``. Returns a message or None."""
+    from scipy.stats import chi2  # scipy ships with jax
+
+    if (num_draws + 1) % bins:
+        raise ValueError("num_draws + 1 must be a multiple of bins.")
+    counts = np.bincount(np.asarray(ranks) * bins // (num_draws + 1), minlength=bins)
+    expected = len(ranks) / bins
+    stat = float(((counts - expected) ** 2 / expected).sum())
+    crit = float(chi2.ppf(1 - alpha, bins - 1))
+    if stat > crit:
+        return f"SBC ranks not uniform: chi2 = {stat:.1f} > {crit:.1f} (counts {counts.tolist()})"
+    return None
