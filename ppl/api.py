@@ -164,6 +164,9 @@ class SteerProgram(Program):
         else:
             tok = self._draw(ctx, p, None)
         ctx.finish_if(tok == eos)
+        for pred in self.predicates:
+            if getattr(pred, "incremental", False):  # prefix-closed: check every prefix
+                ctx.condition(ctx.text(lambda t, f=pred: bool(f(t)), dtype=bool), name=_name(pred))
         for g in self.twists:
             ctx.twist(ctx.text(g))
         return state

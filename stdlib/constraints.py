@@ -45,6 +45,8 @@ from ppl.stdlib.base import Constraint, TokenAutomaton
 
 __all__ = [
     "lark",
+    "predicate",
+    "Predicate",
     "regex",
     "json_schema",
     "max_word_length",
@@ -665,3 +667,35 @@ def lark(grammar: str, start: str = "start", max_draws: int = 64):
     from ppl.stdlib._lark import LarkConstraint
 
     return LarkConstraint(grammar, start=start, max_draws=max_draws)
+
+
+class Predicate:
+    """A Python rule on the text, ``fn(text) -> bool``, checked on the host.
+
+    Args:
+        fn: the rule.
+        incremental: the user's promise that the rule is *prefix-closed*: once it fails on a
+            prefix it fails on every continuation. Then it is checked after every token (one
+            batched ``pure_callback`` per step) and failing particles die early, which saves
+            work and keeps the posterior exact. Without the promise it is checked only on the
+            finished text (always exact).
+        name: for the error raised when every particle fails.
+    """
+
+    def __init__(self, fn, incremental: bool = False, name: str | None = None):
+        if not callable(fn):
+            raise TypeError(f"predicate needs a callable str -> bool, got {fn!r}.")
+        self.fn = fn
+        self.incremental = bool(incremental)
+        self.name = name or getattr(fn, "__name__", "predicate")
+
+    def __call__(self, text: str) -> bool:
+        return bool(self.fn(text))
+
+    def check(self, text: str) -> bool:
+        return self(text)
+
+
+def predicate(fn, incremental: bool = False, name: str | None = None) -> Predicate:
+    """See :class:`Predicate`."""
+    return Predicate(fn, incremental, name)

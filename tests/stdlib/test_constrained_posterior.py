@@ -45,3 +45,24 @@ def test_min_steps_table():
     # "ab"," ","ab"," ","1": five tokens at least from the start.
     assert int(a.min_steps[a.start]) == 5
     assert int(a.min_steps[0]) > 10**6  # DEAD never reaches acceptance
+
+
+def test_incremental_python_predicate_is_exact_and_kills_early():
+    lm = _lm(3)
+    calls = []
+
+    def no_double_a(text):
+        calls.append(text)
+        return "aa" not in text  # prefix-closed: once "aa" appears it stays
+
+    inc = C.predicate(no_double_a, incremental=True)
+    prog = ppl.steer(lm, "", constraints=[inc], max_tokens=4)
+    oracle = enumerate_posterior(ppl.steer(lm, "", constraints=[no_double_a], max_tokens=4))
+    calls.clear()
+    results = replicate(prog, "smc", 300, range(12))
+    for r in results:
+        assert all("aa" not in t for t, w in zip(r.texts, r.weights) if w > 0)
+    assert not posterior_discrepancies(results, oracle)
+    assert evidence_discrepancy(results, oracle) is None
+    # Checked after every step, not only on the 12 x 300 finished texts.
+    assert len(calls) > 2 * 12 * 300
