@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import replace_section  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "constraints.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
 PROMPT = "The king said unto them,"
@@ -119,14 +120,7 @@ def write_docs(md, command, n, steps):
     body = (f"{header}\n\nCommand: `{command}` ({time.strftime('%Y-%m-%d')}, shared 2-core machine). "
             f"SMC, N={n}, T={steps}, median per-step run time after compilation; build = first "
             f"compilation of the constraint to a token table (cached afterwards).\n\n{md}\n")
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    if header in text:
-        start = text.index(header)
-        nxt = text.find("\n## ", start + len(header))
-        text = text[:start] + body + (text[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + body
-    DOCS.write_text(text)
+    replace_section(header, body)
 
 
 def main(argv=None):

@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import replace_section  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "smc_overhead.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
 PROMPT = "The king said unto them, and the people"
@@ -104,14 +105,7 @@ def write_docs(md: str, command: str) -> None:
     header = "## SMC overhead over plain batched sampling"
     body = (f"{header}\n\nCommand: `{command}` ({platform.processor() or platform.machine()}, "
             f"{time.strftime('%Y-%m-%d')}). Median run time after compilation; overhead = SMC / plain - 1.\n\n{md}\n")
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    if header in text:
-        start = text.index(header)
-        nxt = text.find("\n## ", start + len(header))
-        text = text[:start] + body + (text[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + body
-    DOCS.write_text(text)
+    replace_section(header, body)
 
 
 def main(argv=None):
