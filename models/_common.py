@@ -41,6 +41,15 @@ ACTIVATIONS = {
 }
 
 
+def config_value(config, key, default=None):
+    """``config[key]`` for a dict, ``config.key`` for a Hugging Face config object."""
+    from collections.abc import Mapping
+
+    if isinstance(config, Mapping):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
 def activation(name: str, model: str):
     """The activation function called ``name`` in a Hugging Face config."""
     try:

@@ -19,10 +19,7 @@ from ppl.models.base import LanguageModel, Vocab
 __all__ = ["GPT2LM"]
 
 
-def _cfg(config, key, default=None):
-    if isinstance(config, Mapping):
-        return config.get(key, default)
-    return getattr(config, key, default)
+_cfg = C.config_value
 
 
 class GPT2LM(C.TransformerLM, LanguageModel):

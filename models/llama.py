@@ -22,10 +22,7 @@ __all__ = ["LlamaLM", "rope_inv_freq", "SUPPORTED_ROPE_TYPES"]
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
-def _cfg(config, key, default=None):
-    if isinstance(config, Mapping):
-        return config.get(key, default)
-    return getattr(config, key, default)
+_cfg = C.config_value
 
 
 def _rope_params(config) -> dict:
