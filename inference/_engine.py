@@ -250,11 +250,16 @@ def advance_lm(setup: Setup, params, lm_state: LMState, tokens, old_length, acti
     return LMState(cache, lp, nan)
 
 
+def cache_rows(setup: Setup, ancestors):
+    """LM rows of the given particles: particle ``a`` owns rows ``a * K .. a * K + K - 1``."""
+    k_ctx = setup.num_contexts
+    return (ancestors[:, None] * k_ctx + jnp.arange(k_ctx)[None, :]).reshape(-1)
+
+
 def gather(setup: Setup, parts: Particles, lm_state: LMState, ancestors):
     """Particle ``i`` becomes a copy of particle ``ancestors[i]``: state, tokens and KV cache."""
-    k_ctx = setup.num_contexts
     parts = jax.tree.map(lambda x: jnp.take(x, ancestors, axis=0), parts)
-    rows = (ancestors[:, None] * k_ctx + jnp.arange(k_ctx)[None, :]).reshape(-1)
+    rows = cache_rows(setup, ancestors)
     lm_state = LMState(
         reorder(lm_state.cache, rows),
         jnp.take(lm_state.logprobs, ancestors, axis=0),

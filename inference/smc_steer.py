@@ -31,7 +31,6 @@ def build_kernel(setup: E.Setup, params, *, num_beams: int = 3):
     if int(num_beams) < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}.")
     b = int(num_beams)
-    k_ctx = setup.num_contexts
 
     def step(key, state: smc.SMCState):
         k_prop, k_res = jax.random.split(key)
@@ -49,7 +48,7 @@ def build_kernel(setup: E.Setup, params, *, num_beams: int = 3):
         parts = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), cand)
         parts = parts._replace(logw=new_lw.astype(jnp.float32))
         parents = (idx // b).astype(jnp.int32)
-        rows = (parents[:, None] * k_ctx + jnp.arange(k_ctx)[None, :]).reshape(-1)
+        rows = E.cache_rows(setup, parents)
         lm_state = E.LMState(reorder(state.lm.cache, rows), state.lm.logprobs[parents], state.lm.nan)
         active = ~parts.done
         tok = tokens[idx]

@@ -149,8 +149,7 @@ def enumerate_posterior(program, max_sequences: int = 200_000, batch: int = 4096
             sub = jax.tree.map(lambda x: x[sl], frontier)
             out, toks = expand_jit(sub, fr_lm.logprobs[sl])
             rows = jnp.repeat(jnp.arange(sl.start, sl.stop), v)
-            k_ctx = setup.num_contexts
-            crow = (rows[:, None] * k_ctx + jnp.arange(k_ctx)[None, :]).reshape(-1)
+            crow = E.cache_rows(setup, rows)
             sub_lm = E.LMState(jax.tree.map(lambda x: jnp.take(x, crow, axis=0), fr_lm.cache),
                                fr_lm.logprobs[rows], fr_lm.nan)
             old_len = jnp.repeat(sub.length, v)
@@ -173,8 +172,7 @@ def enumerate_posterior(program, max_sequences: int = 200_000, batch: int = 4096
             finished_state.append(jax.tree.map(lambda x: np.asarray(x)[idx], out.state))
         keep = np.nonzero(~done & alive)[0]
         frontier = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[keep]), out)
-        k_ctx = setup.num_contexts
-        crow = (keep[:, None] * k_ctx + np.arange(k_ctx)[None, :]).reshape(-1)
+        crow = np.asarray(E.cache_rows(setup, jnp.asarray(keep, jnp.int32)))
         fr_lm = E.LMState(jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[crow]), new_lm.cache),
                           jnp.asarray(np.asarray(new_lm.logprobs)[keep]), new_lm.nan)
 
