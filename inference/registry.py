@@ -20,7 +20,8 @@ def run_is(program, *, particles, seed, proposal_params=None):
 
 @register_method("smc")
 def run_smc(program, *, particles, seed, resampling="stratified", ess_threshold=0.5,
-            islands=1, exchange_every=0, rejuvenate=0, proposal_params=None):
+            islands=1, exchange_every=0, rejuvenate=0, rejuvenate_at="resample",
+            proposal_params=None):
     if not 0.0 <= float(ess_threshold) <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}.")
     if int(rejuvenate) < 0:
@@ -31,7 +32,8 @@ def run_smc(program, *, particles, seed, resampling="stratified", ess_threshold=
         return vi.run_with_proposal(
             "smc", program, seed, particles, proposal_params, resampling=resampling,
             ess_threshold=float(ess_threshold), islands=int(islands),
-            exchange_every=int(exchange_every), rejuvenate=int(rejuvenate))
+            exchange_every=int(exchange_every), rejuvenate=int(rejuvenate),
+            rejuvenate_at=rejuvenate_at)
     return driver.run_population(
         "smc", program, seed, particles,
         lambda s, n: smc.make_runner(s, n, resampling=resampling, ess_threshold=float(ess_threshold),
@@ -59,12 +61,12 @@ def run_pimh(program, *, particles, seed, steps=100, burn_in=0, chains=1, resamp
 
 @register_method("particle_gibbs")
 def run_particle_gibbs(program, *, particles, seed, steps=100, burn_in=0, chains=1,
-                       resampling="stratified", ess_threshold=0.5):
+                       resampling="stratified", ess_threshold=0.5, ancestor_sampling=True):
     from ppl.inference import particle_gibbs
 
     return particle_gibbs.run(program, particles=particles, seed=seed, steps=steps,
                               burn_in=burn_in, chains=chains, resampling=resampling,
-                              ess_threshold=ess_threshold)
+                              ess_threshold=ess_threshold, ancestor_sampling=ancestor_sampling)
 
 
 @register_method("vi")

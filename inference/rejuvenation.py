@@ -1,15 +1,21 @@
-"""Rejuvenation (resample-move, Gilks & Berzuini 2001) of finished SMC particles.
+"""Rejuvenation (resample-move, Gilks & Berzuini 2001) of SMC particles.
 
-``ppl.infer(program, method="smc", rejuvenate=k)`` runs SMC to the end, then (if the final ESS
-is below ``ess_threshold * N``) resamples once, then applies ``k`` Metropolis–Hastings moves to
-every particle independently (vmapped). Each move targets the full posterior
-``pi(x) ∝ gamma(x) = p(x) exp(factors(x))·1[conditions]``:
+``ppl.infer(program, method="smc", rejuvenate=k)`` applies ``k`` Metropolis–Hastings moves to
+every particle independently (vmapped) **after every resampling** during the sweep, and to the
+final population (resampled first if its ESS is below ``ess_threshold * N``), so that copies
+made by resampling diversify. ``rejuvenate_at="end"`` keeps only the final moves (cheaper).
+
+A move after the resampling of step ``t`` targets the distribution the SMC weights track
+there, ``gamma_t(x) = p(x) exp(factors(x) + twist_t(x))·1[conditions]`` over the prefixes
+``x`` the program can have produced by step ``t`` (running ones of ``t + 1`` tokens, and
+ones that already finished); a final move targets the posterior
+``pi(x) ∝ gamma(x) = p(x) exp(factors(x))·1[conditions]`` (``final`` included). Each move:
 
 1. draw a position ``j`` uniformly in ``{0, ..., L(x) - 1}`` (``L`` = number of tokens);
 2. regenerate the suffix: keep ``x_<j``, draw ``x'_j, x'_{j+1}, ...`` from the program's own
-   proposal ``q`` until the program finishes (``final`` included);
+   proposal ``q`` until the program finishes or (intermediate moves) reaches step ``t``;
 3. accept ``x'`` with probability ``min(1, [W(x') / W(x)] · [L(x) / L(x')])`` where
-   ``W(x) = gamma(x) / q(x)`` is the sequence's own importance weight.
+   ``W(x) = gamma_t(x) / q(x)`` is the sequence's own importance weight.
 
 Why this is exact: with the position as an auxiliary variable of law ``u(j | x) = 1/L(x)``,
 the MH ratio on ``(x, j)`` for the independent-suffix proposal ``q(x'_{>=j} | x_<j)`` is::
@@ -18,23 +24,24 @@ the MH ratio on ``(x, j)`` for the independent-suffix proposal ``q(x'_{>=j} | x_
     ------------------------------------  =  ----- · -----
     gamma(x)  u(j|x)  q(x'_{>=j} | x_<j)      W(x)    L(x')
 
-because ``q(x) = q(x_<j) q(x_{>=j} | x_<j)`` and the prefix factor cancels (twists cancel as
-well: finished particles carry none). Redrawing ``j`` each move is a Gibbs step on the
-auxiliary variable, so every move leaves ``pi`` invariant. Applying a ``pi``-invariant kernel
-to each particle of a properly weighted population keeps it properly weighted, so the weights
-(and ``log Z_hat``) are unchanged by the moves: the evidence estimate stays unbiased.
+because ``q(x) = q(x_<j) q(x_{>=j} | x_<j)`` and the prefix factor cancels. Redrawing ``j``
+each move is a Gibbs step on the auxiliary variable, so every move leaves its target
+invariant. Right after a resampling the population is an equally weighted sample of
+``gamma_t``; applying a ``gamma_t``-invariant kernel to each particle keeps it one, so the
+weights (and ``log Z_hat``) are unchanged by the moves and the evidence estimate stays unbiased.
+A moved particle carries its new twist, so the next step's increment removes the right one.
 
-How the move is computed (static shapes, exact KV cache): the program's state at ``j`` is not
+How a move is computed (static shapes, exact KV cache): the program's state at ``j`` is not
 stored, so a move *replays* the sequence from the start: one IS sweep of ``N`` rows in which
 row ``i``'s first ``j_i`` tokens are forced (the ``forced`` option of the SMC kernel) and the
-rest drawn. The sweep recomputes every KV-cache slot it attends to, so the cache is consistent
-by construction. ``W(x)`` of the current particles comes from one fully forced replay before
-the first move and is carried along. Cost: ``k + 1`` extra sweeps of ``N`` rows.
-
-Scope: moves are applied to the *finished* population (the final target), not after every
-intermediate resampling: an intermediate move at step ``t`` would need a replay of ``t``
-tokens per move, ``O(k T^2)`` LM work per sweep. Requirements as for particle Gibbs: only LM
-tokens are random, weights are deterministic in the tokens.
+rest drawn, stopped after step ``t`` for intermediate moves. The sweep recomputes every KV
+slot it attends to, so the cache is consistent by construction; accepted rows take the
+replay's cache. ``W(x)`` of the current particles comes from one fully forced replay before
+the first move. Cost: ``k + 1`` replays of ``t + 1`` steps for ``N`` rows after a resampling
+at step ``t``, i.e. up to ``O(k N T^2 / 2)`` LM work per sweep when every step resamples
+(``rejuvenate_at="end"``: ``k + 1`` sweeps), plus a second copy of the KV cache.
+Requirements as for particle Gibbs: only LM tokens are random, weights are deterministic in
+the tokens.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from ppl.inference import _engine as E
 from ppl.inference import resampling as R
 from ppl.inference import smc
 
-__all__ = ["MoveInfo", "replay", "build_move", "rejuvenate"]
+__all__ = ["MoveInfo", "replay", "build_move", "build_intermediate_move", "rejuvenate"]
 
 
 class MoveInfo(NamedTuple):
@@ -56,17 +63,76 @@ class MoveInfo(NamedTuple):
     position: jax.Array  # int32[N]
 
 
-def replay(key, setup: E.Setup, params, tokens, upto, bias_fn=None) -> tuple[E.Particles, jax.Array]:
+def replay(key, setup: E.Setup, params, tokens, upto, bias_fn=None,
+           stop=None) -> tuple[E.Particles, E.LMState]:
     """One importance sweep where row ``i`` keeps ``tokens[i, :upto[i]]`` and draws the rest.
 
-    Returns the finished particles (``logw`` = own weight ``log gamma(x) - log q(x)``) and the
-    LM NaN flag.
+    Returns the particles (``logw`` = own weight ``log gamma(x) - log q(x)``; finished with
+    ``final`` applied, or after ``stop`` steps without it) and the LM state.
     """
     n = tokens.shape[0]
     kernel = smc.build_kernel(setup, params, ess_threshold=0.0, forced=(tokens, upto),
                               bias_fn=bias_fn)
-    st = smc.run_loop(key, setup, params, n, kernel)
-    return st.particles, st.lm.nan
+    st = smc.run_loop(key, setup, params, n, kernel, stop=stop)
+    return st.particles, st.lm
+
+
+def _positions(key, length):
+    n = length.shape[0]
+    length = jnp.maximum(length, 1)
+    j = jnp.floor(jax.random.uniform(key, (n,)) * length).astype(jnp.int32)
+    return jnp.minimum(j, length - 1), length
+
+
+def _accept(key, own, new_logw, length, new_length):
+    n = own.shape[0]
+    new_len = jnp.maximum(new_length, 1)
+    log_alpha = (new_logw - own) + jnp.log(length.astype(jnp.float32)) - jnp.log(
+        new_len.astype(jnp.float32))
+    log_alpha = jnp.where(jnp.isfinite(own), log_alpha, jnp.inf)
+    return jnp.isfinite(new_logw) & (jnp.log(jax.random.uniform(key, (n,))) < log_alpha)
+
+
+def _where_rows(mask, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x, y), a, b)
+
+
+def build_intermediate_move(setup: E.Setup, params, num_moves: int, bias_fn=None):
+    """The ``move_fn`` of :func:`ppl.inference.smc.build_kernel`: ``num_moves`` MH moves per
+    particle targeting ``gamma_t`` right after the resampling of step ``t``.
+
+    Returns ``(particles, lm_state, tokens, old_length, acceptance_rate)``; for a moved
+    particle ``tokens``/``old_length`` name its last token, which the kernel then feeds to the
+    LM again (re-writing a KV slot with the same values: idempotent).
+    """
+    k_ctx = setup.num_contexts
+
+    def move_fn(key, t, parts, lm_state, tokens, old_len):
+        k_own, k_moves = jax.random.split(key)
+        stop = t + 1
+        own_parts, _ = replay(k_own, setup, params, parts.tokens, parts.length, bias_fn, stop)
+
+        def one(carry, key):
+            p, lm, tok, ol, own = carry
+            k_j, k_sweep, k_u = jax.random.split(key, 3)
+            j, length = _positions(k_j, p.length)
+            new, new_lm = replay(k_sweep, setup, params, p.tokens, j, bias_fn, stop)
+            accept = _accept(k_u, own, new.logw, length, new.length)
+            p = _where_rows(accept, new._replace(logw=p.logw), p)
+            rows = jnp.repeat(accept, k_ctx)
+            lm = lm._replace(cache=_where_rows(rows, new_lm.cache, lm.cache),
+                             nan=lm.nan | new_lm.nan)
+            last = jnp.maximum(new.length - 1, 0)
+            tok = jnp.where(accept, jnp.take_along_axis(new.tokens, last[:, None], 1)[:, 0], tok)
+            ol = jnp.where(accept, last, ol)
+            return (p, lm, tok, ol, jnp.where(accept, new.logw, own)), accept
+
+        (parts, lm_state, tokens, old_len, _), acc = jax.lax.scan(
+            one, (parts, lm_state, tokens, old_len, own_parts.logw),
+            jax.random.split(k_moves, num_moves))
+        return parts, lm_state, tokens, old_len, jnp.mean(acc.astype(jnp.float32))
+
+    return move_fn
 
 
 def build_move(setup: E.Setup, params, bias_fn=None):
@@ -80,19 +146,10 @@ def build_move(setup: E.Setup, params, bias_fn=None):
     def move(carry, key):
         parts, own = carry
         k_j, k_sweep, k_u = jax.random.split(key, 3)
-        n = parts.length.shape[0]
-        length = jnp.maximum(parts.length, 1)
-        j = jnp.floor(jax.random.uniform(k_j, (n,)) * length).astype(jnp.int32)
-        j = jnp.minimum(j, length - 1)
+        j, length = _positions(k_j, parts.length)
         new, _ = replay(k_sweep, setup, params, parts.tokens, j, bias_fn)
-        new_len = jnp.maximum(new.length, 1)
-        log_alpha = (new.logw - own) + jnp.log(length.astype(jnp.float32)) - jnp.log(
-            new_len.astype(jnp.float32))
-        log_alpha = jnp.where(jnp.isfinite(own), log_alpha, jnp.inf)
-        accept = jnp.isfinite(new.logw) & (jnp.log(jax.random.uniform(k_u, (n,))) < log_alpha)
-        pick = lambda a, b: jax.tree.map(  # noqa: E731
-            lambda x, y: jnp.where(accept.reshape((n,) + (1,) * (x.ndim - 1)), x, y), a, b)
-        moved = pick(new._replace(logw=parts.logw, twist=parts.twist), parts)
+        accept = _accept(k_u, own, new.logw, length, new.length)
+        moved = _where_rows(accept, new._replace(logw=parts.logw, twist=parts.twist), parts)
         return (moved, jnp.where(accept, new.logw, own)), MoveInfo(accept, j)
 
     return move

@@ -31,6 +31,7 @@ class SMCState(NamedTuple):
     resampled: jax.Array  # bool[T]
     hist_tokens: jax.Array  # int32[T, N]: token slot i's sequence got at step t (-1: finished)
     hist_logw: jax.Array  # float32[T, N]: log-weights after step t
+    move_acc: jax.Array  # float32[T]: acceptance rate of the moves after step t's resampling (NaN: none)
 
 
 class SMCInfo(NamedTuple):
@@ -51,12 +52,14 @@ def init(key, setup: E.Setup, params, num_particles: int) -> SMCState:
         jnp.zeros((t_max,), bool),
         jnp.full((t_max, num_particles), -1, jnp.int32),
         jnp.zeros((t_max, num_particles), jnp.float32),
+        jnp.full((t_max,), jnp.nan, jnp.float32),
     )
 
 
 def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
                  ess_threshold: float = 0.5, islands: int = 1, exchange_every: int = 0,
-                 bias_fn=None, forced=None, keep_first: bool = False):
+                 bias_fn=None, forced=None, keep_first: bool = False, ancestor_fn=None,
+                 move_fn=None):
     """Returns ``step(key, state) -> (state, info)``: one token for every particle.
 
     Args:
@@ -78,6 +81,13 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
         keep_first: conditional SMC: particle 0 (the retained reference) is its own ancestor at
             every resampling and the others are drawn i.i.d. (multinomially) from the weights
             of all ``N``, which is the conditional law the particle Gibbs kernel needs.
+        ancestor_fn: with ``keep_first``, ancestor sampling: ``ancestor_fn(key, particles,
+            lm_state, tokens, old_length) -> int32`` draws particle 0's ancestor at each
+            resampling instead of keeping 0 (``particles`` after this step's proposal,
+            ``lm_state`` before its tokens are fed; see :mod:`.particle_gibbs`).
+        move_fn: resample-move: ``move_fn(key, t, particles, lm_state, tokens, old_length)
+            -> (particles, lm_state, tokens, old_length, accept_rate)`` applied after every
+            resampling (same arguments as ``ancestor_fn``; see :mod:`.rejuvenation`).
     """
     if resampling not in R.RESAMPLERS:
         raise ValueError(f"Unknown resampling scheme {resampling!r}; choose one of {sorted(R.RESAMPLERS)}.")
@@ -87,7 +97,7 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
         raise ValueError(f"islands must be >= 1, got {islands}.")
 
     def step(key, state: SMCState):
-        k_prop, k_res = jax.random.split(key)
+        k_prop, k_res, k_anc, k_move = jax.random.split(key, 4)
         parts0 = state.particles
         bias = None if bias_fn is None else jax.vmap(bias_fn)(parts0.tokens, parts0.length)
         force = None
@@ -102,6 +112,12 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
         all_done = jnp.all(parts.done)
         # Never resample after the last step: it only adds variance.
         do_res = (ess < ess_threshold * n) & ~all_done & (ess_threshold > 0)
+
+        ref_anc = jnp.zeros((), jnp.int32)
+        if keep_first and ancestor_fn is not None:
+            ref_anc = jax.lax.cond(
+                do_res, lambda: ancestor_fn(k_anc, parts, state.lm, tokens, parts0.length),
+                lambda: jnp.zeros((), jnp.int32))
 
         def resample(args):
             parts, lm_state, tokens, old_len = args
@@ -118,7 +134,7 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
                 idx = jnp.where(exchange, idx, island_idx)
                 mean = jnp.where(exchange, mean, island_mean)
             if keep_first:
-                idx = R.iid_multinomial(k_res, parts.logw, n).at[0].set(0)
+                idx = R.iid_multinomial(k_res, parts.logw, n).at[0].set(ref_anc)
             parts, lm_state = E.gather(setup, parts, lm_state, idx)
             parts = parts._replace(logw=jnp.full_like(parts.logw, mean))
             return parts, lm_state, tokens[idx], old_len[idx], idx
@@ -139,6 +155,13 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
             lambda x: jax.lax.cond(do_res, lambda y: jnp.take(y, rows, axis=0), lambda y: y, x),
             state.lm.cache)
         lm_state = lm_state._replace(cache=cache)
+        move_acc = jnp.full((), jnp.nan, jnp.float32)
+        if move_fn is not None:
+            parts, lm_state, tokens, old_len, move_acc = jax.lax.cond(
+                do_res,
+                lambda a: move_fn(k_move, state.t, *a),
+                lambda a: a + (jnp.full((), jnp.nan, jnp.float32),),
+                (parts, lm_state, tokens, old_len))
         active = ~parts.done
         lm_state = jax.lax.cond(
             jnp.any(active),
@@ -156,22 +179,31 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
             state.resampled.at[t].set(do_res),
             state.hist_tokens.at[t].set(jnp.where(parts0.done[idx], -1, tokens)),
             state.hist_logw.at[t].set(parts.logw),
+            state.move_acc.at[t].set(move_acc),
         )
         return new, SMCInfo(ess, do_res, idx)
 
     return step
 
 
-def run_loop(key, setup: E.Setup, params, num_particles: int, kernel_fn, init_fn=init):
-    """Runs ``kernel`` under ``lax.while_loop`` until every particle finished, then ``final``."""
+def run_loop(key, setup: E.Setup, params, num_particles: int, kernel_fn, init_fn=init,
+             stop=None):
+    """Runs ``kernel`` under ``lax.while_loop`` until every particle finished, then ``final``.
+
+    With ``stop`` (a traced step count) the loop ends after that many steps instead and
+    ``final`` is not applied: the population then targets the intermediate distribution
+    ``gamma_stop`` (used by intermediate rejuvenation moves).
+    """
     from ppl.inference.sharding import constrain_state
 
     k_init, k_loop, k_fin = jax.random.split(key, 3)
     shard = lambda s: constrain_state(s, setup.mesh, num_particles, setup.num_contexts)  # noqa: E731
     state = shard(init_fn(k_init, setup, params, num_particles))
 
+    limit = setup.max_tokens if stop is None else stop
+
     def cond(s):
-        return (s.t < setup.max_tokens) & ~jnp.all(s.particles.done)
+        return (s.t < limit) & ~jnp.all(s.particles.done)
 
     def body(s):
         s, info = kernel_fn(jax.random.fold_in(k_loop, s.t), s)
@@ -181,6 +213,8 @@ def run_loop(key, setup: E.Setup, params, num_particles: int, kernel_fn, init_fn
         return s
 
     state = jax.lax.while_loop(cond, body, state)
+    if stop is not None:
+        return state
     parts = E.finalize(k_fin, setup, state.particles)
     return state._replace(particles=parts)
 

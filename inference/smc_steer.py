@@ -64,7 +64,7 @@ def build_kernel(setup: E.Setup, params, *, num_beams: int = 3):
                            state.ancestors.at[t].set(parents),
                            state.resampled.at[t].set(True),
                            state.hist_tokens.at[t].set(jnp.where(parts0.done[parents], -1, tok)),
-                           state.hist_logw.at[t].set(parts.logw))
+                           state.hist_logw.at[t].set(parts.logw), state.move_acc)
         return new, smc.SMCInfo(ess, jnp.ones((), bool), parents)
 
     return step

@@ -286,14 +286,17 @@ def train(program, *, seed=0, vi_steps: int = 200, learning_rate: float = 0.05,
 
 def run_with_proposal(method: str, program, seed, particles: int, proposal_params: dict | None, *,
                       resampling: str = "stratified", ess_threshold: float = 0.5, islands: int = 1,
-                      exchange_every: int = 0, rejuvenate: int = 0):
-    """IS (``method="is"``) or SMC with the proposal ``q_phi`` and optional final rejuvenation.
+                      exchange_every: int = 0, rejuvenate: int = 0, rejuvenate_at: str = "resample"):
+    """IS (``method="is"``) or SMC with the proposal ``q_phi`` and optional rejuvenation
+    (:mod:`.rejuvenation`: after every resampling and at the end, or ``rejuvenate_at="end"``).
 
     ``proposal_params=None`` uses the program's own proposal. Weights are
     ``log p - log q_phi + factors`` at every step, so results are exact for any bias.
     """
     from ppl.inference import rejuvenation
 
+    if rejuvenate_at not in ("resample", "end"):
+        raise ValueError(f"rejuvenate_at must be 'resample' or 'end', got {rejuvenate_at!r}.")
     setup = E.prepare(program)
     if method == "is":
         ess_threshold = 0.0
@@ -316,8 +319,12 @@ def run_with_proposal(method: str, program, seed, particles: int, proposal_param
         def runner(key, p):
             lm_p, bfn = (p, None) if kind is None else (p[0], bias_fn(kind, p[1], setup))
             k_smc, k_rej = jax.random.split(key)
+            move_fn = None
+            if rejuvenate and rejuvenate_at == "resample" and ess_threshold > 0:
+                move_fn = rejuvenation.build_intermediate_move(setup, lm_p, rejuvenate, bfn)
             kernel = smc.build_kernel(setup, lm_p, resampling=resampling, ess_threshold=ess_threshold,
-                                      islands=islands, exchange_every=exchange_every, bias_fn=bfn)
+                                      islands=islands, exchange_every=exchange_every, bias_fn=bfn,
+                                      move_fn=move_fn)
             state = smc.run_loop(k_smc, setup, lm_p, n, kernel)
             if not rejuvenate:
                 return state
@@ -325,13 +332,15 @@ def run_with_proposal(method: str, program, seed, particles: int, proposal_param
                 k_rej, setup, lm_p, state.particles, rejuvenate, resampling=resampling,
                 ess_threshold=ess_threshold, bias_fn=bfn)
             acc = jnp.mean(info.accepted.astype(jnp.float32), axis=1)
-            return state._replace(particles=parts), {"rejuvenation_acceptance": acc}
+            return state._replace(particles=parts), {"rejuvenation_acceptance": acc,
+                                                     "rejuvenation_step_acceptance": state.move_acc}
 
         return runner
 
     return driver.run_population(
         method, program, seed, particles, make,
-        (resampling, float(ess_threshold), int(islands), int(exchange_every), int(rejuvenate)) + key_extra,
+        (resampling, float(ess_threshold), int(islands), int(exchange_every), int(rejuvenate),
+         rejuvenate_at) + key_extra,
         params=params)
 
 

@@ -2,7 +2,8 @@
 
 * invariance: ``M`` i.i.d. exact posterior draws, each moved twice by the independent-suffix
   MH kernel, must remain i.i.d. posterior draws (binomial CLT per sequence, Bonferroni);
-* ``ppl.infer(method="smc", rejuvenate=2)``: replicated runs compared with the exact posterior
+* ``ppl.infer(method="smc", rejuvenate=2)`` (moves after every resampling and at the end, and
+  ``rejuvenate_at="end"``): replicated runs compared with the exact posterior
   and evidence by ``ppl.testing``'s bounds (the moves keep the weights, so ``Z_hat`` stays
   unbiased). False-failure rate 1e-4 per check.
 """
@@ -53,14 +54,21 @@ def test_moves_leave_exact_posterior_invariant(twisted, exact):
     assert not bad, bad
 
 
-def test_smc_with_rejuvenation_matches_exact(twisted, exact):
-    results = replicate(twisted, "smc", 300, range(16), rejuvenate=2)
+@pytest.mark.parametrize("at", ["resample", "end"])
+def test_smc_with_rejuvenation_matches_exact(twisted, exact, at):
+    results = replicate(twisted, "smc", 300, range(16), rejuvenate=2, rejuvenate_at=at)
     bad = posterior_discrepancies(results, exact, alpha=1e-4)
     assert not bad, bad
     err = evidence_discrepancy(results, exact, alpha=1e-4)
     assert err is None, err
     acc = results[0].extras["rejuvenation_acceptance"]
     assert acc.shape == (2,) and np.all((acc > 0) & (acc <= 1))
+    step_acc = results[0].extras["rejuvenation_step_acceptance"]
+    moved = step_acc[np.isfinite(step_acc)]
+    if at == "resample":  # moves ran after the intermediate resamplings, and moved particles
+        assert moved.size >= 1 and np.all((moved > 0) & (moved <= 1)), step_acc
+    else:
+        assert moved.size == 0
     for r in results:
         assert all(t.count("a") <= 1 for t, w in zip(r.texts, r.weights) if w > 0)
 
