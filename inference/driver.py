@@ -33,13 +33,31 @@ def _tree_bytes(tree) -> int:
     return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
+# Calibrated on this project's scaling benchmark (docs/benchmarks.md, "Scaling and memory"):
+# beyond its KV cache, each LM row's peak memory held ~9.5 (GPT-2 small) to ~12 (tiny model)
+# vocabulary-sized float32 buffers (log-probabilities, cumulative sums for sampling, masks,
+# exponentials, XLA temporaries), and a run's fixed cost beyond the weights (XLA's compiler
+# arenas and the executable, the tokenizer) was ~560-570 MiB on both models.
+STEP_BUFFERS_PER_VOCAB_ENTRY = 12 * 4  # bytes per row per vocabulary entry
+RUNTIME_BYTES = 576 * 2**20
+
+
 def estimate_bytes(setup: E.Setup, num_rows: int) -> dict:
-    """Up-front memory estimate: weights + KV cache rows + per-step buffers (bytes)."""
+    """Up-front memory estimate in bytes, before anything is allocated.
+
+    ``total = weights + kv_cache + step_buffers + runtime`` where ``kv_cache`` is the exact
+    size of ``num_rows x contexts`` static KV caches of ``max_len`` positions,
+    ``step_buffers = rows x V x 48`` (twelve vocabulary-sized float32 buffers per row) and
+    ``runtime`` a fixed 576 MiB (compiler, executable, tokenizer), both calibrated on the
+    scaling benchmark.
+    """
     lm = setup.lm
     weights = _tree_bytes(lm.params)
-    kv = int(lm.init_cache_bytes(setup.max_len)) * num_rows * setup.num_contexts
-    step = num_rows * setup.num_contexts * lm.vocab_size * 4 * 4  # logprobs, cdf, masks
-    return {"weights": weights, "kv_cache": kv, "step_buffers": step, "total": weights + kv + step}
+    rows = num_rows * setup.num_contexts
+    kv = int(lm.init_cache_bytes(setup.max_len)) * rows
+    step = rows * lm.vocab_size * STEP_BUFFERS_PER_VOCAB_ENTRY
+    return {"weights": weights, "kv_cache": kv, "step_buffers": step, "runtime": RUNTIME_BYTES,
+            "total": weights + kv + step + RUNTIME_BYTES}
 
 
 def _available_bytes() -> int | None:
@@ -65,11 +83,12 @@ def check_memory(setup: E.Setup, num_rows: int, what: str = "particles") -> dict
         gib = 2.0**30
         # KV cache and step buffers both grow with the number of rows.
         per_row = (est["kv_cache"] + est["step_buffers"]) / max(num_rows, 1)
-        fit = int(max(0.9 * avail - est["weights"], 0) // max(per_row, 1))
+        fit = int(max(0.9 * avail - est["weights"] - est["runtime"], 0) // max(per_row, 1))
         raise MemoryError(
             f"This run needs about {est['total'] / gib:.2f} GiB (weights {est['weights'] / gib:.2f} "
             f"GiB + KV cache {est['kv_cache'] / gib:.2f} GiB for {num_rows} {what} x "
-            f"{setup.max_len} positions + step buffers {est['step_buffers'] / gib:.2f} GiB) but only "
+            f"{setup.max_len} positions + step buffers {est['step_buffers'] / gib:.2f} GiB + "
+            f"runtime {est['runtime'] / gib:.2f} GiB) but only "
             f"{avail / gib:.2f} GiB is available. Lower the number of {what} (at most ~{fit} fit) "
             f"or max_tokens, or load the model with dtype='bfloat16'."
         )
