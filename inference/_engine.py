@@ -54,6 +54,9 @@ class LMState(NamedTuple):
     cache: Any
     logprobs: jax.Array  # float32[N, K, V]
     nan: jax.Array  # bool: a live row's log-probabilities contained NaN
+    # float32[N, K, D]: the LM's final hidden state (input of its head) at each row's last
+    # token, the feature of learned proposals; D = 0 for LMs without one (NGramLM).
+    hidden: Any = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -124,11 +127,16 @@ def init_population(key, setup: Setup, params, num_particles: int):
     """Prefills every prompt once, broadcasts it to the particles, runs ``init``."""
     lm = setup.lm
     n, k_ctx, t_max = num_particles, setup.num_contexts, setup.max_tokens
-    caches, lps = [], []
+    caches, lps, hs = [], [], []
     for ids in setup.prompt_ids:
-        c, lp = lm.prefill(params, jnp.asarray(ids, jnp.int32), setup.max_len)
+        ids = jnp.asarray(ids, jnp.int32)
+        if has_hidden(lm):
+            c, lp, h = lm.prefill(params, ids, setup.max_len, return_hidden=True)
+        else:
+            (c, lp), h = lm.prefill(params, ids, setup.max_len), jnp.zeros((0,), jnp.float32)
         caches.append(broadcast_cache(c, n))
         lps.append(lp)
+        hs.append(h.astype(jnp.float32))
     # Interleave contexts so that row n*K + k is particle n's context k.
     cache = jax.tree.map(lambda *xs: jnp.stack(xs, 1).reshape((n * k_ctx,) + xs[0].shape[1:]), *caches)
     logprobs = jnp.broadcast_to(jnp.stack(lps)[None], (n, k_ctx, lps[0].shape[-1]))
@@ -153,7 +161,13 @@ def init_population(key, setup: Setup, params, num_particles: int):
         cause=cause,
     )
     nan = jnp.any(jnp.isnan(logprobs))
-    return parts, LMState(cache, logprobs.astype(jnp.float32), nan)
+    hidden = jnp.broadcast_to(jnp.stack(hs)[None], (n, k_ctx, hs[0].shape[-1]))
+    return parts, LMState(cache, logprobs.astype(jnp.float32), nan, hidden)
+
+
+def has_hidden(lm) -> bool:
+    """Whether the LM exposes its final hidden state (transformers do, NGramLM does not)."""
+    return hasattr(lm, "decode_with_hidden")
 
 
 def _step_one(setup: Setup, key, state, tokens, length, logw, twist, done, cause, logprobs, t,
@@ -244,10 +258,15 @@ def advance_lm(setup: Setup, params, lm_state: LMState, tokens, old_length, acti
     pos = (jnp.asarray(setup.prompt_lens)[None, :] + old_length[:, None]).reshape(-1)
     pos = jnp.minimum(pos, setup.max_len - 1)
     rows = jnp.repeat(tokens, k_ctx)
-    cache, lp = setup.lm.decode(params, lm_state.cache, rows, pos)
+    if has_hidden(setup.lm):
+        cache, lp, h = setup.lm.decode(params, lm_state.cache, rows, pos, return_hidden=True)
+        h = h.reshape(n, k_ctx, -1).astype(jnp.float32)
+    else:
+        cache, lp = setup.lm.decode(params, lm_state.cache, rows, pos)
+        h = jnp.zeros((n, k_ctx, 0), jnp.float32)
     lp = lp.reshape(n, k_ctx, -1).astype(jnp.float32)
     nan = lm_state.nan | jnp.any(jnp.isnan(lp) & active[:, None, None])
-    return LMState(cache, lp, nan)
+    return LMState(cache, lp, nan, h)
 
 
 def cache_rows(setup: Setup, ancestors):
@@ -264,6 +283,7 @@ def gather(setup: Setup, parts: Particles, lm_state: LMState, ancestors):
         reorder(lm_state.cache, rows),
         jnp.take(lm_state.logprobs, ancestors, axis=0),
         lm_state.nan,
+        jnp.take(lm_state.hidden, ancestors, axis=0),
     )
     return parts, lm_state
 

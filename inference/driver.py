@@ -180,7 +180,8 @@ def _drop_lm_buffers(out):
         return (_drop_lm_buffers(out[0]), out[1])
     lm = getattr(out, "lm", None)
     if isinstance(lm, E.LMState):
-        return out._replace(lm=lm._replace(cache=(), logprobs=jnp.zeros((0,), jnp.float32)))
+        return out._replace(lm=lm._replace(cache=(), logprobs=jnp.zeros((0,), jnp.float32),
+                                           hidden=None))
     return out
 
 

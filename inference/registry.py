@@ -71,7 +71,7 @@ def run_particle_gibbs(program, *, particles, seed, steps=100, burn_in=0, chains
 
 @register_method("vi")
 def run_vi(program, *, particles, seed, vi_steps=200, learning_rate=0.05, objective="vimco",
-           vi_particles=32, final_method="is", proposal="prev_token", initial_params=None,
+           vi_particles=32, final_method="is", proposal="auto", initial_params=None,
            resampling="stratified", ess_threshold=0.5):
     from ppl.inference import vi
 

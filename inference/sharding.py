@@ -63,7 +63,8 @@ def constrain_state(state, mesh: Mesh | None, num_particles: int, num_contexts: 
     sizes = (num_particles, num_particles * num_contexts)
     parts = constrain(state.particles, mesh, sizes)
     lm = state.lm._replace(cache=constrain(state.lm.cache, mesh, sizes),
-                           logprobs=constrain(state.lm.logprobs, mesh, sizes))
+                           logprobs=constrain(state.lm.logprobs, mesh, sizes),
+                           hidden=constrain(state.lm.hidden, mesh, sizes))
     out = state._replace(particles=parts, lm=lm)
     for name in ("ancestors", "hist_tokens", "hist_logw"):
         if hasattr(out, name):

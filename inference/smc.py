@@ -72,7 +72,7 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
             over devices, one island per device keeps resampling local.
         exchange_every: with islands, every this many steps a resampling is global instead
             (0: never).
-        bias_fn: optional ``bias_fn(tokens[T], length) -> float32[V]``: a logit bias on each
+        bias_fn: optional ``bias_fn(tokens[T], length, hidden[K, D]) -> float32[V]``: a logit bias on each
             particle's LM-token proposal, ``q'(x) ∝ q(x) exp(bias[x])``; the weight increment
             becomes ``log p(x) - log q'(x) + ...`` (learned proposals, :mod:`.vi`).
         forced: optional ``(tokens int32[N, T], upto int32[N])``: particle ``i``'s token at
@@ -99,7 +99,8 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
     def step(key, state: SMCState):
         k_prop, k_res, k_anc, k_move = jax.random.split(key, 4)
         parts0 = state.particles
-        bias = None if bias_fn is None else jax.vmap(bias_fn)(parts0.tokens, parts0.length)
+        bias = None if bias_fn is None else jax.vmap(bias_fn)(parts0.tokens, parts0.length,
+                                                                 state.lm.hidden)
         force = None
         if forced is not None:
             f_tok, f_upto = forced

@@ -49,7 +49,8 @@ def build_kernel(setup: E.Setup, params, *, num_beams: int = 3):
         parts = parts._replace(logw=new_lw.astype(jnp.float32))
         parents = (idx // b).astype(jnp.int32)
         rows = E.cache_rows(setup, parents)
-        lm_state = E.LMState(reorder(state.lm.cache, rows), state.lm.logprobs[parents], state.lm.nan)
+        lm_state = E.LMState(reorder(state.lm.cache, rows), state.lm.logprobs[parents], state.lm.nan,
+                             state.lm.hidden[parents])
         active = ~parts.done
         tok = tokens[idx]
         old_len = parts0.length[parents]
