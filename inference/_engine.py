@@ -275,6 +275,20 @@ def cache_rows(setup: Setup, ancestors):
     return (ancestors[:, None] * k_ctx + jnp.arange(k_ctx)[None, :]).reshape(-1)
 
 
+def select_rows(setup: Setup, mask, if_true: LMState, if_false: LMState) -> LMState:
+    """Per particle, ``if_true``'s LM rows where ``mask[n]``, else ``if_false``'s."""
+    rows = jnp.repeat(mask, setup.num_contexts)
+
+    def pick(m, a, b):
+        return jax.tree.map(lambda x, y: jnp.where(m.reshape((-1,) + (1,) * (x.ndim - 1)), x, y),
+                            a, b)
+
+    return LMState(pick(rows, if_true.cache, if_false.cache),
+                   pick(mask, if_true.logprobs, if_false.logprobs),
+                   if_true.nan | if_false.nan,
+                   pick(mask, if_true.hidden, if_false.hidden))
+
+
 def gather(setup: Setup, parts: Particles, lm_state: LMState, ancestors):
     """Particle ``i`` becomes a copy of particle ``ancestors[i]``: state, tokens and KV cache."""
     parts = jax.tree.map(lambda x: jnp.take(x, ancestors, axis=0), parts)

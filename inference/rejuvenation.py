@@ -36,7 +36,7 @@ stored, so a move *replays* the sequence from the start: one IS sweep of ``N`` r
 row ``i``'s first ``j_i`` tokens are forced (the ``forced`` option of the SMC kernel) and the
 rest drawn, stopped after step ``t`` for intermediate moves. The sweep recomputes every KV
 slot it attends to, so the cache is consistent by construction; accepted rows take the
-replay's cache. ``W(x)`` of the current particles comes from one fully forced replay before
+replay's LM state (cache, next-token log-probabilities), which has already seen every token. ``W(x)`` of the current particles comes from one fully forced replay before
 the first move. Cost: ``k + 1`` replays of ``t + 1`` steps for ``N`` rows after a resampling
 at step ``t``, i.e. up to ``O(k N T^2 / 2)`` LM work per sweep when every step resamples
 (``rejuvenate_at="end"``: ``k + 1`` sweeps), plus a second copy of the KV cache.
@@ -101,11 +101,10 @@ def build_intermediate_move(setup: E.Setup, params, num_moves: int, bias_fn=None
     """The ``move_fn`` of :func:`ppl.inference.smc.build_kernel`: ``num_moves`` MH moves per
     particle targeting ``gamma_t`` right after the resampling of step ``t``.
 
-    Returns ``(particles, lm_state, tokens, old_length, acceptance_rate)``; for a moved
-    particle ``tokens``/``old_length`` name its last token, which the kernel then feeds to the
-    LM again (re-writing a KV slot with the same values: idempotent).
+    Returns ``(particles, lm_state, tokens, old_length, acceptance_rate, moved)``: a moved
+    particle's LM rows are the replay's, which have already seen all its tokens (``moved``
+    tells the kernel not to advance them); the others are unchanged.
     """
-    k_ctx = setup.num_contexts
 
     def move_fn(key, t, parts, lm_state, tokens, old_len):
         k_own, k_moves = jax.random.split(key)
@@ -113,24 +112,20 @@ def build_intermediate_move(setup: E.Setup, params, num_moves: int, bias_fn=None
         own_parts, _ = replay(k_own, setup, params, parts.tokens, parts.length, bias_fn, stop)
 
         def one(carry, key):
-            p, lm, tok, ol, own = carry
+            p, lm, moved, own = carry
             k_j, k_sweep, k_u = jax.random.split(key, 3)
             j, length = _positions(k_j, p.length)
             new, new_lm = replay(k_sweep, setup, params, p.tokens, j, bias_fn, stop)
             accept = _accept(k_u, own, new.logw, length, new.length)
             p = _where_rows(accept, new._replace(logw=p.logw), p)
-            rows = jnp.repeat(accept, k_ctx)
-            lm = lm._replace(cache=_where_rows(rows, new_lm.cache, lm.cache),
-                             nan=lm.nan | new_lm.nan)
-            last = jnp.maximum(new.length - 1, 0)
-            tok = jnp.where(accept, jnp.take_along_axis(new.tokens, last[:, None], 1)[:, 0], tok)
-            ol = jnp.where(accept, last, ol)
-            return (p, lm, tok, ol, jnp.where(accept, new.logw, own)), accept
+            lm = E.select_rows(setup, accept, new_lm, lm)
+            return (p, lm, moved | accept, jnp.where(accept, new.logw, own)), accept
 
-        (parts, lm_state, tokens, old_len, _), acc = jax.lax.scan(
-            one, (parts, lm_state, tokens, old_len, own_parts.logw),
+        n = parts.logw.shape[0]
+        (parts, lm_state, moved, _), acc = jax.lax.scan(
+            one, (parts, lm_state, jnp.zeros((n,), bool), own_parts.logw),
             jax.random.split(k_moves, num_moves))
-        return parts, lm_state, tokens, old_len, jnp.mean(acc.astype(jnp.float32))
+        return parts, lm_state, tokens, old_len, jnp.mean(acc.astype(jnp.float32)), moved
 
     return move_fn
 

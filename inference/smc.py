@@ -86,8 +86,10 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
             resampling instead of keeping 0 (``particles`` after this step's proposal,
             ``lm_state`` before its tokens are fed; see :mod:`.particle_gibbs`).
         move_fn: resample-move: ``move_fn(key, t, particles, lm_state, tokens, old_length)
-            -> (particles, lm_state, tokens, old_length, accept_rate)`` applied after every
-            resampling (same arguments as ``ancestor_fn``; see :mod:`.rejuvenation`).
+            -> (particles, lm_state, tokens, old_length, accept_rate, fed)`` applied after
+            every resampling (same arguments as ``ancestor_fn``; ``fed[i]``: particle ``i``'s
+            LM state already includes all its tokens, so it is not advanced; see
+            :mod:`.rejuvenation`).
     """
     if resampling not in R.RESAMPLERS:
         raise ValueError(f"Unknown resampling scheme {resampling!r}; choose one of {sorted(R.RESAMPLERS)}.")
@@ -157,19 +159,25 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
             state.lm.cache)
         lm_state = lm_state._replace(cache=cache)
         move_acc = jnp.full((), jnp.nan, jnp.float32)
+        fed = None
         if move_fn is not None:
-            parts, lm_state, tokens, old_len, move_acc = jax.lax.cond(
+            parts, lm_state, tokens, old_len, move_acc, fed = jax.lax.cond(
                 do_res,
                 lambda a: move_fn(k_move, state.t, *a),
-                lambda a: a + (jnp.full((), jnp.nan, jnp.float32),),
+                lambda a: a + (jnp.full((), jnp.nan, jnp.float32), jnp.zeros((n,), bool)),
                 (parts, lm_state, tokens, old_len))
         active = ~parts.done
+        lm_fed = lm_state
         lm_state = jax.lax.cond(
             jnp.any(active),
             lambda s: E.advance_lm(setup, params, s, tokens, old_len, active),
             lambda s: s,
             lm_state,
         )
+        if fed is not None:
+            # Moved particles come with an LM state that has already seen all their tokens
+            # (the replay's); feeding their last token again is not a no-op for every LM.
+            lm_state = E.select_rows(setup, fed, lm_fed, lm_state)
         t = state.t
         new = SMCState(
             parts,

@@ -168,8 +168,13 @@ def _bias(kind: str, phi, feat):
     """Logit bias ``[..., V]`` from features of any leading shape."""
     if kind == "hidden":
         # The projection is a fixed random feature map (not trained): a product of two
-        # trained factors grew the bias multiplicatively and collapsed the proposal.
-        return (feat @ jax.lax.stop_gradient(phi["proj"])) @ phi["out"] + phi["const"]
+        # trained factors grew the bias multiplicatively and collapsed the proposal. Features
+        # are scaled to unit RMS so that one optimiser step moves the bias by about the same
+        # amount whatever the model's hidden-state scale (a trained model's final norm can
+        # have large gains).
+        f = feat @ jax.lax.stop_gradient(phi["proj"])
+        f = f * jax.lax.rsqrt(jnp.mean(f * f, axis=-1, keepdims=True) + 1e-6)
+        return f @ phi["out"] + phi["const"]
     return phi[feat]
 
 

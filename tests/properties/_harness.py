@@ -60,9 +60,12 @@ METHODS = [
     Method("smc", (("resampling", "systematic"), ("ess_threshold", 0.8))),
     Method("smc", (("resampling", "residual"), ("ess_threshold", 0.8))),
     Method("smc_steer", (("num_beams", 2),)),
+    # resample-move: MH moves after every resampling keep the weights (still unbiased).
+    Method("smc", (("ess_threshold", 1.0), ("rejuvenate", 1))),
     # MCMC / VI: skipped unless ppl.methods() lists them.
     Method("pimh", (("steps", 10),), "mcmc"),
     Method("particle_gibbs", (("steps", 10),), "mcmc"),
+    Method("particle_gibbs", (("steps", 10), ("ancestor_sampling", False)), "mcmc"),
     Method("vi", (("vi_steps", 10),), "vi"),
 ]
 
