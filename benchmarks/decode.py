@@ -18,8 +18,8 @@ never compete with the other), frameworks alternate over ``--rounds``, each timi
 
 Threads: ``--threads T`` sets ``torch.set_num_threads(T)`` (and OMP/MKL_NUM_THREADS, with
 ``OMP_WAIT_POLICY=PASSIVE`` unless already set) for
-PyTorch and ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=T`` for
-JAX (which also pins its CPU client to T cores' worth of intra-op threads).
+PyTorch and ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=true`` for JAX (its CPU client then uses
+the machine's cores; this machine has 2).
 
 Usage::
 
@@ -168,7 +168,7 @@ def _env(threads: int) -> dict:
     env = dict(os.environ)
     env["XLA_FLAGS"] = (
         env.get("XLA_FLAGS", "")
-        + f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={threads}"
+        + " --xla_cpu_multi_thread_eigen=true"
     ).strip()
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     # On a shared CPU, OpenMP's default spin-waiting makes PyTorch 3-4x slower when other
@@ -214,7 +214,8 @@ def write_docs(md_table: str, command: str, meta: dict) -> None:
         "`torch.inference_mode` loop with `past_key_values` and `torch.multinomial`. "
         f"Threads: {meta['threads']} for both (`torch.set_num_threads`, `OMP_NUM_THREADS`, "
         "`OMP_WAIT_POLICY=PASSIVE`; "
-        "`XLA_FLAGS=--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=T`). "
+        "`XLA_FLAGS=--xla_cpu_multi_thread_eigen=true`; the 2026-11-22 run also carried a bare "
+        "`intra_op_parallelism_threads=T`, which is not an XLA flag and had no effect). "
         f"Median of {meta['samples']} timed runs per cell, frameworks in separate processes, "
         "alternating. Particle-tokens/s = N x 32 / wall time (prefill included).\n\n"
         f"Command:\n\n```\n{command}\n```\n\n"

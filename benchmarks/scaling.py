@@ -9,7 +9,9 @@ RSS (``ru_maxrss``) is its own. Reported per configuration:
   the compiled executable: ``Result.timings["run"]``),
 * peak RSS of the process, its RSS after ``import ppl`` (the runtime's floor), and
 * the up-front estimate ``ppl.inference.driver.estimate_bytes`` (weights + N x KV cache per
-  particle + one step's buffers), with ratio = (peak RSS - RSS after imports) / estimate,
+  particle + one step's buffers, N x V x 48 bytes + a fixed runtime part, 576 MiB), with
+  ratio = (peak RSS of the compiled runs - RSS after imports) / estimate, and the slope of
+  the runs' peak over the N sweep against the slope of the estimate (per particle),
 * XLA's own accounting of the compiled run (``memory_analysis()``: arguments, outputs,
   temporaries), which says how many copies of the KV cache the loop keeps.
 
@@ -20,6 +22,10 @@ memory" section of docs/benchmarks.md. Usage::
 
     python benchmarks/scaling.py                                   # tiny, the full sweeps
     python benchmarks/scaling.py --models gpt2-small --n 1 8 32 64 --t 32 128 --no-write
+    python benchmarks/scaling.py --docs-only     # rewrite the docs section from the JSON
+
+Rows measured with an older estimate (no ``runtime`` part) are dropped from the JSON when a
+new sweep is written, so the table never mixes two definitions of the ratio.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from vs_llamppl import MAX_WORD, MODELS, PROMPT, child_env, ensure_checkpoints, replace_section  # noqa: E402
+from vs_llamppl import (MAX_WORD, MODELS, PROMPT, child_env, ensure_checkpoints,  # noqa: E402
+                        replace_section, words_program)
 
 RESULTS = BENCH / "results" / "scaling.json"
 IMG = ROOT / "docs" / "img"
@@ -65,35 +72,19 @@ def reset_peak() -> bool:
 
 
 def worker(model: str, n: int, t: int, repeats: int, method: str) -> dict:
-    import dataclasses
-
     rss_start = rss_mib()
     import jax
 
     import ppl
-    from ppl.api import SteerProgram
     from ppl.inference import driver
     from ppl.inference._engine import prepare
-    from ppl.stdlib import constraints as C
-    from ppl.stdlib.base import TokenAutomaton
 
     jax.numpy.zeros(1).block_until_ready()  # the runtime's threads and arenas
     rss_import = rss_mib()
     lm = ppl.models.load(str(MODELS[model]))
     rss_load = rss_mib()
 
-    @dataclasses.dataclass(frozen=True, eq=False)
-    class NoEOS(TokenAutomaton):
-        def allowed(self, state):
-            return super().allowed(state).at[self.eos_token_id].set(False)
-
-    class SteerNoEOS(SteerProgram):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            self.automata = [NoEOS(**{f.name: getattr(x, f.name) for f in dataclasses.fields(x)})
-                             for x in self.automata]
-
-    prog = SteerNoEOS(lm, PROMPT, constraints=[C.max_word_length(MAX_WORD)], max_tokens=t)
+    prog = words_program(lm, t)
     setup = prepare(prog)
     est = driver.estimate_bytes(setup, n)
     rss_prog = rss_mib()
@@ -135,8 +126,12 @@ def worker(model: str, n: int, t: int, repeats: int, method: str) -> dict:
 def run_config(model, n, t, repeats, threads, method, timeout) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--models", model,
            "--n", str(n), "--t", str(t), "--repeats", str(repeats), "--method", method]
+    env = child_env(threads)
+    # No persistent compilation cache: every configuration compiles for real, so its compile
+    # time and the compiler's share of its memory are those of a first run.
+    env["PPL_CACHE_DIR"] = ""
     try:
-        res = subprocess.run(cmd, env=child_env(threads), capture_output=True, text=True,
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True,
                              cwd=str(ROOT), timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"model": model, "n": n, "t": t, "error": f"timeout {timeout}s"}
@@ -153,6 +148,7 @@ def derived(r: dict) -> dict:
     return {
         "est_mib": est["total"] / MIB, "kv_mib": kv / MIB, "used_mib": used,
         "ratio": used * MIB / est["total"],
+        "process_ratio": r["peak_rss_mib"] * MIB / est["total"],
         "temp_mib": xla.get("temp_size_in_bytes", 0) / MIB,
         "temp_over_kv": xla.get("temp_size_in_bytes", 0) / kv if kv else float("nan"),
         "tok_s": r["n"] * r["t"] / r["run_s"],
@@ -162,19 +158,21 @@ def derived(r: dict) -> dict:
 def table(rows) -> str:
     out = ["| model | N | T | compile (s) | run (s) | particle-tok/s | peak RSS, process (MiB) | "
            "peak RSS, runs (MiB) | RSS after import (MiB) | estimate (MiB) | KV part (MiB) | "
-           "(run peak - import) / estimate | XLA temp (MiB) | XLA temp / KV |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "(run peak - import) / estimate | peak RSS, process / estimate | XLA temp (MiB) | "
+           "XLA temp / KV |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             out.append(f"| {r['model']} | {r['n']} | {r['t']} | error: {r['error'][-80:]!r} |"
-                       + " |" * 10)
+                       + " |" * 11)
             continue
         d = derived(r)
         out.append(
             f"| {r['model']} | {r['n']} | {r['t']} | {r['compile_s']:.1f} | {r['run_s']:.3f} | "
             f"{d['tok_s']:.0f} | {r['peak_rss_mib']:.0f} | {r['run_peak_rss_mib']:.0f} | "
             f"{r['rss_after_import_mib']:.0f} | "
-            f"{d['est_mib']:.1f} | {d['kv_mib']:.1f} | {d['ratio']:.2f} | {d['temp_mib']:.1f} | "
+            f"{d['est_mib']:.1f} | {d['kv_mib']:.1f} | {d['ratio']:.2f} | "
+            f"{d['process_ratio']:.2f} | {d['temp_mib']:.1f} | "
             f"{d['temp_over_kv']:.2f} |")
     return "\n".join(out)
 
@@ -185,8 +183,9 @@ def per_particle(rows, t_fixed) -> str:
 
     out = ["| model | T | N range | measured run peak per particle (KiB) | estimated per particle "
            "(KiB: KV + step buffers) | measured / estimated | fixed part: run peak at N -> 0, minus "
-           "RSS after import (MiB) | estimated fixed part: weights (MiB) |",
-           "|---|---|---|---|---|---|---|---|"]
+           "RSS after import (MiB) | estimated fixed part: weights + runtime (MiB) | "
+           "measured / estimated fixed part |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for m in MODELS:
         sel = sorted((r for r in rows if "error" not in r and r["model"] == m and r["t"] == t_fixed),
                      key=lambda r: r["n"])
@@ -198,7 +197,7 @@ def per_particle(rows, t_fixed) -> str:
         bm, am = np.polyfit(n, peak, 1)
         be, ae = np.polyfit(n, est, 1)
         out.append(f"| {m} | {t_fixed} | {int(n[0])}-{int(n[-1])} | {bm / 1024:.0f} | {be / 1024:.0f} | "
-                   f"{bm / be:.2f} | {am / MIB:.0f} | {ae / MIB:.0f} |")
+                   f"{bm / be:.2f} | {am / MIB:.0f} | {ae / MIB:.0f} | {am / ae:.2f} |")
     return "\n".join(out)
 
 
@@ -235,7 +234,9 @@ def plots(rows, n_fixed, t_fixed) -> list[str]:
         if axis == "n":
             sel = sorted((r for r in ok if r["model"] == m and r["t"] == t_fixed), key=lambda r: r["n"])
             return [r["n"] for r in sel], sel
-        sel = sorted((r for r in ok if r["model"] == m and r["n"] == n_fixed), key=lambda r: r["t"])
+        # The T sweep of each model at the N its own command fixed (rows record it).
+        nf = next((r["n_fixed"] for r in ok if r["model"] == m and "n_fixed" in r), n_fixed)
+        sel = sorted((r for r in ok if r["model"] == m and r["n"] == nf), key=lambda r: r["t"])
         return [r["t"] for r in sel], sel
 
     s = []
@@ -247,7 +248,7 @@ def plots(rows, n_fixed, t_fixed) -> list[str]:
     s = []
     for m in models:
         xs, sel = sweep(m, "t")
-        s.append((f"{m} run (N={n_fixed})", xs, [r["run_s"] for r in sel], "o-"))
+        s.append((f"{m} run (N={sel[0]['n'] if sel else n_fixed})", xs, [r["run_s"] for r in sel], "o-"))
         s.append((f"{m} compile", xs, [r["compile_s"] for r in sel], "x--"))
     fig("scaling_time_vs_t.png", "tokens T", "seconds", s)
     s = []
@@ -255,7 +256,7 @@ def plots(rows, n_fixed, t_fixed) -> list[str]:
         xs, sel = sweep(m, "n")
         s.append((f"{m} run peak RSS - RSS after import", xs,
                   [r["run_peak_rss_mib"] - r["rss_after_import_mib"] for r in sel], "o-"))
-        s.append((f"{m} estimate (weights + N KV + step)", xs,
+        s.append((f"{m} estimate (weights + N (KV + step) + runtime)", xs,
                   [r["estimate"]["total"] / MIB for r in sel], "s--"))
         s.append((f"{m} peak RSS (whole process)", xs, [r["peak_rss_mib"] for r in sel], "^:"))
     fig("scaling_memory_vs_n.png", f"particles N (T={t_fixed})", "MiB", s)
@@ -291,19 +292,21 @@ def write_docs(data, md, files, command_lines) -> None:
 
 ppl's SMC on vs_llamppl.py's `words` task (every word at most {MAX_WORD} letters, EOS masked
 so every particle generates exactly T tokens; `method="smc", ess_threshold=0.5,
-resampling="multinomial"`), 1 thread, float32, each configuration in a fresh process
-(`benchmarks/scaling.py`). Run time is the compiled executable's (median of the repeats);
-compile time is separate. Memory: "peak RSS, process" is `ru_maxrss` of the whole process
-(compilation included); "peak RSS, runs" is the peak during the compiled runs only (the
-kernel's VmHWM reset through `/proc/self/clear_refs` after the first, compiling call). The ratio
-is the runs' peak minus the RSS after `import ppl` and JAX's start (the runtime's floor, ~the
-same for every configuration), against
-`ppl.inference.driver.estimate_bytes` = weights + N x KV cache per particle + one step's
-buffers (N x V x 16 bytes), i.e. what `ppl.infer` checks before allocating. "XLA temp" is the
-compiled program's own temporary buffers (`memory_analysis().temp_size_in_bytes`); divided by
-the KV cache it counts the cache copies the compiled loop keeps besides its carried state.
-Shared 2-core machine with other jobs running: times are noisy. Data:
-`benchmarks/results/scaling.json`.
+resampling="multinomial"`), 1 thread, float32, each configuration in a fresh process with the
+persistent compilation cache off (`benchmarks/scaling.py`). Run time is the compiled
+executable's (median of the repeats); compile time is separate. Memory: "peak RSS, process" is
+`ru_maxrss` of the whole process (compilation included); "peak RSS, runs" is the peak during
+the compiled runs only (the kernel's VmHWM reset through `/proc/self/clear_refs` after the
+first, compiling call). The estimate is `ppl.inference.driver.estimate_bytes`, what `ppl.infer`
+checks before allocating: weights + N x KV cache per particle + one step's buffers
+(N x V x 48 bytes: twelve vocabulary-sized float32 buffers per row) + a fixed runtime part
+(576 MiB: compiler arenas, the executable, the tokenizer). The main ratio is the runs' peak
+minus the RSS after `import ppl` and JAX's start (Python's and the runtime's floor, ~the same
+for every configuration, which the estimate leaves out) over the estimate; "peak RSS, process
+/ estimate" does not subtract that floor. "XLA temp" is the compiled program's own temporary
+buffers (`memory_analysis().temp_size_in_bytes`); divided by the KV cache it counts the cache
+copies the compiled loop keeps besides its carried state. Shared 2-core machine with other
+jobs running: times are noisy. Data: `benchmarks/results/scaling.json`.
 
 Commands:
 
@@ -338,10 +341,17 @@ def main(argv=None) -> None:
     ap.add_argument("--timeout", type=int, default=900)
     ap.add_argument("--no-refusal", action="store_true", help="skip the MemoryError check")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--docs-only", action="store_true",
+                    help="only rewrite the plots and the docs section from the JSON")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.models[0], args.n[0], args.t[0], args.repeats, args.method)))
+        return
+
+    if args.docs_only:
+        data = json.loads(RESULTS.read_text())
+        write_all(data, data["meta"]["n_fixed"], data["meta"]["t_fixed"])
         return
 
     ensure_checkpoints(args.models + ([] if args.no_refusal else ["gpt2-small"]))
@@ -360,6 +370,7 @@ def main(argv=None) -> None:
     for m, n, t in configs:
         r = run_config(m, n, t, args.repeats, args.threads, args.method, args.timeout)
         r["command"] = command
+        r["n_fixed"], r["t_fixed"] = args.n_fixed, args.t_fixed
         rows.append(r)
         print(f"{m} N={n} T={t}: " + (r["error"][-300:] if "error" in r else
               f"run {r['run_s']:.3f}s compile {r['compile_s']:.1f}s peak {r['peak_rss_mib']:.0f} MiB"),
@@ -373,7 +384,9 @@ def main(argv=None) -> None:
         return
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": []}
     keep = {(r["model"], r["n"], r["t"]) for r in rows}
-    data["rows"] = [r for r in data["rows"] if (r["model"], r["n"], r["t"]) not in keep] + rows
+    # Rows from an older estimate (before the runtime part) would mix two ratio definitions.
+    data["rows"] = [r for r in data["rows"] if (r["model"], r["n"], r["t"]) not in keep
+                    and "runtime" in r.get("estimate", {})] + rows
     data["rows"].sort(key=lambda r: (list(MODELS).index(r["model"]), r["n"], r["t"]))
     if refusal:
         data["refusal"] = refusal
@@ -382,10 +395,14 @@ def main(argv=None) -> None:
                     "n_fixed": args.n_fixed, "t_fixed": args.t_fixed}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=1) + "\n")
-    files = plots(data["rows"], args.n_fixed, args.t_fixed)
+    write_all(data, args.n_fixed, args.t_fixed)
+
+
+def write_all(data, n_fixed, t_fixed) -> None:
+    files = plots(data["rows"], n_fixed, t_fixed)
     cmds = sorted({r.get("command", "") for r in data["rows"]} - {""})
     write_docs(data, table(data["rows"]) + "\n\nMemory per particle (slopes over the N sweep):\n\n"
-               + per_particle(data["rows"], args.t_fixed), files, cmds)
+               + per_particle(data["rows"], t_fixed), files, cmds)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from vs_llamppl import (  # noqa: E402
-    MAX_WORD, MODELS, PROMPT, ROOT, TORCH_VERSION, child_env, ensure_checkpoints, ensure_venv,
-    peak_rss_mib, replace_section, worker_ours,
+    MAX_WORD, MODELS, PROMPT, ROOT, TORCH_VERSION, child_env, commands_block, ensure_checkpoints,
+    ensure_venv, loadavg, merge_cells, peak_rss_mib, record_run, replace_section, stamp, utc_now,
+    worker_ours,
 )
 
 RESULTS = BENCH / "results" / "vs_genlm.json"
@@ -99,14 +100,15 @@ def run_cell(side, model, task, n, t, repeats, threads, timeout) -> dict:
     cmd = [str(py), str(Path(__file__).resolve()), "--worker", side, "--models", model,
            "--tasks", task, "--n", str(n), "--t", str(t), "--repeats", str(repeats),
            "--threads", str(threads)]
+    load0 = loadavg()
     try:
         res = subprocess.run(cmd, env=child_env(threads), capture_output=True, text=True,
                              cwd=str(ROOT), timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout} s"}
+        return {"error": f"timeout after {timeout} s", **stamp(load0)}
     if res.returncode != 0:
-        return {"error": res.stderr[-3000:]}
-    return json.loads(res.stdout.strip().splitlines()[-1])
+        return {"error": res.stderr[-3000:], **stamp(load0)}
+    return {**json.loads(res.stdout.strip().splitlines()[-1]), **stamp(load0)}
 
 
 def table(cells: dict) -> str:
@@ -132,14 +134,15 @@ def table(cells: dict) -> str:
 
 
 def write_docs(data: dict, md: str) -> None:
-    cmds = "\n".join(sorted({c.get("command", "") for c in data["cells"].values()} - {""}))
+    cmds = commands_block(data)
     vers = next((c for c in data["cells"].values() if "genlm_control" in c), {})
     body = f"""{SECTION}
 
 genlm-control {vers.get('genlm_control', '?')} (genlm-backend {vers.get('genlm_backend', '?')}),
 its HF backend on CPU, in its own virtualenv with torch {TORCH_VERSION} (`benchmarks/vs_genlm.py`).
 Task: vs_llamppl.py's `words` task (prompt `{PROMPT!r}`, every word at most {MAX_WORD}
-letters, exactly T tokens per particle, SMC with resampling at ESS < 0.5 N). genlm-control
+letters, exactly T tokens per particle, SMC with resampling at ESS < 0.5 N), and its `free`
+task (no constraint: genlm-control `AWRS(llm, NoEnd)`, ppl the LM masked to "not EOS"). genlm-control
 side as its README writes it: `PromptedLLM.from_name(folder, backend="hf")`,
 `fsa = BoolFSA.from_regex({WORDS_RE!r}).coerce(llm, f=b"".join)`,
 `AWRS(llm, fsa * NoEnd).smc(n_particles=N, ess_threshold=0.5, max_tokens=T)` (AWRS:
@@ -147,8 +150,10 @@ exact-weight adaptive rejection sampling of each token under the condition; `NoE
 4-line boolean `Potential` that accepts every prefix and no complete text, so EOS is never
 drawn and every particle runs T tokens, as on the ppl side; its `complete() = -inf` also zeroes
 genlm's final posterior weights, which does not change the work done). `llm.model.batch_size =
-N` (one batched forward per step). 1 thread on both sides, each cell in its own process, median wall time; same session,
-same shared 2-core machine as the LLaMPPL section ({data['meta'].get('date', '')}).
+N` (one batched forward per step). 1 thread on both sides, each cell in its own process, the
+two sides of a cell one after the other, median wall time; the same shared 2-core machine as
+the LLaMPPL section, with other jobs running on it (load averages around each command are
+listed with it and stored with every cell; JSON last written {data['meta'].get('date', '')}).
 
 Commands:
 
@@ -171,9 +176,13 @@ def main(argv=None) -> None:
     ap.add_argument("--tasks", nargs="+", default=["words"], choices=["words", "free"])
     ap.add_argument("--sides", nargs="+", default=["ours", "genlm"], choices=["ours", "genlm"])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per process")
+    ap.add_argument("--genlm-repeats", type=int, default=None,
+                    help="timed runs per genlm-control process (default: --repeats)")
     ap.add_argument("--timeout", type=int, default=1200)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--docs-only", action="store_true",
+                    help="run nothing: print the table and rewrite the docs section from the JSON")
     ap.add_argument("--worker", choices=["ours", "genlm"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -182,7 +191,14 @@ def main(argv=None) -> None:
                else worker_genlm(m, task, n, t, args.repeats, args.threads))
         print(json.dumps(out))
         return
+    if args.docs_only:
+        data = json.loads(RESULTS.read_text())
+        print(table(data["cells"]))
+        write_docs(data, table(data["cells"]))
+        return
     ensure_checkpoints(args.models)
+    start, load_start = utc_now(), loadavg()
+    print(f"[start] {start}, load average {load_start}", file=sys.stderr, flush=True)
     command = ("python benchmarks/vs_genlm.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     fresh = {}
     for model in args.models:
@@ -190,19 +206,24 @@ def main(argv=None) -> None:
             for n in args.n:
                 for task in args.tasks:
                     for side in args.sides:
-                        c = run_cell(side, model, task, n, t, args.repeats, args.threads, args.timeout)
+                        reps = (args.genlm_repeats if side == "genlm" and args.genlm_repeats
+                                else args.repeats)
+                        c = run_cell(side, model, task, n, t, reps, args.threads, args.timeout)
                         c["command"] = command
                         k = f"{side}|{model}|{task}|{n}|{t}"
                         fresh[k] = c
                         print(f"{k}: " + (f"{statistics.median(c['times']):.3f}s" if c.get("times")
                                           else c.get("error", "")[-800:]), file=sys.stderr, flush=True)
     print(table(fresh))
+    print(f"[end] {utc_now()}, load average {loadavg()}", file=sys.stderr, flush=True)
     if args.no_write:
         return
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"cells": {}}
-    data["cells"].update(fresh)
-    data["meta"] = {"threads": args.threads, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    merge_cells(data["cells"], fresh)  # keyed side|model|task|N|T; earlier cells are kept
+    data.setdefault("meta", {}).update(
+        {"threads": args.threads, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+    record_run(data["meta"], command, start, load_start, fresh)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=1) + "\n")
     write_docs(data, table(data["cells"]))

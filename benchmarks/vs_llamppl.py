@@ -26,8 +26,10 @@ dependency of ppl). The child reports the wall time of each run, ppl's compile t
 median over all timed runs is reported.
 
 Threads (``--threads``, default 1): ``torch.set_num_threads`` + OMP/MKL_NUM_THREADS for
-PyTorch sides, ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=1`` for JAX with 1 thread (``=true ... =T`` for T > 1).
+PyTorch sides, ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` for JAX with 1 thread
+(``=true`` for T > 1). Runs before 2026-11-22 03:00 UTC also appended a bare
+``intra_op_parallelism_threads=1``, which is not an XLA flag: XLA stops parsing there, so it
+had no effect (nothing followed it) and was removed.
 
 Models (``--models``): ``gpt2-small`` (random weights, GPT-2's tokenizer; decode.py's
 checkpoint), ``gpt2-4l`` (4 layers, 256 wide, 4 heads, vocab 50257, random), ``tiny`` (the
@@ -70,6 +72,34 @@ TASKS = ("words", "free")
 LLAMPPL_VERSION = "0.2.3"
 TORCH_VERSION = "2.13.0"
 
+
+
+def words_program(lm, t: int):
+    """The ``words`` task's ppl program: ``ppl.steer`` with ``max_word_length(MAX_WORD)`` and
+    EOS masked out of its automaton, so every particle generates exactly ``t`` tokens.
+
+    (Imports are local: this module also runs as the LLaMPPL worker, in a venv without ppl.)
+    """
+    import dataclasses
+
+    from ppl.api import SteerProgram
+    from ppl.stdlib import constraints as C
+    from ppl.stdlib.base import TokenAutomaton
+
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class NoEOS(TokenAutomaton):
+        """The compiled constraint with EOS never allowed."""
+
+        def allowed(self, state):
+            return super().allowed(state).at[self.eos_token_id].set(False)
+
+    class SteerNoEOS(SteerProgram):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.automata = [NoEOS(**{f.name: getattr(x, f.name) for f in dataclasses.fields(x)})
+                             for x in self.automata]
+
+    return SteerNoEOS(lm, PROMPT, constraints=[C.max_word_length(MAX_WORD)], max_tokens=t)
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
@@ -122,7 +152,7 @@ def child_env(threads: int) -> dict:
     env = dict(os.environ)
     eigen = "false" if threads == 1 else "true"
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen={eigen}"
-                        f" intra_op_parallelism_threads={threads}").strip()
+                        ).strip()
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env["HF_HUB_OFFLINE"] = env["TRANSFORMERS_OFFLINE"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
@@ -133,32 +163,16 @@ def child_env(threads: int) -> dict:
 
 # ---- workers (each cell in its own process) -------------------------------------------------
 def worker_ours(model: str, task: str, n: int, t: int, repeats: int, side: str) -> dict:
-    import dataclasses
-
     import jax.numpy as jnp
+    import numpy as np
 
     import ppl
-    from ppl.api import SteerProgram
     from ppl.inference import driver
     from ppl.inference._engine import prepare
     from ppl.inference.baselines import ancestral_sample
     from ppl.stdlib import constraints as C
-    from ppl.stdlib.base import TokenAutomaton
 
     lm = ppl.models.load(str(MODELS[model]))
-
-    @dataclasses.dataclass(frozen=True, eq=False)
-    class NoEOS(TokenAutomaton):
-        """The compiled constraint with EOS never allowed (every particle runs T tokens)."""
-
-        def allowed(self, state):
-            return super().allowed(state).at[self.eos_token_id].set(False)
-
-    class SteerNoEOS(SteerProgram):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            self.automata = [NoEOS(**{f.name: getattr(x, f.name) for f in dataclasses.fields(x)})
-                             for x in self.automata]
 
     not_eos = jnp.arange(lm.vocab_size) != lm.eos_token_id
 
@@ -192,26 +206,36 @@ def worker_ours(model: str, task: str, n: int, t: int, repeats: int, side: str) 
             assert toks.shape == (n, t) and not (toks == lm.eos_token_id).any()
     else:
         if task == "words":
-            prog = SteerNoEOS(lm, PROMPT, constraints=[C.max_word_length(MAX_WORD)], max_tokens=t)
+            prog = words_program(lm, t)
         else:
             prog = Free(lm, prompt=PROMPT, max_tokens=t)
         extra["estimate_bytes"] = driver.estimate_bytes(prepare(prog), n)
-        resampled = []
+        resampled, dead = [], []
         for r in range(repeats + 1):
             t0 = time.perf_counter()
             res = ppl.infer(prog, method="smc", particles=n, seed=r, ess_threshold=0.5,
                             resampling="multinomial")
             wall = time.perf_counter() - t0
-            assert (res.lengths == t).all() and res.num_steps == t, res.lengths
+            # A particle whose text reaches a dead end of the automaton dies (weight -inf, see
+            # stdlib/base.py) and stops there; the batched loop still runs all N rows for all T
+            # steps. Every live particle must have exactly T tokens.
+            alive = np.isfinite(np.asarray(res.log_weights))
+            assert alive.any() and res.num_steps == t, (res.lengths, res.log_weights)
+            assert (np.asarray(res.lengths)[alive] == t).all(), res.lengths
             if task == "words":
-                assert all(C.max_word_length(MAX_WORD).check(s) for s in res.texts)
+                assert all(C.max_word_length(MAX_WORD).check(s)
+                           for s, a in zip(res.texts, alive) if a)
             if r == 0:
                 compile_s = res.timings["compile"]
                 continue
             times.append(wall)
             run_only.append(res.timings["run"])
             resampled.append(int(res.resampled.sum()))
+            dead.append(int((~alive).sum()))
         extra["resampling_steps"] = resampled
+        extra["dead_particles_at_end"] = dead
+        extra["causes"] = {str(k): int(v) for k, v in zip(
+            *np.unique(np.asarray(res.extras.get("causes", [])), return_counts=True))}
         extra["sample_text"] = res.texts[0][:200]
     return {"times": times, "run_only": run_only, "compile_s": compile_s,
             "peak_rss_mib": peak_rss_mib(), **extra}
@@ -386,6 +410,7 @@ def run_cell(side, model, task, n, t, repeats, threads, timeout, budget=None) ->
     if side == "llamppl" and budget:
         cmd += ["--llamppl-budget", str(budget)]
     t0 = time.perf_counter()
+    load0 = loadavg()
     try:
         res = subprocess.run(cmd, env=child_env(threads), capture_output=True, text=True,
                              cwd=str(ROOT), timeout=timeout)
@@ -395,7 +420,70 @@ def run_cell(side, model, task, n, t, repeats, threads, timeout, budget=None) ->
         return {"error": res.stderr[-3000:]}
     out = json.loads(res.stdout.strip().splitlines()[-1])
     out["process_s"] = time.perf_counter() - t0
+    out.update(stamp(load0))
     return out
+
+
+def loadavg() -> list[float]:
+    """1-, 5- and 15-minute load averages (what `uptime` prints)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
+def stamp(load_before: list[float]) -> dict:
+    """When a cell was measured and the machine's load around it (other jobs share it)."""
+    return {"measured_at": utc_now(), "loadavg_before": load_before, "loadavg_after": loadavg()}
+
+
+def merge_cells(cells: dict, fresh: dict) -> None:
+    """Merges this invocation's cells into the stored ones, keyed by side|model|task|N|T: a new
+    measurement replaces the old one, except that a run that failed, or a LLaMPPL run stopped
+    at its budget, never replaces a completed measurement of the same cell."""
+    for k, v in fresh.items():
+        if v.get("times") or k not in cells or not cells[k].get("times"):
+            cells[k] = v
+
+
+def record_run(meta: dict, command: str, start: str, load_before: list[float],
+               keys) -> None:
+    """Appends one invocation (command, start/end time, load averages before/after, the cells
+    it wrote) to ``meta["runs"]``, which the docs section lists next to the table."""
+    meta.setdefault("runs", []).append(
+        {"command": command, "start": start, "end": utc_now(), "loadavg_before": load_before,
+         "loadavg_after": loadavg(), "git_head": git_head(), "cells": sorted(keys)})
+
+
+def git_head() -> str | None:
+    """The checked-out commit when the run ended (the work tree is shared: it may also have had
+    uncommitted edits, and each cell's process imports ppl from the tree as it was then)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=str(ROOT),
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def commands_block(data: dict) -> str:
+    """Every command recorded (and those of earlier sessions whose cells are in the table),
+    each with when it ran, the load averages (1/5/15 min) before and after it, and whether
+    its cells are still in the table or were measured again by a later command."""
+    cells = data["cells"]
+    used = {c.get("command") for c in cells.values()} - {None, ""}
+    runs = data.get("meta", {}).get("runs", [])
+    lines = [c + "   # earlier session, before load was recorded per run: see the notes"
+             for c in sorted(used - {r["command"] for r in runs})]
+    for r in runs:
+        fmt3 = lambda x: "/".join(f"{v:.2f}" for v in x)  # noqa: E731
+        kept = [k for k in r.get("cells", []) if cells.get(k, {}).get("command") == r["command"]
+                and r["start"] <= cells[k].get("measured_at", r["start"]) <= r["end"]]
+        gone = "" if kept else "; all its cells measured again later"
+        lines.append(f"{r['command']}   # {r['start'][:-7]}-{r['end'][11:-7]} UTC, load "
+                     f"{fmt3(r['loadavg_before'])} before, {fmt3(r['loadavg_after'])} after"
+                     + (f", ppl at {r['git_head']}" if r.get("git_head") else "") + gone)
+    return "\n".join(lines)
 
 
 def cell_key(side, model, task, n, t) -> str:
@@ -498,7 +586,7 @@ def replace_section(header: str, body: str) -> None:
 
 def write_docs(data: dict, md: str) -> None:
     meta = data["meta"]
-    cmds = "\n".join(sorted(set(c.get("command", "") for c in data["cells"].values()) - {""}))
+    cmds = commands_block(data)
     notes = data.get("notes", "")
     body = f"""{SECTION}
 
@@ -515,19 +603,23 @@ weights, timed after a warm-up call like ppl's SMC) and
 transformers' PyTorch `generate(do_sample=True, num_return_sequences=N, min_new_tokens=T)`.
 Random weights for the GPT-2 shapes (GPT-2's real tokenizer), the trained embedded model for
 `tiny`; float32; {meta.get('threads', 1)} thread(s) for every side (`torch.set_num_threads`;
-`XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"`). Each cell
+`XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`). Each cell
 runs in its own process (LLaMPPL {LLAMPPL_VERSION} in its own virtualenv with torch
 {TORCH_VERSION}); times are medians of wall time per run (ppl: the whole `ppl.infer` call with
 the executable already compiled; its compile time is the separate column), peak RSS is the
-child's `ru_maxrss`. All sides ran in the same session on the same shared 2-core machine
-({meta.get('machine', '')}; {meta.get('date', '')}), sides alternating; other jobs were running
-on it, so expect noise of tens of percent. Every timing is in `benchmarks/results/vs_llamppl.json`.
+child's `ru_maxrss`. All sides ran on the same shared 2-core machine ({meta.get('machine', '')}),
+the sides of a cell one after the other in the same invocation; other jobs were running on it
+(the load averages around each command are listed with it, and stored with every cell), so
+expect noise of tens of percent on absolute times: read the ratios of adjacent runs. Every
+timing is in `benchmarks/results/vs_llamppl.json` (last written {meta.get('date', '')}).
 
 Speed-up = LLaMPPL / ppl SMC; SMC / plain = ppl SMC / ppl plain batched sampling of the same
 N x T tokens (`free` rows: the same task without weights; `words` rows: plain sampling has no
 constraint, so the ratio includes the constraint's cost).
 
-Commands:
+Commands (each row's cells come from one of these; `--llamppl-budget B` stops a LLaMPPL run
+after B seconds and records how far it got: such cells show "> B" and a lower bound on the
+speed-up, plus an extrapolation of its remaining steps):
 
 ```
 {cmds}
@@ -559,6 +651,8 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true",
                     help="preset: --models tiny gpt2-4l --n 32 --t 32 --repeats 1")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--docs-only", action="store_true",
+                    help="run nothing: print the table and rewrite the docs section from the JSON")
     ap.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
@@ -575,9 +669,18 @@ def main(argv=None) -> None:
         print(json.dumps(out))
         return
 
+    if args.docs_only:
+        data = load_results()
+        md = table(summarize(data["cells"]))
+        print(md)
+        write_docs(data, md)
+        return
+
     ensure_checkpoints(args.models)
     command = "python benchmarks/vs_llamppl.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
+    start, load_start = utc_now(), loadavg()
+    print(f"[start] {start}, load average {load_start}", file=sys.stderr, flush=True)
     data = load_results()
     fresh = {}
     for rnd in range(args.rounds):
@@ -612,14 +715,15 @@ def main(argv=None) -> None:
                                 fresh[k] = c
     rows = summarize({k: v for k, v in fresh.items() if "times" in v or v.get("incomplete")})
     print(table(rows))
+    print(f"[end] {utc_now()}, load average {loadavg()}", file=sys.stderr, flush=True)
     if args.no_write:
         return
-    for k, v in fresh.items():
-        if v.get("times") or k not in data["cells"] or not data["cells"][k].get("times"):
-            data["cells"][k] = v
-    data["meta"] = {"threads": args.threads, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    "prompt": PROMPT}
+    data = load_results()  # re-read: keep whatever another invocation wrote meanwhile
+    merge_cells(data["cells"], fresh)
+    data.setdefault("meta", {}).update(
+        {"threads": args.threads, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "prompt": PROMPT})
+    record_run(data["meta"], command.strip(), start, load_start, fresh)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=1) + "\n")
     md = table(summarize(data["cells"]))

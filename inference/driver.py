@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
-import os
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -128,18 +128,17 @@ def build_kernel(setup: E.Setup, params, num_particles: int, *, ess_threshold: f
         k_sweep, k_pick = jax.random.split(key)
         ref_tokens = jnp.broadcast_to(state.tokens, (n,) + state.tokens.shape)
         upto = jnp.where(jnp.arange(n) == 0, state.length, 0)
-        anc_fn = None
-        if ancestor_sampling:
-            def anc_fn(k, parts, lm_state, tokens, old_len):
-                lw = ancestor_log_weights(k, setup, params, parts, lm_state, tokens, old_len,
-                                          state.tokens, state.length)
-                # All candidates invalid cannot happen (particle 0 itself is valid), but keep
-                # the reference's own ancestor rather than a uniform draw if it ever did.
-                return jnp.where(jnp.isfinite(jax.nn.logsumexp(lw)),
-                                 jax.random.categorical(k, lw), 0).astype(jnp.int32)
+        def anc_fn(k, parts, lm_state, tokens, old_len):
+            lw = ancestor_log_weights(k, setup, params, parts, lm_state, tokens, old_len,
+                                      state.tokens, state.length)
+            # All candidates invalid cannot happen (particle 0 itself is valid), but keep the
+            # reference's own ancestor rather than a uniform draw if it ever did.
+            return jnp.where(jnp.isfinite(jax.nn.logsumexp(lw)),
+                             jax.random.categorical(k, lw), 0).astype(jnp.int32)
+
         parts, log_z, nan = C.sweep(k_sweep, setup, params, n, ess_threshold=ess_threshold,
                                     forced=(ref_tokens, upto), keep_first=True,
-                                    ancestor_fn=anc_fn)
+                                    ancestor_fn=anc_fn if ancestor_sampling else None)
         tok, length, _ = C.pick(k_pick, parts)
         changed = ~C.same_sequence(tok, length, state.tokens, state.length)
         return C.ChainState(tok, length, log_z), C.ChainInfo(changed, log_z, nan, parts.cause)

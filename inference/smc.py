@@ -10,7 +10,6 @@ evidence estimate (product of the mean weights at each resampling and at the end
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax

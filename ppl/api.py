@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Sequence
 
-import jax
 import jax.numpy as jnp
 
 from ppl._jaxcache import enable_compilation_cache
