@@ -153,9 +153,24 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
             do_res, resample, keep, (parts, small_lm, tokens, parts0.length))
         rows = (idx[:, None] * setup.num_contexts
                 + jnp.arange(setup.num_contexts)[None, :]).reshape(-1)
-        cache = jax.tree.map(
-            lambda x: jax.lax.cond(do_res, lambda y: jnp.take(y, rows, axis=0), lambda y: y, x),
-            state.lm.cache)
+
+        def global_take(y):
+            return jnp.take(y, rows, axis=0)
+
+        def island_take(y):
+            # Island ancestors stay inside their island: a batched gather over an
+            # [islands, rows per island, ...] view, which XLA's partitioner keeps on the device
+            # that holds the island (a flat take all-gathers the whole cache layer).
+            g = y.shape[0] // islands
+            local = rows.reshape(islands, g) - g * jnp.arange(islands, dtype=rows.dtype)[:, None]
+            yr = y.reshape((islands, g) + y.shape[1:])
+            return jax.vmap(lambda a, i: jnp.take(a, i, axis=0))(yr, local).reshape(y.shape)
+
+        take = global_take
+        if islands > 1 and not keep_first:
+            exchange = (exchange_every > 0) & ((state.t + 1) % max(exchange_every, 1) == 0)
+            take = lambda y: jax.lax.cond(exchange, global_take, island_take, y)  # noqa: E731
+        cache = jax.tree.map(lambda x: jax.lax.cond(do_res, take, lambda y: y, x), state.lm.cache)
         lm_state = lm_state._replace(cache=cache)
         move_acc = jnp.full((), jnp.nan, jnp.float32)
         fed = None

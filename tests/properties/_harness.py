@@ -60,6 +60,8 @@ METHODS = [
     Method("smc", (("resampling", "systematic"), ("ess_threshold", 0.8))),
     Method("smc", (("resampling", "residual"), ("ess_threshold", 0.8))),
     Method("smc_steer", (("num_beams", 2),)),
+    # islands (each resamples within itself, every 2nd resampling global): still unbiased.
+    Method("smc", (("ess_threshold", 1.0), ("islands", 4), ("exchange_every", 2))),
     # resample-move: MH moves after every resampling keep the weights (still unbiased).
     Method("smc", (("ess_threshold", 1.0), ("rejuvenate", 1))),
     # MCMC / VI: skipped unless ppl.methods() lists them.
