@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppl.context import Context, ProgramError
-from ppl.models.base import broadcast_cache, reorder
+from ppl.models.base import broadcast_cache
 
 __all__ = ["Particles", "LMState", "Setup", "prepare", "init_population", "propose",
            "advance_lm", "gather", "finalize"]
@@ -289,15 +289,22 @@ def select_rows(setup: Setup, mask, if_true: LMState, if_false: LMState) -> LMSt
                    pick(mask, if_true.hidden, if_false.hidden))
 
 
-def gather(setup: Setup, parts: Particles, lm_state: LMState, ancestors):
-    """Particle ``i`` becomes a copy of particle ``ancestors[i]``: state, tokens and KV cache."""
-    parts = jax.tree.map(lambda x: jnp.take(x, ancestors, axis=0), parts)
+def gather(setup: Setup, parts: Particles, lm_state: LMState, ancestors, take=None):
+    """Particle ``i`` becomes a copy of particle ``ancestors[i]``: state, tokens and KV cache.
+
+    ``take(x, indices)`` (default ``jnp.take`` along axis 0) does every row gather; SMC's
+    island resampling passes one that keeps the gather inside each island.
+    """
+    if take is None:
+        def take(x, i):
+            return jnp.take(x, i, axis=0)
+    parts = jax.tree.map(lambda x: take(x, ancestors), parts)
     rows = cache_rows(setup, ancestors)
     lm_state = LMState(
-        reorder(lm_state.cache, rows),
-        jnp.take(lm_state.logprobs, ancestors, axis=0),
+        jax.tree.map(lambda x: take(x, rows), lm_state.cache),
+        take(lm_state.logprobs, ancestors),
         lm_state.nan,
-        jnp.take(lm_state.hidden, ancestors, axis=0),
+        take(lm_state.hidden, ancestors),
     )
     return parts, lm_state
 

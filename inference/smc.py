@@ -121,6 +121,18 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
                 do_res, lambda: ancestor_fn(k_anc, parts, state.lm, tokens, parts0.length),
                 lambda: jnp.zeros((), jnp.int32))
 
+        if islands > 1 and not keep_first:
+            exchange = (exchange_every > 0) & ((state.t + 1) % max(exchange_every, 1) == 0)
+
+            def take_rows(y, r):
+                return jax.lax.cond(exchange, lambda z: jnp.take(z, r, axis=0),
+                                    lambda z: _island_take(z, r, islands), y)
+        else:
+            exchange = jnp.ones((), bool)
+
+            def take_rows(y, r):
+                return jnp.take(y, r, axis=0)
+
         def resample(args):
             parts, lm_state, tokens, old_len = args
             idx = resample_fn(k_res, parts.logw, n)
@@ -132,12 +144,11 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
                     jax.random.split(k_res, islands), lw)
                 island_idx = (local + g * jnp.arange(islands, dtype=jnp.int32)[:, None]).reshape(n)
                 island_mean = jnp.repeat(jax.vmap(E.log_mean_exp)(lw), g)
-                exchange = (exchange_every > 0) & ((state.t + 1) % max(exchange_every, 1) == 0)
                 idx = jnp.where(exchange, idx, island_idx)
                 mean = jnp.where(exchange, mean, island_mean)
             if keep_first:
                 idx = R.iid_multinomial(k_res, parts.logw, n).at[0].set(ref_anc)
-            parts, lm_state = E.gather(setup, parts, lm_state, idx)
+            parts, lm_state = E.gather(setup, parts, lm_state, idx, take=take_rows)
             parts = parts._replace(logw=jnp.full_like(parts.logw, mean))
             return parts, lm_state, tokens[idx], old_len[idx], idx
 
@@ -153,24 +164,9 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
             do_res, resample, keep, (parts, small_lm, tokens, parts0.length))
         rows = (idx[:, None] * setup.num_contexts
                 + jnp.arange(setup.num_contexts)[None, :]).reshape(-1)
-
-        def global_take(y):
-            return jnp.take(y, rows, axis=0)
-
-        def island_take(y):
-            # Island ancestors stay inside their island: a batched gather over an
-            # [islands, rows per island, ...] view, which XLA's partitioner keeps on the device
-            # that holds the island (a flat take all-gathers the whole cache layer).
-            g = y.shape[0] // islands
-            local = rows.reshape(islands, g) - g * jnp.arange(islands, dtype=rows.dtype)[:, None]
-            yr = y.reshape((islands, g) + y.shape[1:])
-            return jax.vmap(lambda a, i: jnp.take(a, i, axis=0))(yr, local).reshape(y.shape)
-
-        take = global_take
-        if islands > 1 and not keep_first:
-            exchange = (exchange_every > 0) & ((state.t + 1) % max(exchange_every, 1) == 0)
-            take = lambda y: jax.lax.cond(exchange, global_take, island_take, y)  # noqa: E731
-        cache = jax.tree.map(lambda x: jax.lax.cond(do_res, take, lambda y: y, x), state.lm.cache)
+        cache = jax.tree.map(
+            lambda x: jax.lax.cond(do_res, lambda y: take_rows(y, rows), lambda y: y, x),
+            state.lm.cache)
         lm_state = lm_state._replace(cache=cache)
         move_acc = jnp.full((), jnp.nan, jnp.float32)
         fed = None
@@ -207,6 +203,19 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
         return new, SMCInfo(ess, do_res, idx)
 
     return step
+
+
+def _island_take(y, rows, islands: int):
+    """``jnp.take(y, rows, axis=0)`` for island ancestors (every row's source in its own island).
+
+    A batched gather over an ``[islands, rows per island, ...]`` view: with the particle axis
+    sharded one island (or several) per device, XLA's partitioner keeps it on the device that
+    holds the island, where a flat take all-gathers the whole array.
+    """
+    g = y.shape[0] // islands
+    local = rows.reshape(islands, g) - g * jnp.arange(islands, dtype=rows.dtype)[:, None]
+    yr = y.reshape((islands, g) + y.shape[1:])
+    return jax.vmap(lambda a, i: jnp.take(a, i, axis=0))(yr, local).reshape(y.shape)
 
 
 def run_loop(key, setup: E.Setup, params, num_particles: int, kernel_fn, init_fn=init,
