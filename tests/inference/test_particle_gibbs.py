@@ -23,17 +23,7 @@ from ppl.inference import _engine as E
 from ppl.inference import particle_gibbs
 from tests.conftest import make_bigram
 from tests.inference.programs import (WithLatent, chain_discrepancies, histogram_discrepancies,
-                                      sample_exact, twisted_and_exact)
-
-
-@pytest.fixture(scope="module")
-def twisted():
-    return twisted_and_exact()[0]
-
-
-@pytest.fixture(scope="module")
-def exact():
-    return twisted_and_exact()[1]
+                                      sample_exact)
 
 
 def _one_csmc_step(program, exact, m, n, ancestor_sampling, seed=0):

@@ -13,17 +13,7 @@ import pytest
 
 import ppl
 from ppl.testing import _z
-from tests.inference.programs import twisted_and_exact, chain_discrepancies
-
-
-@pytest.fixture(scope="module")
-def twisted():
-    return twisted_and_exact()[0]
-
-
-@pytest.fixture(scope="module")
-def exact():
-    return twisted_and_exact()[1]
+from tests.inference.programs import chain_discrepancies
 
 
 @pytest.fixture(scope="module")

@@ -18,18 +18,7 @@ from ppl.inference import _engine as E
 from ppl.inference import rejuvenation
 from ppl.testing import evidence_discrepancy, posterior_discrepancies, replicate
 from tests.conftest import make_bigram
-from tests.inference.programs import (WithLatent, histogram_discrepancies, sample_exact,
-                                      twisted_and_exact)
-
-
-@pytest.fixture(scope="module")
-def twisted():
-    return twisted_and_exact()[0]
-
-
-@pytest.fixture(scope="module")
-def exact():
-    return twisted_and_exact()[1]
+from tests.inference.programs import (WithLatent, histogram_discrepancies, sample_exact)
 
 
 def test_moves_leave_exact_posterior_invariant(twisted, exact):
