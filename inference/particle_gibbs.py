@@ -106,9 +106,8 @@ def ancestor_log_weights(key, setup: E.Setup, params, parts: E.Particles, lm_sta
         return new, lm, tok, p.length, lq_sum, s + 1
 
     t1 = jnp.max(parts.length).astype(jnp.int32)
-    p, *_rest = jax.lax.while_loop(
+    p, _, _, _, lq_sum, _ = jax.lax.while_loop(
         cond, body, (parts, lm_state, tokens, old_length, jnp.zeros((n,), jnp.float32), t1))
-    lq_sum = _rest[3]
     p = E.finalize(jax.random.fold_in(key, 1 << 30), setup, p)
     ref_finished = start_done[0]  # particle 0 follows the reference
     valid = jnp.where(ref_finished, start_done,

@@ -121,17 +121,14 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
                 do_res, lambda: ancestor_fn(k_anc, parts, state.lm, tokens, parts0.length),
                 lambda: jnp.zeros((), jnp.int32))
 
-        if islands > 1 and not keep_first:
-            exchange = (exchange_every > 0) & ((state.t + 1) % max(exchange_every, 1) == 0)
+        # With islands, a resampling at a step that is a multiple of exchange_every is global.
+        exchange = (exchange_every > 0) & ((state.t + 1) % max(exchange_every, 1) == 0)
 
-            def take_rows(y, r):
-                return jax.lax.cond(exchange, lambda z: jnp.take(z, r, axis=0),
-                                    lambda z: _island_take(z, r, islands), y)
-        else:
-            exchange = jnp.ones((), bool)
-
-            def take_rows(y, r):
+        def take_rows(y, r):
+            if islands == 1 or keep_first:
                 return jnp.take(y, r, axis=0)
+            return jax.lax.cond(exchange, lambda z: jnp.take(z, r, axis=0),
+                                lambda z: _island_take(z, r, islands), y)
 
         def resample(args):
             parts, lm_state, tokens, old_len = args
