@@ -22,7 +22,9 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -30,29 +32,10 @@ import numpy as np
 import ppl
 from ppl.testing import enumerate_posterior
 
-EOS = 3
-
-
-class Rare(ppl.Program):
-    max_tokens = 6
-
-    def init(self, ctx):
-        return jnp.int32(0)
-
-    def step(self, ctx, n_c):
-        tok = ctx.sample(ctx.lm.next_token())
-        n_c = n_c + (tok == 2)
-        ctx.finish_if(tok == EOS)
-        return n_c
-
-    def final(self, ctx, n_c):
-        ctx.condition(n_c >= 3, name="three c")
-
-
-def bigram(seed: int = 3, v: int = 4):
-    rng = np.random.default_rng(seed)
-    return ppl.models.NGramLM(rng.normal(size=v), rng.normal(size=(v, v)), eos_token_id=v - 1,
-                              token_strings=[chr(ord("a") + i) for i in range(v)])
+# The rare-constraint program and its bigram LM are the ones tests/inference/test_vi.py uses.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.conftest import make_bigram  # noqa: E402
+from tests.inference.programs import Rare  # noqa: E402
 
 
 def measure(prog, params, runs, particles, seed):
@@ -91,7 +74,7 @@ class Themed(ppl.Program):
 
 def experiment(name, args):
     if name == "bigram":
-        prog = Rare(bigram(), prompt="")
+        prog = Rare(make_bigram(3), prompt="")
         exact = enumerate_posterior(prog).log_evidence
         opts = dict(vi_particles=32, learning_rate=0.1, proposal="prev_token")
     else:
