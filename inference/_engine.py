@@ -309,6 +309,31 @@ def gather(setup: Setup, parts: Particles, lm_state: LMState, ancestors, take=No
     return parts, lm_state
 
 
+def copy_rows_in_place(setup: Setup, cache, ancestors):
+    """``gather`` of the KV cache for ancestors whose every source keeps its own slot.
+
+    Requires ``ancestors[ancestors[i]] == ancestors[i]`` for every ``i`` (what
+    :func:`.resampling.stable_ancestors` returns): then only the slots with
+    ``ancestors[i] != i`` change, and each is one row copy that reads a slot no copy writes.
+    A loop of ``dynamic_update_slice`` over those slots lets XLA update the loop-carried
+    cache in place, where a gather writes a whole new cache (every layer, every particle)
+    even when most particles keep their row. The trip count is 0 when nothing moved.
+    """
+    n = ancestors.shape[0]
+    k_ctx = setup.num_contexts
+    moved = ancestors != jnp.arange(n, dtype=ancestors.dtype)
+    (dest,) = jnp.nonzero(moved, size=n, fill_value=0)
+
+    def body(j, c):
+        d = dest[j]
+        s = ancestors[d]
+        return jax.tree.map(
+            lambda x: jax.lax.dynamic_update_slice_in_dim(
+                x, jax.lax.dynamic_slice_in_dim(x, s * k_ctx, k_ctx, 0), d * k_ctx, 0), c)
+
+    return jax.lax.fori_loop(0, jnp.sum(moved), body, cache)
+
+
 def finalize(key, setup: Setup, parts: Particles) -> Particles:
     """Runs ``final`` once per particle; its factors and conditions enter the weights."""
     n = parts.logw.shape[0]

@@ -19,6 +19,7 @@ __all__ = [
     "multinomial",
     "optimal",
     "residual",
+    "stable_ancestors",
     "stratified",
     "systematic",
 ]
@@ -135,3 +136,21 @@ RESAMPLERS = {
     "systematic": systematic,
     "residual": residual,
 }
+
+
+def stable_ancestors(ancestors: jax.Array) -> jax.Array:
+    """The same multiset of ancestors, reordered so that every surviving particle keeps its slot.
+
+    Slot ``i`` gets ancestor ``i`` whenever particle ``i`` has at least one offspring; the
+    extra offspring fill the slots of the particles that have none, in index order. After a
+    resampling the particles carry equal weights, so their order does not change what the
+    population represents; this order lets the KV cache be updated in place by copying only
+    the rows of slots that changed, whose sources (survivors) are never overwritten.
+    """
+    n = ancestors.shape[0]
+    counts = jnp.zeros((n,), jnp.int32).at[ancestors].add(1)
+    extras = jnp.repeat(jnp.arange(n, dtype=jnp.int32), jnp.maximum(counts - 1, 0),
+                        total_repeat_length=n)
+    (dead,) = jnp.nonzero(counts == 0, size=n, fill_value=n)
+    own = jnp.arange(n, dtype=jnp.int32)
+    return own.at[dead].set(extras, mode="drop")

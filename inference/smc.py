@@ -97,6 +97,20 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
     if islands < 1:
         raise ValueError(f"islands must be >= 1, got {islands}.")
 
+    def _stable(idx, exchange):
+        # Survivors keep their slots (within their island unless this is an exchange step).
+        if islands == 1:
+            return R.stable_ancestors(idx)
+        g = idx.shape[0] // islands
+        off = g * jnp.arange(islands, dtype=idx.dtype)[:, None]
+        local = jax.vmap(R.stable_ancestors)(idx.reshape(islands, g) - off)
+        return jnp.where(exchange, R.stable_ancestors(idx), (local + off).reshape(-1))
+
+    # The KV cache is updated in place (only the slots that changed) on one device; sharded,
+    # the gather lets XLA's partitioner move rows between devices. Conditional SMC keeps the
+    # reference in slot 0, so its ancestors are not stable and it gathers too.
+    in_place = setup.mesh is None and not keep_first
+
     def step(key, state: SMCState):
         k_prop, k_res, k_anc, k_move = jax.random.split(key, 4)
         parts0 = state.particles
@@ -145,6 +159,8 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
                 mean = jnp.where(exchange, mean, island_mean)
             if keep_first:
                 idx = R.iid_multinomial(k_res, parts.logw, n).at[0].set(ref_anc)
+            else:
+                idx = _stable(idx, exchange)
             parts, lm_state = E.gather(setup, parts, lm_state, idx, take=take_rows)
             parts = parts._replace(logw=jnp.full_like(parts.logw, mean))
             return parts, lm_state, tokens[idx], old_len[idx], idx
@@ -153,17 +169,19 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
             parts, lm_state, tokens, old_len = args
             return parts, lm_state, tokens, old_len, jnp.arange(n, dtype=jnp.int32)
 
-        # The KV cache is reordered layer by layer, each under its own cond, outside the cond
-        # that reorders the (small) particle arrays: one cond over the whole cache made XLA
-        # hold a second full copy of it (the gather's output) next to the loop's own.
         small_lm = state.lm._replace(cache=())
         parts, lm_state, tokens, old_len, idx = jax.lax.cond(
             do_res, resample, keep, (parts, small_lm, tokens, parts0.length))
-        rows = (idx[:, None] * setup.num_contexts
-                + jnp.arange(setup.num_contexts)[None, :]).reshape(-1)
-        cache = jax.tree.map(
-            lambda x: jax.lax.cond(do_res, lambda y: take_rows(y, rows), lambda y: y, x),
-            state.lm.cache)
+        if in_place:
+            cache = E.copy_rows_in_place(setup, state.lm.cache, idx)
+        else:
+            # Layer by layer, each under its own cond, outside the cond that reorders the
+            # (small) particle arrays: one cond over the whole cache made XLA hold a second
+            # full copy of it (the gather's output) next to the loop's own.
+            rows = E.cache_rows(setup, idx)
+            cache = jax.tree.map(
+                lambda x: jax.lax.cond(do_res, lambda y: take_rows(y, rows), lambda y: y, x),
+                state.lm.cache)
         lm_state = lm_state._replace(cache=cache)
         move_acc = jnp.full((), jnp.nan, jnp.float32)
         fed = None
