@@ -23,7 +23,7 @@ from ppl.context import Context, ProgramError
 from ppl.models.base import broadcast_cache
 
 __all__ = ["Particles", "LMState", "Setup", "prepare", "init_population", "propose",
-           "advance_lm", "gather", "finalize"]
+           "advance_lm", "advance_live", "gather", "finalize"]
 
 
 class Particles(NamedTuple):
@@ -267,6 +267,28 @@ def advance_lm(setup: Setup, params, lm_state: LMState, tokens, old_length, acti
     lp = lp.reshape(n, k_ctx, -1).astype(jnp.float32)
     nan = lm_state.nan | jnp.any(jnp.isnan(lp) & active[:, None, None])
     return LMState(cache, lp, nan, h)
+
+
+def advance_live(setup: Setup, params, lm_state: LMState, tokens, old_length, active):
+    """``advance_lm``, skipped (``lax.cond``) when no particle is live, on one device.
+
+    Sharded, the forward pass runs unconditionally (at most one wasted forward, at the step
+    where the last particles finish). The reason is XLA:CPU's runtime: it orders thunks by
+    buffer dependencies, and a collective nested in a conditional (the decode's all-gathers
+    for the KV-cache write) was observed to run, on one device, before an independent
+    top-level collective (the ESS all-reduce) that the other device ran first: both waited
+    at different rendezvous until XLA aborted the process (sharded ``method="is"``, 2 forced
+    host devices; ``tests/inference/test_sharding.py``). No conditional in the sharded step
+    then contains a collective that another collective of the step does not depend on.
+    """
+    if setup.mesh is not None:
+        return advance_lm(setup, params, lm_state, tokens, old_length, active)
+    return jax.lax.cond(
+        jnp.any(active),
+        lambda s: advance_lm(setup, params, s, tokens, old_length, active),
+        lambda s: s,
+        lm_state,
+    )
 
 
 def cache_rows(setup: Setup, ancestors):

@@ -193,12 +193,7 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
                 (parts, lm_state, tokens, old_len))
         active = ~parts.done
         lm_fed = lm_state
-        lm_state = jax.lax.cond(
-            jnp.any(active),
-            lambda s: E.advance_lm(setup, params, s, tokens, old_len, active),
-            lambda s: s,
-            lm_state,
-        )
+        lm_state = E.advance_live(setup, params, lm_state, tokens, old_len, active)
         if fed is not None:
             # Moved particles come with an LM state that has already seen all their tokens
             # (the replay's); feeding their last token again is not a no-op for every LM.

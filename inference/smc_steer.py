@@ -54,12 +54,7 @@ def build_kernel(setup: E.Setup, params, *, num_beams: int = 3):
         active = ~parts.done
         tok = tokens[idx]
         old_len = parts0.length[parents]
-        lm_state = jax.lax.cond(
-            jnp.any(active),
-            lambda s: E.advance_lm(setup, params, s, tok, old_len, active),
-            lambda s: s,
-            lm_state,
-        )
+        lm_state = E.advance_live(setup, params, lm_state, tok, old_len, active)
         t = state.t
         new = smc.SMCState(parts, lm_state, t + 1, state.ess.at[t].set(ess),
                            state.ancestors.at[t].set(parents),

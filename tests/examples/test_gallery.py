@@ -145,9 +145,15 @@ def test_reasoning_particle_filter_finds_correct_chains_that_is_misses(lm):
     mod, program, res = run_small(lm, "reasoning_steps")
     assert mod.correct(" 7, 12, 21, 24.") and not mod.correct(" 7, 12, 20, 23.")
     assert mod.wrong_steps(" 7, 12, 20, 23.") == 1  # the PRM is local: later steps are fine
-    is_res = ppl.infer(program, method="is", particles=res.num_particles, seed=0)
-    smc_acc, is_acc = mod.accuracy(res), mod.accuracy(is_res)
-    assert smc_acc > 0.5 and smc_acc > is_acc
+    # One run holds a correct chain or not; SMC did in 20 of 52 seeds (0.38, 95% lower bound
+    # ~0.25) and IS in none, so the claim is checked over 32 seeds: P(no SMC success) <= 0.75^32
+    # = 1e-4.
+    n = res.num_particles
+    smc_acc = [mod.accuracy(ppl.infer(program, method="smc", particles=n, seed=s)) for s in range(32)]
+    is_acc = [mod.accuracy(ppl.infer(program, method="is", particles=n, seed=s)) for s in range(32)]
+    assert sum(a > 0.5 for a in smc_acc) >= 1
+    assert sum(a > 0.5 for a in is_acc) < sum(a > 0.5 for a in smc_acc)
+    assert np.mean(is_acc) < np.mean(smc_acc)
 
 
 def test_latent_temperature_is_positive_and_reported(lm):
