@@ -151,10 +151,11 @@ def main(argv=None):
     print(md)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        command = "python benchmarks/smc_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        RESULTS.write_text(json.dumps({"command": command.strip(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        command = ("python benchmarks/smc_overhead.py "
+                   + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+        RESULTS.write_text(json.dumps({"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                        "rows": rows}, indent=2))
-        write_docs(md, command.strip())
+        write_docs(md, command)
 
 
 if __name__ == "__main__":

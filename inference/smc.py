@@ -97,14 +97,9 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
     if islands < 1:
         raise ValueError(f"islands must be >= 1, got {islands}.")
 
-    def _stable(idx, exchange):
-        # Survivors keep their slots (within their island unless this is an exchange step).
-        if islands == 1:
-            return R.stable_ancestors(idx)
-        g = idx.shape[0] // islands
-        off = g * jnp.arange(islands, dtype=idx.dtype)[:, None]
-        local = jax.vmap(R.stable_ancestors)(idx.reshape(islands, g) - off)
-        return jnp.where(exchange, R.stable_ancestors(idx), (local + off).reshape(-1))
+    def draw(key, logw, m):
+        # Survivors keep their slots (within their island for an island draw).
+        return R.stable_ancestors(resample_fn(key, logw, m))
 
     # The KV cache is updated in place (only the slots that changed) on one device; sharded,
     # the gather lets XLA's partitioner move rows between devices. Conditional SMC keeps the
@@ -146,12 +141,12 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
 
         def resample(args):
             parts, lm_state, tokens, old_len = args
-            idx = resample_fn(k_res, parts.logw, n)
+            idx = draw(k_res, parts.logw, n)
             mean = E.log_mean_exp(parts.logw)
             if islands > 1:
                 g = n // islands
                 lw = parts.logw.reshape(islands, g)
-                local = jax.vmap(lambda k, w: resample_fn(k, w, g))(
+                local = jax.vmap(lambda k, w: draw(k, w, g))(
                     jax.random.split(k_res, islands), lw)
                 island_idx = (local + g * jnp.arange(islands, dtype=jnp.int32)[:, None]).reshape(n)
                 island_mean = jnp.repeat(jax.vmap(E.log_mean_exp)(lw), g)
@@ -159,8 +154,6 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
                 mean = jnp.where(exchange, mean, island_mean)
             if keep_first:
                 idx = R.iid_multinomial(k_res, parts.logw, n).at[0].set(ref_anc)
-            else:
-                idx = _stable(idx, exchange)
             parts, lm_state = E.gather(setup, parts, lm_state, idx, take=take_rows)
             parts = parts._replace(logw=jnp.full_like(parts.logw, mean))
             return parts, lm_state, tokens[idx], old_len[idx], idx
