@@ -102,7 +102,7 @@ def worker_jax(ns: list[int], repeats: int) -> dict:
             cache, lp, key = carry
             key, sub = jax.random.split(key)
             tok = sample(sub, lp)
-            cache, lp = lm.decode(params, cache, tok, jnp.full((n,), PROMPT + t, jnp.int32))
+            cache, lp = lm.decode_step(params, cache, tok, jnp.full((n,), PROMPT + t, jnp.int32))
             return (cache, lp, key), tok
 
         _, toks = jax.lax.scan(body, (cache, lp, key), jnp.arange(STEPS, dtype=jnp.int32))

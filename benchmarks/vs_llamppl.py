@@ -82,7 +82,7 @@ def words_program(lm, t: int):
     """
     import dataclasses
 
-    from ppl.api import SteerProgram
+    from ppl.steer import SteerProgram
     from ppl.stdlib import constraints as C
     from ppl.stdlib.base import TokenAutomaton
 

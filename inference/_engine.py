@@ -167,7 +167,7 @@ def init_population(key, setup: Setup, params, num_particles: int):
 
 def has_hidden(lm) -> bool:
     """Whether the LM exposes its final hidden state (transformers do, NGramLM does not)."""
-    return hasattr(lm, "decode_with_hidden")
+    return bool(getattr(lm, "supports_hidden", False))
 
 
 def _step_one(setup: Setup, key, state, tokens, length, logw, twist, done, cause, logprobs, t,
@@ -259,10 +259,10 @@ def advance_lm(setup: Setup, params, lm_state: LMState, tokens, old_length, acti
     pos = jnp.minimum(pos, setup.max_len - 1)
     rows = jnp.repeat(tokens, k_ctx)
     if has_hidden(setup.lm):
-        cache, lp, h = setup.lm.decode(params, lm_state.cache, rows, pos, return_hidden=True)
+        cache, lp, h = setup.lm.decode_step(params, lm_state.cache, rows, pos, return_hidden=True)
         h = h.reshape(n, k_ctx, -1).astype(jnp.float32)
     else:
-        cache, lp = setup.lm.decode(params, lm_state.cache, rows, pos)
+        cache, lp = setup.lm.decode_step(params, lm_state.cache, rows, pos)
         h = jnp.zeros((n, k_ctx, 0), jnp.float32)
     lp = lp.reshape(n, k_ctx, -1).astype(jnp.float32)
     nan = lm_state.nan | jnp.any(jnp.isnan(lp) & active[:, None, None])

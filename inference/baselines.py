@@ -36,7 +36,7 @@ def _sampler(lm, prompt_len: int, num: int, steps: int, exclude_eos: bool):
             logits = lp.at[:, eos].set(-jnp.inf) if exclude_eos else lp
             tok = sample_logits(sub, logits)
             pos = jnp.full((num,), prompt_len + t, jnp.int32)
-            cache, lp = lm.decode(params, cache, tok, pos)
+            cache, lp = lm.decode_step(params, cache, tok, pos)
             return (cache, lp, key), tok
 
         (_, _, _), toks = jax.lax.scan(body, (cache, lp, key), jnp.arange(steps))

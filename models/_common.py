@@ -4,7 +4,8 @@ Everything here is plain functional JAX over arrays. The KV cache of one layer i
 ``(k, v)`` of arrays shaped ``[B, kv_heads, max_len, head_dim]``: batch first so that
 :func:`ppl.models.base.reorder` and :func:`ppl.models.base.broadcast_cache` work on it, and
 one pair per layer (never one stacked array) so a decode step updates each layer's buffer in
-place instead of rebuilding a whole-model array (measured 2.7-4x slower, see FACTS.md).
+place instead of rebuilding a whole-model array (measured 2.7-4x slower per decode step on
+GPT-2-small shapes on CPU, when the project chose this layout).
 """
 
 from __future__ import annotations
@@ -186,9 +187,11 @@ class TransformerLM:
 
     Subclasses set ``n_layers``, ``kv_heads``, ``head_dim``, ``dtype`` and implement
     ``_prefill(params, ids, max_len) -> (caches, hidden[P, D])``, ``_head(params, x) ->
-    (normed hidden, logprobs)`` and ``decode`` (with an optional ``return_hidden`` flag);
-    ``prefill`` and ``forward`` are shared here.
+    (normed hidden, logprobs)`` and ``decode_step`` (with an optional ``return_hidden``
+    flag); ``prefill`` and ``forward`` are shared here.
     """
+
+    supports_hidden = True
 
     n_layers: int
     kv_heads: int
@@ -222,17 +225,25 @@ class TransformerLM:
         _, x = self._prefill(params, ids, ids.shape[0])
         return self._head(params, x)[1]
 
-    def decode_with_hidden(self, params, cache, tokens, positions):
-        """Like ``decode`` but also returns the final hidden state ``[B, hidden_size]``.
-
-        The hidden state is the input of the LM head (after the final norm), the natural
-        feature for a learned proposal or twist head.
-        """
-        return self.decode(params, cache, tokens, positions, return_hidden=True)
-
-    def prefill_with_hidden(self, params, prompt_ids, max_len):
-        """Like ``prefill`` but also returns the final hidden state ``[hidden_size]``."""
-        return self.prefill(params, prompt_ids, max_len, return_hidden=True)
+    def _init_host(self, config, params, *, tokenizer, vocab, name, eos_token_id, bos_token_id,
+                   eos_key: str = "eos_token_id") -> None:
+        """The fields every transformer sets the same way: weights, dtype, vocabulary size,
+        EOS/BOS (explicit arguments win over the config; a list of EOS ids gives its first),
+        tokenizer, vocabulary tables and display name."""
+        self.params = params
+        self.dtype = params["embed"].dtype
+        self.vocab_size = int(params["embed"].shape[0])
+        eos = eos_token_id if eos_token_id is not None else config_value(config, eos_key)
+        if isinstance(eos, (list, tuple)):
+            eos = eos[0] if eos else None
+        self.eos_token_id = int(eos if eos is not None else 0)
+        bos = bos_token_id if bos_token_id is not None else config_value(config, "bos_token_id")
+        if isinstance(bos, (list, tuple)):
+            bos = bos[0] if bos else None
+        self.bos_token_id = None if bos is None else int(bos)
+        self.tokenizer = tokenizer
+        self.vocab = vocab
+        self.name = name
 
     def param_bytes(self) -> int:
         return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self.params)))

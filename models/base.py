@@ -4,27 +4,38 @@ Inference backends only ever talk to a model through :class:`LanguageModel`:
 
 * ``prefill(params, prompt_ids, max_len)`` runs the prompt once (batch of one) and returns a
   KV cache sized for ``max_len`` positions plus the next-token log-probabilities.
-* ``decode(params, cache, tokens, positions)`` feeds one token per row of the batch. Row ``b``
-  writes its key/value at slot ``positions[b]`` and attends to slots ``<= positions[b]``; it
-  returns the log-probabilities of the token that follows.
+* ``decode_step(params, cache, tokens, positions)`` feeds one token per row of the batch. Row
+  ``b`` writes its key/value at slot ``positions[b]`` and attends to slots ``<= positions[b]``;
+  it returns the log-probabilities of the token that follows.
+* Models that expose their final hidden state (the input of their head) set
+  ``supports_hidden = True`` and accept ``return_hidden=True`` in both functions, which then
+  also return it (the feature of learned proposals).
 * Every leaf of a cache has the batch (particle) axis first, so broadcasting a prefilled cache
   to ``N`` particles and reordering it along resampling ancestors are generic
   (:func:`broadcast_cache`, :func:`reorder`).
 
 Both functions are pure and traceable: backends call them inside one ``jax.jit``.
+
+``params`` is an argument of both, never read from the model inside them. Program code may
+still read tables from ``lm.params``: while a backend traces a run it binds the traced
+argument with :func:`bound_params`, so in that thread (and only there) ``lm.params`` reads
+return the traced value and the compiled run takes the parameters as an input.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
-from typing import Any, Sequence
+import threading
+import weakref
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LanguageModel", "Vocab", "broadcast_cache", "reorder"]
+__all__ = ["LanguageModel", "Vocab", "bound_params", "broadcast_cache", "reorder"]
 
 PyTree = Any
 
@@ -75,6 +86,36 @@ class Vocab:
         return b"".join(self.token_bytes[int(i)] for i in ids).decode("utf-8", errors="replace")
 
 
+_BOUND = threading.local()
+
+
+@contextlib.contextmanager
+def bound_params(lm, params) -> Iterator[None]:
+    """Within the block, in this thread only, ``lm.params`` reads return ``params``.
+
+    Backends wrap the tracing of a run in it, so program code that reads tables from
+    ``self.lm.params`` reads the traced argument (an input of the compiled run, not a
+    constant baked into it). Nothing is assigned to the shared model object, so runs traced
+    concurrently in other threads are unaffected.
+    """
+    table = getattr(_BOUND, "table", None)
+    if table is None:
+        table = _BOUND.table = {}
+    key = id(lm)
+    saved = table.get(key, _MISSING)
+    table[key] = params
+    try:
+        yield
+    finally:
+        if saved is _MISSING:
+            del table[key]
+        else:
+            table[key] = saved
+
+
+_MISSING = object()
+
+
 class LanguageModel(abc.ABC):
     """Abstract causal language model usable by every inference backend.
 
@@ -88,10 +129,26 @@ class LanguageModel(abc.ABC):
     eos_token_id: int
     bos_token_id: int | None
     max_context: int
-    params: PyTree
     vocab: Vocab
     tokenizer: Any
     name: str = "lm"
+    #: True when ``prefill``/``decode_step`` accept ``return_hidden=True``.
+    supports_hidden: bool = False
+
+    @property
+    def params(self) -> PyTree:
+        """The weights (a pytree of arrays); the traced argument while a run is traced
+        (see :func:`bound_params`)."""
+        table = getattr(_BOUND, "table", None)
+        if table:
+            bound = table.get(id(self), _MISSING)
+            if bound is not _MISSING:
+                return bound
+        return self.__dict__["_params"]
+
+    @params.setter
+    def params(self, value: PyTree) -> None:
+        self.__dict__["_params"] = value
 
     # ---- device side (pure, traceable) -------------------------------------------------
     @abc.abstractmethod
@@ -105,8 +162,8 @@ class LanguageModel(abc.ABC):
         """
 
     @abc.abstractmethod
-    def decode(self, params: PyTree, cache: PyTree, tokens: jax.Array, positions: jax.Array):
-        """Feeds ``tokens`` (``int32[B]``) at ``positions`` (``int32[B]``).
+    def decode_step(self, params: PyTree, cache: PyTree, tokens: jax.Array, positions: jax.Array):
+        """Feeds ``tokens`` (``int32[B]``) at ``positions`` (``int32[B]``): one forward step.
 
         Returns:
             ``(cache, logprobs)`` with ``logprobs`` of shape ``float32[B, V]``: the
@@ -123,6 +180,7 @@ class LanguageModel(abc.ABC):
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def decode_text(self, ids) -> str:
+        """Ids to text (the bytes of the tokens; specials contribute nothing)."""
         return self.vocab.decode(ids)
 
     def prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
@@ -149,14 +207,17 @@ class LanguageModel(abc.ABC):
         return np.asarray(fn(self.params, jnp.asarray(ids, jnp.int32)))
 
 
-_PREFILL_CACHE: dict = {}
+# Per model (weakly: a dropped model frees its functions), per prompt length.
+_PREFILL_FNS: "weakref.WeakKeyDictionary[LanguageModel, dict]" = weakref.WeakKeyDictionary()
 
 
 def _prefill_fn(lm: LanguageModel, n: int):
-    key = (id(lm), n)
-    if key not in _PREFILL_CACHE:
-        _PREFILL_CACHE[key] = jax.jit(lambda p, ids: lm.prefill(p, ids, n)[1])
-    return _PREFILL_CACHE[key]
+    fns = _PREFILL_FNS.setdefault(lm, {})
+    if n not in fns:
+        # A weak reference: the jitted function must not keep its own model alive.
+        ref = weakref.ref(lm)
+        fns[n] = jax.jit(lambda p, ids: ref().prefill(p, ids, n)[1])
+    return fns[n]
 
 
 def broadcast_cache(cache: PyTree, n: int) -> PyTree:

@@ -58,15 +58,8 @@ class GPT2LM(C.TransformerLM, LanguageModel):
         scale = self.head_dim**-0.5 if _cfg(config, "scale_attn_weights", True) else 1.0
         by_layer = bool(_cfg(config, "scale_attn_by_inverse_layer_idx", False))
         self.scales = [scale / (i + 1) if by_layer else scale for i in range(self.n_layers)]
-        self.params = params
-        self.dtype = params["embed"].dtype
-        self.vocab_size = int(params["embed"].shape[0])
-        self.eos_token_id = int(eos_token_id if eos_token_id is not None else _cfg(config, "eos_token_id", 0))
-        bos = bos_token_id if bos_token_id is not None else _cfg(config, "bos_token_id")
-        self.bos_token_id = None if bos is None else int(bos)
-        self.tokenizer = tokenizer
-        self.vocab = vocab
-        self.name = name
+        self._init_host(config, params, tokenizer=tokenizer, vocab=vocab, name=name,
+                        eos_token_id=eos_token_id, bos_token_id=bos_token_id)
 
     # ---- weights -----------------------------------------------------------------------
     @staticmethod
@@ -153,8 +146,8 @@ class GPT2LM(C.TransformerLM, LanguageModel):
             caches.append(c)
         return tuple(caches), x
 
-    def decode(self, params, cache, tokens, positions, return_hidden: bool = False):
-        """See :meth:`LanguageModel.decode`; ``return_hidden`` adds the final hidden states."""
+    def decode_step(self, params, cache, tokens, positions, return_hidden: bool = False):
+        """See :meth:`LanguageModel.decode_step`; ``return_hidden`` adds the final hidden states."""
         tokens = jnp.asarray(tokens, jnp.int32)
         positions = jnp.asarray(positions, jnp.int32)
         x = params["embed"][tokens] + params["pos"][positions]

@@ -138,18 +138,8 @@ class LlamaLM(C.TransformerLM, LanguageModel):
         inv_freq, self.rope_attention_scaling = rope_inv_freq(config, self.head_dim)
         self.inv_freq = inv_freq
         self.scale = self.head_dim**-0.5
-        self.params = params
-        self.dtype = params["embed"].dtype
-        self.vocab_size = int(params["embed"].shape[0])
-        eos = eos_token_id if eos_token_id is not None else _cfg(config, "eos_token_id")
-        if isinstance(eos, (list, tuple)):
-            eos = eos[0]
-        self.eos_token_id = int(eos if eos is not None else 0)
-        bos = bos_token_id if bos_token_id is not None else _cfg(config, "bos_token_id")
-        self.bos_token_id = None if bos is None else int(bos)
-        self.tokenizer = tokenizer
-        self.vocab = vocab
-        self.name = name
+        self._init_host(config, params, tokenizer=tokenizer, vocab=vocab, name=name,
+                        eos_token_id=eos_token_id, bos_token_id=bos_token_id)
 
     # ---- weights -----------------------------------------------------------------------
     @staticmethod
@@ -284,8 +274,8 @@ class LlamaLM(C.TransformerLM, LanguageModel):
             caches.append(c)
         return tuple(caches), x
 
-    def decode(self, params, cache, tokens, positions, return_hidden: bool = False):
-        """See :meth:`LanguageModel.decode`; ``return_hidden`` adds the final hidden states."""
+    def decode_step(self, params, cache, tokens, positions, return_hidden: bool = False):
+        """See :meth:`LanguageModel.decode_step`; ``return_hidden`` adds the final hidden states."""
         tokens = jnp.asarray(tokens, jnp.int32)
         positions = jnp.asarray(positions, jnp.int32)
         x = params["embed"][tokens]

@@ -108,7 +108,7 @@ class NGramLM(LanguageModel):
         last = jnp.asarray(prompt_ids, jnp.int32)[-1]
         return {"last": last[None]}, self._row(params, last)
 
-    def decode(self, params, cache, tokens, positions):
+    def decode_step(self, params, cache, tokens, positions):
         tokens = jnp.asarray(tokens, jnp.int32)
         return {"last": tokens}, self._row(params, tokens)
 

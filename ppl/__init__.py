@@ -5,11 +5,12 @@ the posterior, approximated by a backend chosen with ``ppl.infer(program, method
 """
 
 from ppl import models
-from ppl.api import SteerProgram, infer, methods, register_method, steer
+from ppl.api import infer, methods, register_method
 from ppl.context import Context, ProgramError
 from ppl.dists import TokenDist
 from ppl.program import Program
 from ppl.result import InferenceError, Result
+from ppl.steer import SteerProgram, steer
 
 __all__ = [
     "Context",

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppl._host import host_map
 from ppl.dists import TokenDist
 
 __all__ = ["Context", "LMView", "ProgramError"]
@@ -210,33 +211,22 @@ class Context:
 
         The text includes the token drawn earlier in the same step, if any.
 
-        Implemented with ``jax.pure_callback`` and ``vmap_method="expand_dims"``: under the
-        backend's vmap all particles are decoded and evaluated in one host call per step.
+        Under the backend's vmap all particles are decoded and evaluated in one host call per
+        step (:func:`ppl._host.host_map`); an exception ``fn`` raises reaches the caller of
+        ``ppl.infer`` as itself.
         """
         if self.tokens is None or self._decode_fn is None:
             raise ProgramError("ctx.text() needs the particle's tokens; use it in step() or final().")
         decode = self._decode_fn
-        out_dtype = np.dtype(dtype)
 
-        def host(tokens, length):
-            tokens = np.asarray(tokens)
-            length = np.asarray(length)
-            flat_t = tokens.reshape(-1, tokens.shape[-1])
-            flat_l = np.broadcast_to(length, tokens.shape[:-1]).reshape(-1)
-            vals = [fn(decode(row[: int(n)])) for row, n in zip(flat_t, flat_l)]
-            return np.asarray(vals, dtype=out_dtype).reshape(tokens.shape[:-1])
+        def row(tokens, length):
+            return fn(decode(tokens[: int(length)]))
 
         tokens, length = self.tokens, self.length
         if self.token is not None:  # include the token this step drew
             tokens = tokens.at[length].set(self.token, mode="drop")
             length = jnp.minimum(length + 1, tokens.shape[-1])
-        return jax.pure_callback(
-            host,
-            jax.ShapeDtypeStruct((), out_dtype),
-            tokens,
-            length,
-            vmap_method="expand_dims",
-        )
+        return host_map(row, jax.ShapeDtypeStruct((), np.dtype(dtype)), tokens, length)
 
     # ---- internals -----------------------------------------------------------------------
     def _cause_code(self, name: str) -> int:

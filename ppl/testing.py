@@ -27,6 +27,7 @@ import numpy as np
 
 from ppl.context import Context, ProgramError
 from ppl.inference import _engine as E
+from ppl.models.base import LanguageModel
 
 __all__ = [
     "Exact",
@@ -414,7 +415,7 @@ def run_or_none(program, method: str, particles: int, seed, **options):
 # ---------------------------------------------------------------------------------------------
 
 
-class TrigramLM:
+class TrigramLM(LanguageModel):
     """An exact second-order LM: ``p(x_1) = first``, ``p(x_2 | x_1) = trans[V, x_1]``,
     ``p(x_t | x_{t-2}, x_{t-1}) = trans[x_{t-2}, x_{t-1}]``.
 
@@ -479,7 +480,7 @@ class TrigramLM:
         fed = jnp.where(last == self.bos_token_id, self.vocab_size, last)
         return {"prev": fed[None]}, lp
 
-    def decode(self, params, cache, tokens, positions):
+    def decode_step(self, params, cache, tokens, positions):
         tokens = jnp.asarray(tokens, jnp.int32)
         return {"prev": tokens}, self._row(params, cache["prev"], tokens)
 

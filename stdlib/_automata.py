@@ -2,11 +2,11 @@
 
 Every text constraint is first a *byte DFA* (a transition table over the 256 byte values) and
 is then lifted to a *token automaton* over a vocabulary by one function, :func:`lift`, and
-pruned and renumbered by one function, :func:`finalize`. Token-level constructions (a token
+pruned and renumbered by one function, :func:`to_automaton`. Token-level constructions (a token
 budget, conjunctions) build a token table directly and go through the same
-:func:`finalize`, so the exactness contract of :mod:`ppl.stdlib.base` is enforced in one place.
+:func:`to_automaton`, so the exactness contract of :mod:`ppl.stdlib.base` is enforced in one place.
 
-Everything here is numpy; only :func:`finalize` creates device arrays.
+Everything here is numpy; only :func:`to_automaton` creates device arrays.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from ppl.models.base import Vocab
 from ppl.stdlib.base import DEAD, TokenAutomaton
 
-__all__ = ["ByteDFA", "dfa_from_step", "lift", "finalize", "prune", "product", "host_tables"]
+__all__ = ["ByteDFA", "dfa_from_step", "lift", "to_automaton", "prune", "product", "host_tables"]
 
 #: Largest device table (int32[S, V]) a constraint may compile to; beyond it lift raises.
 MAX_TABLE_BYTES = 2 << 30
@@ -162,7 +162,7 @@ def lift(dfa: ByteDFA, vocab: Vocab, name: str = "constraint") -> tuple[np.ndarr
 
     Returns:
         ``(table int32[S, U + 1], accepting bool[S], start, columns int64[V])`` with row 0
-        the dead state; not yet pruned (see :func:`finalize`).
+        the dead state; not yet pruned (see :func:`to_automaton`).
     """
     v = vocab.size
     # Bytes on which the DFA behaves identically form one class (e.g. "digit / '-' / other"
@@ -337,7 +337,7 @@ def prune(
 _HOST: "weakref.WeakKeyDictionary[TokenAutomaton, tuple]" = weakref.WeakKeyDictionary()
 
 
-def finalize(
+def to_automaton(
     table: np.ndarray,
     accepting: np.ndarray,
     start: int,

@@ -25,6 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ppl.stdlib.base import BoundSampler, HostSampler
+
 __all__ = ["LarkChecker", "rejection_step"]
 
 
@@ -142,7 +144,7 @@ def rejection_step(checker: LarkChecker, token_strings: Sequence[str], eos: int,
     return first, float(np.log(z) - np.log((1.0 - z) + m * z))
 
 
-class LarkConstraint:
+class LarkConstraint(HostSampler):
     """``lark(grammar)``: the final text is a sentence of the Lark grammar (exact).
 
     Enforced token by token by :func:`rejection_step` on the host (one batched
@@ -153,8 +155,6 @@ class LarkConstraint:
         start: the start rule.
         max_draws: rejection draws per particle per step before checking every token.
     """
-
-    host = True
 
     def __init__(self, grammar: str, start: str = "start", max_draws: int = 64):
         self.checker = LarkChecker(grammar, start)
@@ -172,42 +172,30 @@ class LarkConstraint:
         return _BoundLark(self, list(vocab.token_strings), vocab.eos_token_id, special)
 
 
-class _BoundLark:
+class _BoundLark(BoundSampler):
     def __init__(self, c: LarkConstraint, strings, eos, special):
         self.c, self.strings, self.eos, self.special = c, strings, eos, special
         self.name = c.name
+
+    def check(self, text: str) -> bool:
+        return self.c.check(text)
 
     def sample(self, ctx, logprobs):
         """Draws the next token for this particle; returns ``(token, log Ẑ)`` (traced)."""
         import jax
         import jax.numpy as jnp
 
+        from ppl._host import host_map
+
         seed = jax.random.bits(ctx.key(), dtype=jnp.uint32)
         strings, eos, special, c = self.strings, self.eos, self.special, self.c
 
-        def host(tokens, length, lps, seeds, active):
-            tokens, length, lps = np.asarray(tokens), np.asarray(length), np.asarray(lps)
-            seeds, active = np.asarray(seeds), np.asarray(active)
-            batch = tokens.shape[:-1]
-            tok_flat = tokens.reshape(-1, tokens.shape[-1])
-            len_flat = np.broadcast_to(length, batch).reshape(-1)
-            lp_flat = np.broadcast_to(lps, batch + lps.shape[-1:]).reshape(-1, lps.shape[-1])
-            seed_flat = np.broadcast_to(seeds, batch).reshape(-1)
-            act_flat = np.broadcast_to(active, batch).reshape(-1)
-            out_t = np.full(len(tok_flat), eos, np.int32)
-            out_w = np.zeros(len(tok_flat), np.float32)
-            for i, (row, n, lp, s, a) in enumerate(zip(tok_flat, len_flat, lp_flat, seed_flat, act_flat)):
-                if not a:
-                    continue
-                prefix = "".join(strings[int(t)] for t in row[: int(n)])
-                t, w = rejection_step(c.checker, strings, eos, special, prefix, lp,
-                                      np.random.default_rng(int(s)), c.max_draws)
-                out_t[i], out_w[i] = t, w
-            return out_t.reshape(batch), out_w.reshape(batch)
+        def row(tokens, length, lps, seed, active):
+            if not active:
+                return eos, 0.0
+            prefix = "".join(strings[int(t)] for t in tokens[: int(length)])
+            return rejection_step(c.checker, strings, eos, special, prefix, lps,
+                                  np.random.default_rng(int(seed)), c.max_draws)
 
-        return jax.pure_callback(
-            host,
-            (jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32)),
-            ctx.tokens, ctx.length, logprobs, seed, ctx.active,
-            vmap_method="expand_dims",
-        )
+        return host_map(row, (jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32)),
+                        ctx.tokens, ctx.length, logprobs, seed, ctx.active)

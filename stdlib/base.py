@@ -1,4 +1,18 @@
-"""Hard constraints as token-level automata kept on device.
+"""The kinds of rules ``ppl.steer`` accepts, and the token automata device constraints become.
+
+Four kinds, each a declared type (``steer`` dispatches on them with ``isinstance``):
+
+* :class:`Constraint` (device): a rule on the text compiled against the model's vocabulary
+  into a :class:`TokenAutomaton` (regex, JSON schema, word rules, ...), enforced token by
+  token as a mask on the proposal.
+* :class:`HostSampler` (host): a rule that is not regular (a context-free grammar), enforced
+  while each token is drawn by a sampler running on the host (:class:`BoundSampler`).
+* :class:`TextPredicate` (host): ``fn(text) -> bool`` checked on the finished text (and on
+  every prefix when the user promises it is prefix-closed).
+* :class:`Potential` (host): ``fn(text) -> float``, a log-weight on the finished text, or on
+  every prefix as a twist.
+
+Device constraints as token automata:
 
 A constraint is written once against text (``Constraint``) and compiled against a model's
 vocabulary into a :class:`TokenAutomaton`: a deterministic automaton whose transition table
@@ -20,6 +34,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import weakref
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +42,8 @@ import numpy as np
 
 from ppl.models.base import Vocab
 
-__all__ = ["Constraint", "TokenAutomaton", "DEAD"]
+__all__ = ["BoundSampler", "Constraint", "DEAD", "HostSampler", "KINDS", "Potential",
+           "TextPredicate", "TokenAutomaton"]
 
 DEAD = 0
 
@@ -185,3 +201,101 @@ class Constraint(abc.ABC):
         if not all(0 <= i < vocab.size and text[i] for i in ids):
             return False
         return self.check_bytes(b"".join(vocab.token_bytes[i] for i in ids))
+
+
+class BoundSampler(abc.ABC):
+    """A :class:`HostSampler` bound to one vocabulary: what a program step calls."""
+
+    name: str = "host sampler"
+
+    @abc.abstractmethod
+    def sample(self, ctx, logprobs) -> tuple[jax.Array, jax.Array]:
+        """Draws the particle's next token on the host (traced as one batched callback).
+
+        Args:
+            ctx: the particle's :class:`~ppl.Context` (tokens so far, length, budget, key).
+            logprobs: ``float32[V]`` the distribution the token is drawn against (the LM's,
+                or the LM's already masked by device constraints).
+
+        Returns:
+            ``(token, log_weight)``: ``exp(log_weight)`` is an unbiased estimate of the mass
+            of ``logprobs`` that the rule keeps, so the particle's weight stays exact.
+        """
+
+    @abc.abstractmethod
+    def check(self, text: str) -> bool:
+        """Whether a finished text satisfies the rule (applied once more at the end)."""
+
+
+class HostSampler(abc.ABC):
+    """A hard rule that is not regular (e.g. a Lark grammar), enforced on the host."""
+
+    name: str = "host sampler"
+
+    @abc.abstractmethod
+    def bind(self, vocab: Vocab) -> BoundSampler:
+        """Prepares the host tables of ``vocab`` (token strings, special ids)."""
+
+    @abc.abstractmethod
+    def check(self, text: str) -> bool:
+        """Host-side reference check of a finished text."""
+
+
+class TextPredicate:
+    """A Python rule on the text, ``fn(text) -> bool``, checked on the host.
+
+    Args:
+        fn: the rule.
+        incremental: the user's promise that the rule is *prefix-closed*: once it fails on a
+            prefix it fails on every continuation. Then it is checked after every token (one
+            batched ``pure_callback`` per step) and failing particles die early, which saves
+            work and keeps the posterior exact. Without the promise it is checked only on the
+            finished text (always exact).
+        name: for the error raised when every particle fails.
+    """
+
+    def __init__(self, fn: Callable[[str], bool], incremental: bool = False, name: str | None = None):
+        if not callable(fn):
+            raise TypeError(f"predicate needs a callable str -> bool, got {fn!r}.")
+        self.fn = fn
+        self.incremental = bool(incremental)
+        self.name = name or getattr(fn, "__name__", "predicate")
+
+    def __call__(self, text: str) -> bool:
+        return bool(self.fn(text))
+
+    def check(self, text: str) -> bool:
+        return self(text)
+
+
+class Potential:
+    """A log-weight ``fn(text) -> float`` on the generated text.
+
+    Args:
+        fn: the scorer (any Python: a reward model, a classifier, a regex count...).
+        when: ``"end"`` multiplies the finished text's weight by ``exp(fn(text))`` (changes the
+            target); ``"twist"`` applies ``fn`` to every prefix as a twist (guides resampling
+            towards prefixes that score well; cancels out of the final target).
+        scale: multiplies ``fn``'s value (an inverse temperature).
+        name: for reports.
+    """
+
+    def __init__(self, fn: Callable[[str], float], when: str = "end", scale: float = 1.0,
+                 name: str | None = None):
+        if when not in ("end", "twist"):
+            raise ValueError(f"Potential(when=...) must be 'end' or 'twist', got {when!r}.")
+        if not callable(fn):
+            raise TypeError(f"Potential needs a callable str -> float, got {fn!r}.")
+        self.fn = fn
+        self.when = when
+        self.scale = float(scale)
+        self.name = name or getattr(fn, "__name__", "potential")
+
+    def __call__(self, text: str) -> float:
+        return self.scale * float(self.fn(text))
+
+
+#: What ``steer(constraints=...)`` accepts, for error messages.
+KINDS = ("a ppl.stdlib constraint (regex, json_schema, max_word_length, ...: compiled to a "
+         "token automaton)", "a compiled TokenAutomaton", "a host sampler (constraints.lark)",
+         "a TextPredicate (constraints.predicate) or a plain callable str -> bool")

@@ -2,7 +2,7 @@
 
 Every text constraint here is a byte-level DFA, lifted to a token automaton over a model's
 vocabulary by one shared function (:func:`ppl.stdlib._automata.lift`) and pruned to its
-co-accessible part by another (:func:`ppl.stdlib._automata.finalize`). Because the automata
+co-accessible part by another (:func:`ppl.stdlib._automata.to_automaton`). Because the automata
 read the *bytes* of tokens, a token that spans a word boundary, starts with a space or ends in
 the middle of a UTF-8 character is handled exactly.
 
@@ -41,7 +41,7 @@ from ppl.models.base import Vocab
 from ppl.stdlib import _automata as A
 from ppl.stdlib._jsonschema import schema_to_regex
 from ppl.stdlib._regex import compile_fsm, fsm_to_byte_dfa, preprocess
-from ppl.stdlib.base import Constraint, TokenAutomaton
+from ppl.stdlib.base import Constraint, TextPredicate, TokenAutomaton
 
 __all__ = [
     "lark",
@@ -99,7 +99,7 @@ class ByteConstraint(Constraint):
 
     def _compile(self, vocab: Vocab) -> TokenAutomaton:
         table, acc, start, columns = A.lift(self.byte_dfa(), vocab, self.name)
-        return A.finalize(table, acc, start, vocab, self.name, columns)
+        return A.to_automaton(table, acc, start, vocab, self.name, columns)
 
     def __repr__(self) -> str:
         return self.name
@@ -581,13 +581,13 @@ class MaxTokens(Constraint):
     def _compile(self, vocab: Vocab) -> TokenAutomaton:
         n = self.n
         # Column-compressed: every text token behaves alike (column 0), specials go to the
-        # all-dead column 1; finalize expands to [S, V].
+        # all-dead column 1; to_automaton expands to [S, V].
         table = np.zeros((n + 2, 2), np.int32)
         table[1 : n + 1, 0] = np.arange(2, n + 2)  # state s means s-1 tokens so far
         columns = np.where(vocab.text_mask(), 0, 1)
         acc = np.ones(n + 2, bool)
         acc[0] = False
-        return A.finalize(table, acc, 1, vocab, self.name, columns)
+        return A.to_automaton(table, acc, 1, vocab, self.name, columns)
 
     def check(self, text: str) -> bool:
         raise TypeError("max_tokens counts tokens, not characters; use check_ids(ids, vocab)")
@@ -638,7 +638,7 @@ class AllOf(Constraint):
     def _compile(self, vocab: Vocab) -> TokenAutomaton:
         auts = [p.compile(vocab) for p in self.parts]
         table, acc, start, columns = A.product(auts, vocab, self.name, self.max_states)
-        return A.finalize(table, acc, start, vocab, self.name, columns)
+        return A.to_automaton(table, acc, start, vocab, self.name, columns)
 
     def check_bytes(self, data: bytes) -> bool:
         return all(p.check_bytes(data) for p in self.parts)
@@ -669,33 +669,10 @@ def lark(grammar: str, start: str = "start", max_draws: int = 64):
     return LarkConstraint(grammar, start=start, max_draws=max_draws)
 
 
-class Predicate:
-    """A Python rule on the text, ``fn(text) -> bool``, checked on the host.
-
-    Args:
-        fn: the rule.
-        incremental: the user's promise that the rule is *prefix-closed*: once it fails on a
-            prefix it fails on every continuation. Then it is checked after every token (one
-            batched ``pure_callback`` per step) and failing particles die early, which saves
-            work and keeps the posterior exact. Without the promise it is checked only on the
-            finished text (always exact).
-        name: for the error raised when every particle fails.
-    """
-
-    def __init__(self, fn, incremental: bool = False, name: str | None = None):
-        if not callable(fn):
-            raise TypeError(f"predicate needs a callable str -> bool, got {fn!r}.")
-        self.fn = fn
-        self.incremental = bool(incremental)
-        self.name = name or getattr(fn, "__name__", "predicate")
-
-    def __call__(self, text: str) -> bool:
-        return bool(self.fn(text))
-
-    def check(self, text: str) -> bool:
-        return self(text)
+#: The historical name of :class:`~ppl.stdlib.base.TextPredicate`.
+Predicate = TextPredicate
 
 
-def predicate(fn, incremental: bool = False, name: str | None = None) -> Predicate:
-    """See :class:`Predicate`."""
-    return Predicate(fn, incremental, name)
+def predicate(fn, incremental: bool = False, name: str | None = None) -> TextPredicate:
+    """A host rule ``fn(text) -> bool``; see [TextPredicate][ppl.stdlib.base.TextPredicate]."""
+    return TextPredicate(fn, incremental, name)

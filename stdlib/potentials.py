@@ -22,6 +22,7 @@ import numpy as np
 from ppl.context import Context
 from ppl.dists import TokenDist
 from ppl.program import Program
+from ppl.stdlib.base import Potential
 
 __all__ = [
     "Potential",
@@ -32,33 +33,6 @@ __all__ = [
     "prompt_intersection",
     "infill",
 ]
-
-
-class Potential:
-    """A log-weight ``fn(text) -> float`` on the generated text.
-
-    Args:
-        fn: the scorer (any Python: a reward model, a classifier, a regex count...).
-        when: ``"end"`` multiplies the finished text's weight by ``exp(fn(text))`` (changes the
-            target); ``"twist"`` applies ``fn`` to every prefix as a twist (guides resampling
-            towards prefixes that score well; cancels out of the final target).
-        scale: multiplies ``fn``'s value (an inverse temperature).
-        name: for reports.
-    """
-
-    def __init__(self, fn: Callable[[str], float], when: str = "end", scale: float = 1.0,
-                 name: str | None = None):
-        if when not in ("end", "twist"):
-            raise ValueError(f"Potential(when=...) must be 'end' or 'twist', got {when!r}.")
-        if not callable(fn):
-            raise TypeError(f"Potential needs a callable str -> float, got {fn!r}.")
-        self.fn = fn
-        self.when = when
-        self.scale = float(scale)
-        self.name = name or getattr(fn, "__name__", "potential")
-
-    def __call__(self, text: str) -> float:
-        return self.scale * float(self.fn(text))
 
 
 _WORD = re.compile(r"[A-Za-z']+")

@@ -31,7 +31,7 @@ def lm(request, tmp_path_factory, helpers, bpe_tokenizer):
 def fns(lm):
     """Jitted prefill (for any prompt length), decode and whole-sequence forward of ``lm``."""
     prefill = jax.jit(lambda p, ids: lm.prefill(p, ids, MAX_LEN))
-    decode = jax.jit(lm.decode)
+    decode = jax.jit(lm.decode_step)
     forward = jax.jit(lm.forward)
     return prefill, decode, forward
 
@@ -132,7 +132,8 @@ def test_stale_slots_are_masked(lm, fns):
 
 def test_hidden_state_is_head_input(lm, fns):
     cache, _ = fns[0](lm.params, jnp.asarray([3, 1, 4]))
-    cache2, lp, h = jax.jit(lm.decode_with_hidden)(lm.params, cache, jnp.asarray([5]), jnp.asarray([3]))
+    cache2, lp, h = jax.jit(lambda *a: lm.decode_step(*a, return_hidden=True))(
+        lm.params, cache, jnp.asarray([5]), jnp.asarray([3]))
     assert h.shape == (1, lm.hidden_size)
     _, lp_plain = fns[1](lm.params, cache, jnp.asarray([5]), jnp.asarray([3]))
     np.testing.assert_allclose(np.asarray(lp), np.asarray(lp_plain), atol=1e-5, rtol=0)
@@ -149,7 +150,7 @@ def test_decode_in_scan_with_donation(lm, fns):
     def run(params, cache, tok0):
         def body(carry, t):
             cache, tok = carry
-            cache, lp = lm.decode(params, cache, tok, jnp.full(tok.shape, t))
+            cache, lp = lm.decode_step(params, cache, tok, jnp.full(tok.shape, t))
             nxt = jnp.argmax(lp, axis=-1).astype(jnp.int32)
             return (cache, nxt), nxt
 

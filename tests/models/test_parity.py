@@ -121,7 +121,7 @@ def test_logprobs_match_pytorch(case):
     p = 4
     cache, lp = jax.jit(lambda prm, x: lm.prefill(prm, x, 16))(lm.params, jnp.asarray(ids[:p]))
     np.testing.assert_allclose(np.asarray(lp), ref[p - 1], atol=TOL, rtol=0)
-    step = jax.jit(lm.decode)
+    step = jax.jit(lm.decode_step)
     for t in range(p, SEQ):
         cache, lp = step(lm.params, cache, jnp.asarray([ids[t]]), jnp.asarray([t]))
         np.testing.assert_allclose(np.asarray(lp[0]), ref[t], atol=TOL, rtol=0)
@@ -135,7 +135,7 @@ def test_hidden_state_matches_pytorch(case):
     name, model, folder, tok = case
     lm = M.load(folder)
     ids = list(range(5, 12))
-    _, _, h = lm.prefill_with_hidden(lm.params, np.asarray(ids, np.int32), 16)
+    _, _, h = lm.prefill(lm.params, np.asarray(ids, np.int32), 16, return_hidden=True)
     with torch.no_grad():
         ref = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0, -1].numpy()
     np.testing.assert_allclose(np.asarray(h), ref, atol=TOL, rtol=0)

