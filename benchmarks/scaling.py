@@ -76,8 +76,8 @@ def worker(model: str, n: int, t: int, repeats: int, method: str) -> dict:
     import jax
 
     import ppl
-    from ppl.inference import driver
-    from ppl.inference._engine import prepare
+    from ppl.inference import driver, executables
+    from ppl.inference.engine import prepare
 
     jax.numpy.zeros(1).block_until_ready()  # the runtime's threads and arenas
     rss_import = rss_mib()
@@ -103,7 +103,7 @@ def worker(model: str, n: int, t: int, repeats: int, method: str) -> dict:
             runs.append(res.timings["run"])
     run_peak = rss_mib("VmHWM") if peak_reset else float("nan")
     xla = {}
-    for exe in setup.__dict__.get("_executables", {}).values():
+    for exe in [executables.latest()]:
         try:
             ma = exe.memory_analysis()
             xla = {k: int(getattr(ma, k)) for k in (

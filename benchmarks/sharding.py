@@ -98,7 +98,7 @@ def worker(ns: list[int], t: int, repeats: int, islands_max: int, ess: float) ->
     import numpy as np
 
     import ppl
-    from ppl.inference._engine import prepare
+    from ppl.inference import executables
 
     d = len(jax.devices())
     lm = ppl.models.load("tiny")
@@ -113,7 +113,6 @@ def worker(ns: list[int], t: int, repeats: int, islands_max: int, ess: float) ->
     for n in ns:
         for name, opts in modes:
             prog = words_program(lm, t)
-            setup = prepare(prog)
             runs, first = [], None
             for r in range(repeats + 1):
                 res = ppl.infer(prog, method="smc", particles=n, devices=jax.devices(), seed=0,
@@ -125,7 +124,7 @@ def worker(ns: list[int], t: int, repeats: int, islands_max: int, ess: float) ->
                     runs.append(res.timings["run"])
                     assert res.texts == first.texts  # same seed, same executable
             hlo = {}
-            for exe in setup.__dict__.get("_executables", {}).values():
+            for exe in [executables.latest()]:
                 try:
                     hlo = collectives(exe.as_text())
                 except Exception as e:  # noqa: BLE001 - best effort, backend-dependent

@@ -112,7 +112,7 @@ What changed: resampling used to gather the whole KV cache at every resampling (
 x 32 particles x 12 heads x ~137 positions x 64 x 4 bytes, ~0.3 GB written per resampling)
 although most particles keep their own row. Now ancestors are reordered so that every survivor
 keeps its slot (`resampling.stable_ancestors`) and a loop copies rows only into the slots of
-particles with no offspring, in place (`_engine.copy_rows_in_place`). A/B on the same machine
+particles with no offspring, in place (`engine.copy_rows_in_place`). A/B on the same machine
 minutes apart (04:30-04:35 UTC, load 1.0-1.8), the same command with `--no-write` at the
 previous commit (e4c3389): plain / IS / SMC = 13.224 / 13.910 / 15.949 s, **SMC +20.6%**, at
 GPT-2 small T=128 (T=32: +10.4%); tiny +28.6% (T=32) and +22.6% (T=128). So the in-place copy

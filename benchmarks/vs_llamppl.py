@@ -82,7 +82,7 @@ def words_program(lm, t: int):
     """
     import dataclasses
 
-    from ppl.steer import SteerProgram
+    from ppl.steering import SteerProgram
     from ppl.stdlib import constraints as C
     from ppl.stdlib.base import TokenAutomaton
 
@@ -168,7 +168,7 @@ def worker_ours(model: str, task: str, n: int, t: int, repeats: int, side: str) 
 
     import ppl
     from ppl.inference import driver
-    from ppl.inference._engine import prepare
+    from ppl.inference.engine import prepare
     from ppl.inference.baselines import ancestral_sample
     from ppl.stdlib import constraints as C
 

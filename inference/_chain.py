@@ -2,30 +2,54 @@
 
 A chain state holds one retained sequence (tokens, length) and the evidence estimate of the
 sweep it came from. Each MCMC step runs a full SMC sweep (:func:`sweep`, which reuses
-:func:`ppl.inference.smc.build_kernel` and :func:`~ppl.inference.smc.run_loop`), so one chain
-is a ``lax.scan`` over steps with a ``lax.while_loop`` inside; independent chains are
-``vmap``-ped. :func:`run_chains` compiles and runs that and builds the :class:`~ppl.Result`:
-the kept samples after burn-in, each with weight ``1 / #kept``.
+[build_kernel][ppl.inference.smc.build_kernel] and [run_loop][ppl.inference.smc.run_loop]),
+so one chain is a ``lax.scan`` over steps with a ``lax.while_loop`` inside; independent chains
+are ``vmap``-ped. [make_chain_runner][ppl.inference._chain.make_chain_runner] builds that
+runner and [chain_result][ppl.inference._chain.chain_result] the
+[Result][ppl.Result]: the kept samples after burn-in, each with weight ``1 / #kept``.
 """
 
 from __future__ import annotations
 
-import time
-from types import SimpleNamespace
+import dataclasses
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppl.context import Context, ProgramError
-from ppl.inference import _engine as E
-from ppl.inference import driver, smc
+from ppl import handlers
+from ppl.errors import OptionError
+from ppl.inference import engine as E
 from ppl.inference import resampling as R
+from ppl.inference import smc
+from ppl.inference.base import RunConfig, check_count, option
 from ppl.result import Result
 
-__all__ = ["ChainState", "ChainInfo", "sweep", "pick", "same_sequence", "run_chains",
-           "require_token_only"]
+__all__ = ["ChainOptions", "ChainState", "ChainInfo", "ChainSamples", "ChainRunInfo", "sweep",
+           "pick", "same_sequence", "make_chain_runner", "chain_result", "require_token_only"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainOptions(smc.ResamplingOptions):
+    """Options of the particle MCMC backends (``resampling``/``ess_threshold`` apply to the
+    sweeps).
+
+    Attributes:
+        steps: MCMC steps per chain (one SMC sweep each).
+        burn_in: initial steps whose samples are discarded (``0 <= burn_in < steps``).
+        chains: independent chains, run in parallel (vmapped).
+    """
+
+    steps: int = option(100, check_count, 1)
+    burn_in: int = option(0, check_count, 0)
+    chains: int = option(1, check_count, 1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.burn_in >= self.steps:
+            raise OptionError(f"burn_in must be in [0, steps), got burn_in={self.burn_in}, "
+                              f"steps={self.steps}.")
 
 
 class ChainState(NamedTuple):
@@ -58,16 +82,36 @@ class ChainInfo(NamedTuple):
     cause: jax.Array
 
 
-def sweep(key, setup: E.Setup, params, num_particles: int, **kernel_options):
+class ChainSamples(NamedTuple):
+    """Every chain's retained sequence after each step: ``tokens[C, S, T]``, ``lengths[C, S]``."""
+
+    tokens: jax.Array
+    lengths: jax.Array
+
+
+class ChainRunInfo(NamedTuple):
+    """What a chain runner reports: the initial sweep's and every step's [ChainInfo][ppl.inference._chain.ChainInfo]
+    (leading axes ``[C]`` and ``[C, S]``)."""
+
+    first: ChainInfo
+    steps: ChainInfo
+
+    @property
+    def nan(self):
+        return jnp.any(self.first.nan) | jnp.any(self.steps.nan)
+
+
+def sweep(key, setup: E.Setup, config: RunConfig, params, resampling: R.Resampling,
+          hooks: smc.ProposalHooks = smc.ProposalHooks()):
     """One SMC sweep to the end (``final`` applied): ``(particles, log Z_hat, lm NaN flag)``.
 
     ``log Z_hat = log mean_i exp(logw_i)`` (the SMC kernel resets weights to their mean at
     resampling, so this is the usual product-of-mean-weights estimate).
     """
-    kernel = smc.build_kernel(setup, params, **kernel_options)
-    st = smc.run_loop(key, setup, params, num_particles, kernel)
+    kernel = smc.build_kernel(setup, config, params, resampling, hooks)
+    st = smc.run_loop(key, setup, config, params, kernel)
     parts = st.particles
-    return parts, E.log_mean_exp(parts.logw), st.lm.nan
+    return parts, R.log_mean_exp(parts.logw), st.kv.nan
 
 
 def pick(key, parts: E.Particles):
@@ -81,116 +125,102 @@ def same_sequence(tok_a, len_a, tok_b, len_b):
     return (len_a == len_b) & jnp.all(jnp.where(pos < len_a, tok_a == tok_b, True))
 
 
-class _TokenOnly(Context):
-    """A context that refuses non-token draws (used to vet ``init`` for replaying backends)."""
-
-    def sample(self, dist, proposal=None):
-        if getattr(dist, "lm_index", None) is None and getattr(proposal, "lm_index", None) is None:
-            raise ProgramError(
-                "This backend replays retained token sequences (particle Gibbs, rejuvenation), "
-                "so a program may only sample LM tokens; its init() samples "
-                f"{type(dist).__name__}. Use method='smc', 'is' or 'pimh' instead."
-            )
-        return super().sample(dist, proposal)
-
-
 def require_token_only(setup: E.Setup) -> None:
-    """Raises :class:`ProgramError` if ``init`` draws latents (``step`` is checked by the
-    ``force`` hook while tracing). Replaying backends can only reproduce LM tokens."""
+    """Raises [ProgramError][ppl.ProgramError] if ``init`` draws latents (``step`` is checked
+    by the forcing handler while tracing). Replaying backends can only reproduce LM tokens."""
     t = setup.max_tokens
 
     def one(key):
-        ctx = E._context(setup, key, cls=_TokenOnly, tokens=jnp.zeros((t,), jnp.int32),
-                         length=jnp.zeros((), jnp.int32))
+        ctx = E.context(setup, key, handler=handlers.TokenOnly(), tokens=jnp.zeros((t,), jnp.int32),
+                        length=jnp.zeros((), jnp.int32))
         return setup.program.init(ctx)
 
     jax.eval_shape(one, jax.random.key(0))
 
 
-def run_chains(method: str, program, seed, *, particles: int, chains: int, steps: int,
-               burn_in: int, init_fn: Callable, step_fn: Callable, cache_key: tuple,
-               make_fns: Callable | None = None) -> Result:
-    """Compiles and runs ``chains`` independent chains of ``steps`` MCMC steps each.
+def make_chain_runner(setup: E.Setup, config: RunConfig, options: ChainOptions,
+                      init_fn: Callable, step_fn: Callable):
+    """``runner(key, params) -> (ChainSamples, ChainRunInfo)``: ``options.chains`` chains
+    of ``options.steps`` MCMC steps each, vmapped.
 
     Args:
-        init_fn: ``init_fn(key, setup, params) -> (ChainState, ChainInfo)``.
-        step_fn: ``step_fn(key, state, setup, params) -> (ChainState, ChainInfo)``.
-
-    Returns:
-        A :class:`Result` whose samples are every chain's states after steps
-        ``burn_in + 1 .. steps`` (weights uniform), ``log_evidence = log mean exp`` of all
-        sweeps' ``log Z_hat`` (see the backends for what it estimates), and extras
-        ``acceptance_rate``, ``chain_log_evidence`` (``[chains, steps + 1]``, the initial
-        sweep first), ``accepted`` (``[chains, steps]``), ``chain_index`` (per sample).
+        init_fn: ``init_fn(key, params) -> (ChainState, ChainInfo)``.
+        step_fn: ``step_fn(key, state, params) -> (ChainState, ChainInfo)``.
     """
-    steps, burn_in, chains = int(steps), int(burn_in), int(chains)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}.")
-    if not 0 <= burn_in < steps:
-        raise ValueError(f"burn_in must be in [0, steps), got burn_in={burn_in}, steps={steps}.")
-    if chains < 1:
-        raise ValueError(f"chains must be >= 1, got {chains}.")
-    t_start = time.perf_counter()
-    setup = E.prepare(program)
-    driver.check_memory(setup, particles * chains)
-    key = driver.as_key(seed)
-    params = setup.lm.params
 
-    def make():
-        def one_chain(key, params):
-            k0, k1 = jax.random.split(key)
-            s0, info0 = init_fn(k0, setup, params)
+    def one_chain(key, params):
+        k0, k1 = jax.random.split(key)
+        s0, info0 = init_fn(k0, params)
 
-            def body(s, k):
-                s, info = step_fn(k, s, setup, params)
-                return s, (s.tokens, s.length, info)
+        def body(s, k):
+            s, info = step_fn(k, s, params)
+            return s, (s.tokens, s.length, info)
 
-            _, (toks, lens, infos) = jax.lax.scan(body, s0, jax.random.split(k1, steps))
-            return toks, lens, info0, infos
+        _, (toks, lens, infos) = jax.lax.scan(body, s0, jax.random.split(k1, options.steps))
+        return toks, lens, info0, infos
 
-        def runner(key, params):
-            return jax.vmap(lambda k: one_chain(k, params))(jax.random.split(key, chains))
+    def runner(key, params):
+        toks, lens, info0, infos = jax.vmap(lambda k: one_chain(k, params))(
+            jax.random.split(key, options.chains))
+        return ChainSamples(toks, lens), ChainRunInfo(info0, infos)
 
-        return runner
+    return runner
 
-    exe, t_compile = driver.compiled(setup, (method, particles, chains, steps,
-                                             setup.progress_fn is not None) + cache_key,
-                                     make, key, params)
-    t0 = time.perf_counter()
-    toks, lens, info0, infos = jax.block_until_ready(exe(key, params))
-    t_run = time.perf_counter() - t0
-    toks, lens = np.asarray(toks)[:, burn_in:], np.asarray(lens)[:, burn_in:]
-    kept = steps - burn_in
-    tokens = toks.reshape(chains * kept, -1)
-    lengths = lens.reshape(-1)
-    chain_lz = np.concatenate([np.asarray(info0.log_z)[:, None], np.asarray(infos.log_z)], 1)
-    lz = chain_lz.astype(np.float64).reshape(-1)
+
+def _log_mean_exp(lz: np.ndarray) -> float:
     m = np.max(lz)
-    log_ev = float(m + np.log(np.mean(np.exp(lz - m)))) if np.isfinite(m) else -np.inf
-    n = len(lengths)
-    accepted = np.asarray(infos.accepted)
-    res = Result(
-        method=method,
-        tokens=tokens,
-        lengths=lengths,
-        texts=[setup.decode(row[:k]) for row, k in zip(tokens, lengths)],
-        log_weights=np.zeros(n),
-        weights=np.full(n, 1.0 / n),
-        log_evidence=log_ev,
-        ess=np.zeros((0,)),
-        ancestors=np.zeros((0, n), np.int32),
-        resampled=np.zeros((0,), bool),
-        timings={"compile": t_compile, "run": t_run, "total": time.perf_counter() - t_start},
-        num_steps=steps,
-    )
-    res.extras.update(
-        acceptance_rate=float(accepted.mean()),
-        accepted=accepted,
-        chain_log_evidence=chain_lz,
-        chain_index=np.repeat(np.arange(chains), kept),
-        causes=np.asarray(infos.cause)[:, -1].reshape(-1),
-        token_strings=setup.lm.vocab.token_strings,
-    )
-    nan = bool(np.any(np.asarray(info0.nan)) or np.any(np.asarray(infos.nan)))
-    driver.raise_if_failed(setup, res, SimpleNamespace(lm=SimpleNamespace(nan=nan)))
-    return res
+    return float(m + np.log(np.mean(np.exp(lz - m)))) if np.isfinite(m) else -np.inf
+
+
+def chain_result(name: str, unbiased_evidence: bool):
+    """``to_result`` of a chain backend.
+
+    The samples are every chain's states after steps ``burn_in + 1 .. steps`` (weights
+    uniform). ``log mean exp`` of all sweeps' ``log Z_hat`` (``[chains, steps + 1]``, the
+    initial sweep first, in ``extras["chain_log_evidence"]``) is ``Result.log_evidence`` when
+    the sweeps are independent and unbiased (PIMH); for conditional sweeps it is biased and
+    goes to ``extras["conditional_sweeps_log_mean_z"]`` as a diagnostic, with
+    ``log_evidence = None``. Extras also hold ``acceptance_rate``, ``accepted``
+    (``[chains, steps]``) and ``chain_index`` (per sample).
+    """
+
+    def to_result(setup: E.Setup, config: RunConfig, options: ChainOptions,
+                  samples: ChainSamples, info: ChainRunInfo) -> Result:
+        burn_in, chains, steps = options.burn_in, options.chains, options.steps
+        toks = np.asarray(samples.tokens)[:, burn_in:]
+        lens = np.asarray(samples.lengths)[:, burn_in:]
+        kept = steps - burn_in
+        tokens = toks.reshape(chains * kept, -1)
+        lengths = lens.reshape(-1)
+        chain_lz = np.concatenate([np.asarray(info.first.log_z)[:, None],
+                                   np.asarray(info.steps.log_z)], 1)
+        log_ev = _log_mean_exp(chain_lz.astype(np.float64).reshape(-1))
+        n = len(lengths)
+        accepted = np.asarray(info.steps.accepted)
+        res = Result(
+            method=name,
+            tokens=tokens,
+            lengths=lengths,
+            texts=[setup.decode_text(row[:k]) for row, k in zip(tokens, lengths)],
+            log_weights=np.zeros(n),
+            weights=np.full(n, 1.0 / n),
+            log_evidence=log_ev if unbiased_evidence else None,
+            ess=np.zeros((0,)),
+            ancestors=np.zeros((0, n), np.int32),
+            resampled=np.zeros((0,), bool),
+            timings={},
+            num_steps=steps,
+        )
+        res.extras.update(
+            acceptance_rate=float(accepted.mean()),
+            accepted=accepted,
+            chain_log_evidence=chain_lz,
+            chain_index=np.repeat(np.arange(chains), kept),
+            causes=np.asarray(info.steps.cause)[:, -1].reshape(-1),
+            token_strings=setup.lm.vocab.token_strings,
+        )
+        if not unbiased_evidence:
+            res.extras["conditional_sweeps_log_mean_z"] = log_ev
+        return res
+
+    return to_result

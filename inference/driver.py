@@ -1,7 +1,22 @@
-"""Compiles a backend's runner once per (program, method, shape), runs it, builds the Result."""
+"""Runs a backend: checks memory, compiles once per key (see [ppl.inference.executables][]),
+runs, builds the [Result][ppl.Result] and reports failures with their cause.
+
+The walk from ``ppl.infer`` to the compiled loop::
+
+    ppl.infer(program, method, particles, seed, **options)
+      backend  = registry.get(method)                        # a Backend record
+      options  = backend.options.build(method, options)      # frozen dataclass, validated
+      setup    = engine.prepare(program)                     # frozen static facts
+      config   = RunConfig(particles, mesh, progress)        # this run
+      driver.run(backend, setup, config, options, key)
+        backend.validate(setup, config, options)
+        execute: check_memory -> compiled(make_runner(...)) -> runner(key, params)
+                 -> (state, info) -> backend.to_result(...) -> raise_if_failed
+"""
 
 from __future__ import annotations
 
+import numbers
 import time
 from typing import Callable
 
@@ -9,22 +24,41 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppl.inference import _engine as E
-from ppl.result import InferenceError, Result, normalized
+from ppl._host import reraise_host_error
+from ppl.errors import InferenceError, MemoryRefusal
+from ppl.inference import engine as E
+from ppl.inference import executables
+from ppl.inference.base import Backend, Options, RunConfig
+from ppl.models.base import bound_params
+from ppl.result import Result
 
-__all__ = ["as_key", "bind_lm_params", "check_memory", "estimate_bytes", "run_population", "compiled"]
+__all__ = ["as_key", "bind_lm_params", "check_memory", "compile_and_run", "compiled",
+           "estimate_bytes", "execute", "raise_if_failed", "run"]
 
 
 def as_key(seed) -> jax.Array:
-    """A PRNG key from an int seed or a key (typed or raw ``uint32[2]``)."""
-    if isinstance(seed, (int, np.integer)):
+    """A PRNG key from an int seed in ``[0, 2**63)`` or a key (typed, or raw ``uint32[2]``).
+
+    Raises:
+        TypeError: a seed of another type (a string, a float, a bool, None).
+        ValueError: an int seed out of range.
+    """
+    if isinstance(seed, bool) or seed is None or isinstance(seed, (str, bytes, float)):
+        raise TypeError(f"seed must be an int or a JAX PRNG key, got {seed!r} "
+                        f"({type(seed).__name__}); e.g. seed=0 or seed=jax.random.key(0).")
+    if isinstance(seed, numbers.Integral):
+        if not 0 <= int(seed) < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {seed}.")
         return jax.random.key(int(seed))
-    seed = jnp.asarray(seed) if not isinstance(seed, jax.Array) else seed
-    if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
-        return seed
-    if seed.shape == (2,) and seed.dtype == jnp.uint32:
-        return jax.random.wrap_key_data(seed)
-    raise TypeError(f"seed must be an int or a PRNG key, got {type(seed).__name__} {seed.shape}.")
+    if isinstance(seed, (jax.Array, np.ndarray)):
+        if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+            if seed.shape != ():
+                raise TypeError(f"seed must be a single PRNG key, got a batch of shape {seed.shape}.")
+            return seed
+        if seed.shape == (2,) and seed.dtype == jnp.uint32:
+            return jax.random.wrap_key_data(jnp.asarray(seed))
+    raise TypeError(f"seed must be an int or a JAX PRNG key, got {type(seed).__name__} "
+                    f"{getattr(seed, 'shape', '')}; e.g. seed=0 or seed=jax.random.key(0).")
 
 
 def _tree_bytes(tree) -> int:
@@ -40,20 +74,21 @@ STEP_BUFFERS_PER_VOCAB_ENTRY = 12 * 4  # bytes per row per vocabulary entry
 RUNTIME_BYTES = 576 * 2**20
 
 
-def estimate_bytes(setup: E.Setup, num_rows: int) -> dict:
+def estimate_bytes(setup: E.Setup, num_rows: int, step_rows: int | None = None) -> dict:
     """Up-front memory estimate in bytes, before anything is allocated.
 
     ``total = weights + kv_cache + step_buffers + runtime`` where ``kv_cache`` is the exact
     size of ``num_rows x contexts`` static KV caches of ``max_len`` positions,
-    ``step_buffers = rows x V x 48`` (twelve vocabulary-sized float32 buffers per row) and
-    ``runtime`` a fixed 576 MiB (compiler, executable, tokenizer), both calibrated on the
-    scaling benchmark.
+    ``step_buffers = step_rows x contexts x V x 48`` (twelve vocabulary-sized float32 buffers
+    per row; ``step_rows`` defaults to ``num_rows``) and ``runtime`` a fixed 576 MiB
+    (compiler, executable, tokenizer), both calibrated on the scaling benchmark.
     """
     lm = setup.lm
     weights = _tree_bytes(lm.params)
     rows = num_rows * setup.num_contexts
+    srows = (num_rows if step_rows is None else step_rows) * setup.num_contexts
     kv = int(lm.init_cache_bytes(setup.max_len)) * rows
-    step = rows * lm.vocab_size * STEP_BUFFERS_PER_VOCAB_ENTRY
+    step = srows * lm.vocab_size * STEP_BUFFERS_PER_VOCAB_ENTRY
     return {"weights": weights, "kv_cache": kv, "step_buffers": step, "runtime": RUNTIME_BYTES,
             "total": weights + kv + step + RUNTIME_BYTES}
 
@@ -69,12 +104,16 @@ def _available_bytes() -> int | None:
     return None
 
 
-def check_memory(setup: E.Setup, num_rows: int, what: str = "particles") -> dict:
+def check_memory(setup: E.Setup, num_rows: int, step_rows: int | None = None,
+                 what: str = "particles") -> dict:
     """Refuses, before allocating, a run whose estimate exceeds available host memory.
 
     Only host (CPU) memory is checked; accelerators report their own out-of-memory errors.
+
+    Raises:
+        MemoryRefusal: the estimate exceeds 90% of the available memory.
     """
-    est = estimate_bytes(setup, num_rows)
+    est = estimate_bytes(setup, num_rows, step_rows)
     avail = _available_bytes()
     on_cpu = jax.default_backend() == "cpu"
     if avail is not None and on_cpu and est["total"] > 0.9 * avail:
@@ -82,7 +121,7 @@ def check_memory(setup: E.Setup, num_rows: int, what: str = "particles") -> dict
         # KV cache and step buffers both grow with the number of rows.
         per_row = (est["kv_cache"] + est["step_buffers"]) / max(num_rows, 1)
         fit = int(max(0.9 * avail - est["weights"] - est["runtime"], 0) // max(per_row, 1))
-        raise MemoryError(
+        raise MemoryRefusal(
             f"This run needs about {est['total'] / gib:.2f} GiB (weights {est['weights'] / gib:.2f} "
             f"GiB + KV cache {est['kv_cache'] / gib:.2f} GiB for {num_rows} {what} x "
             f"{setup.max_len} positions + step buffers {est['step_buffers'] / gib:.2f} GiB + "
@@ -93,175 +132,130 @@ def check_memory(setup: E.Setup, num_rows: int, what: str = "particles") -> dict
     return est
 
 
-def _signature(params) -> tuple:
-    """Structure, shapes and dtypes of ``params``: what an executable is specialised on."""
-    leaves, treedef = jax.tree.flatten(params)
-    return (treedef,) + tuple(
-        (tuple(np.shape(x)), str(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype))
-        for x in leaves)
+def _lm_part(setup: E.Setup, params):
+    """The LM parameters inside a runner's ``params`` argument: the whole argument, or the
+    first element of a tuple (backends with parameters of their own pass ``(lm, own)``)."""
+    lm_params = setup.lm.params
+    if params is lm_params:
+        return lambda p: p
+    if isinstance(params, tuple) and params and params[0] is lm_params:
+        return lambda p: p[0]
+    return None
 
 
-def bind_lm_params(setup: E.Setup, runner: Callable) -> Callable:
-    """``runner(key, params)`` with ``setup.lm.params`` bound to ``params`` while it runs.
+def bind_lm_params(setup: E.Setup, runner: Callable, params=None) -> Callable:
+    """``runner(key, params)`` with ``setup.lm.params`` reading the traced ``params`` while
+    it runs (see [bound_params][ppl.models.base.bound_params]).
 
-    Under ``jax.jit``/``vmap`` this makes every read of ``program.lm.params`` inside program
-    code a read of the traced argument instead of a constant captured at trace time (what
-    :func:`compiled` does for ``ppl.infer``; tests that jit or vmap runners themselves use it).
+    Under ``jax.jit``/``vmap`` every read of ``program.lm.params`` inside program code is then
+    a read of the traced argument instead of a constant captured at trace time (what
+    [compiled][ppl.inference.driver.compiled] does for ``ppl.infer``; tests that jit or vmap
+    runners themselves use it). ``params`` (an example argument) says where the LM's part is;
+    by default the whole argument.
     """
+    part = (lambda p: p) if params is None else _lm_part(setup, params)
+    if part is None:
+        return runner
     lm = setup.lm
 
-    def bound(key, params):
-        saved = lm.params
-        object.__setattr__(lm, "params", params)  # LMs may be frozen dataclasses
-        try:
-            return runner(key, params)
-        finally:
-            object.__setattr__(lm, "params", saved)
+    def bound(key, traced):
+        with bound_params(lm, part(traced)):
+            return runner(key, traced)
 
     return bound
 
 
-def compiled(setup: E.Setup, cache_key: tuple, make: Callable[[], Callable], key, params):
-    """``(executable, compile_seconds)``: ``jax.jit(make())`` compiled once per cache_key and
-    per structure/shapes/dtypes of ``params``.
+def _setup_key(setup: E.Setup) -> tuple:
+    return (executables.program_key(setup.program), executables.fingerprint(setup.lm),
+            setup.prompt_ids, setup.max_tokens, setup.max_len)
 
-    ``params`` is an argument of the executable, never a constant baked into it. When it is the
-    program's LM parameters (``setup.lm.params``), the LM's ``params`` attribute is bound to the
-    traced argument while the runner is traced, so program code that reads tables from
-    ``self.lm.params`` (e.g. a per-token potential or a proposal bias kept there) also reads
-    inputs. Assigning new arrays of the same shapes to ``program.lm.params`` therefore reruns
-    the cached executable with the new values, without recompiling (property tests rely on it).
-    The same holds when ``params`` is a tuple whose first element is the LM's parameters.
+
+def compiled(setup: E.Setup, key_parts: tuple, make: Callable[[], Callable], key, params):
+    """``(executable, compile_seconds)``: ``jax.jit(make())`` compiled once per key.
+
+    The key is the program's fingerprint and static facts, ``key_parts`` (backend, options,
+    config), and the structure/shapes/dtypes of ``key`` and ``params``. ``params`` is an
+    argument of the executable, never a constant baked into it: when it holds the program's
+    LM parameters, program code reading ``self.lm.params`` reads the argument too, so
+    assigning new arrays of the same shapes to ``program.lm.params`` reruns the cached
+    executable with the new values (property tests rely on it).
     """
-    store = setup.__dict__.setdefault("_executables", {})
-    cache_key = cache_key + (_signature(params),)
-    if cache_key in store:
-        return store[cache_key], 0.0
+    cache_key = (_setup_key(setup), key_parts, executables.signature(params),
+                 executables.signature(key))
     t0 = time.perf_counter()
-    fn = make()
-    lm = setup.lm
-    lm_params = getattr(lm, "params", None)
-    # The LM parameters are the whole argument, or the first element of a tuple argument
-    # (backends with parameters of their own, e.g. a learned proposal, pass (lm, own)).
-    whole = params is lm_params
-    first = isinstance(params, tuple) and len(params) > 0 and params[0] is lm_params
-    if whole or first:
-        inner = fn
 
-        def fn(key, traced_params):
-            saved = lm.params
-            traced_lm = traced_params if whole else traced_params[0]
-            object.__setattr__(lm, "params", traced_lm)  # LMs may be frozen dataclasses
-            try:
-                return inner(key, traced_params)
-            finally:
-                object.__setattr__(lm, "params", saved)
+    def compile_fn():
+        fn = bind_lm_params(setup, make(), params)
+        try:
+            return jax.jit(fn).lower(key, params).compile()
+        except Exception as e:
+            reraise_host_error(e)
+            raise
 
-    exe = jax.jit(fn).lower(key, params).compile()
-    dt = time.perf_counter() - t0
-    store[cache_key] = exe
-    return exe, dt
+    exe, fresh = executables.lookup_or_compile(cache_key, compile_fn)
+    return exe, (time.perf_counter() - t0 if fresh else 0.0)
 
 
-def _mesh_key(mesh):
-    return None if mesh is None else (tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
+def _call(exe, *args):
+    try:
+        return jax.block_until_ready(exe(*args))
+    except Exception as e:  # a user exception in a host callback: raise it as itself
+        reraise_host_error(e)
+        raise
 
 
-def _drop_lm_buffers(out):
-    """The runner's output without the KV cache and the last log-probabilities.
-
-    Nothing on the host reads them; as outputs of the executable they made XLA allocate an
-    output-side copy of the whole KV cache next to the loop's own (``memory_analysis()``:
-    output size = the cache; see docs/benchmarks.md, "Scaling and memory").
-    """
-    if type(out) is tuple and len(out) == 2 and isinstance(out[1], dict):
-        return (_drop_lm_buffers(out[0]), out[1])
-    lm = getattr(out, "lm", None)
-    if isinstance(lm, E.LMState):
-        return out._replace(lm=lm._replace(cache=(), logprobs=jnp.zeros((0,), jnp.float32),
-                                           hidden=None))
-    return out
+def compile_and_run(setup: E.Setup, key_parts: tuple, make: Callable[[], Callable], key, params,
+                    rows: int, step_rows: int | None = None):
+    """Memory check, [compiled][ppl.inference.driver.compiled], run: the outputs."""
+    check_memory(setup, rows, step_rows)
+    exe, _ = compiled(setup, key_parts, make, key, params)
+    return _call(exe, key, params)
 
 
-def run_population(method: str, program, seed, num_particles: int, make_runner, cache_key: tuple,
-                   *, check_mem: bool = True, params=None) -> Result:
-    """Runs a particle backend end to end and returns its :class:`Result`.
-
-    ``make_runner(setup, n)`` returns ``runner(key, params)``; ``params`` defaults to the LM's
-    parameters (a backend with its own parameters, e.g. a learned proposal, passes a pytree
-    holding both). The runner returns a state with ``particles`` (an SMC state), or a pair
-    ``(state, extras)`` whose dict of arrays is added to ``Result.extras``.
+def execute(backend: Backend, setup: E.Setup, config: RunConfig, options: Options, key) -> Result:
+    """Compiles (once per key) and runs ``backend``'s runner; its Result, failures raised.
 
     Raises:
+        MemoryRefusal: the estimated memory exceeds what is available.
         InferenceError: every particle was killed (with the condition that killed most), or
             the model produced NaN log-probabilities.
     """
     t_start = time.perf_counter()
-    setup = E.prepare(program)
-    if check_mem:
-        check_memory(setup, num_particles)
-    key = as_key(seed)
-    params = setup.lm.params if params is None else params
-    def make():
-        runner = make_runner(setup, num_particles)
-        return lambda key, params: _drop_lm_buffers(runner(key, params))
-
-    exe, t_compile = compiled(setup, (method, num_particles, setup.progress_fn is not None,
-                                         _mesh_key(setup.mesh)) + cache_key, make, key, params)
+    rows = backend.rows(config, options)
+    step_rows = None if backend.step_rows is None else backend.step_rows(config, options)
+    check_memory(setup, rows, step_rows)
+    params = backend.params(setup, options)
+    exe, t_compile = compiled(setup, (backend.name, options.cache_key(), config.cache_key()),
+                              lambda: backend.make_runner(setup, config, options), key, params)
     t0 = time.perf_counter()
-    state = exe(key, params)
-    state = jax.block_until_ready(state)
+    state, info = _call(exe, key, params)
     t_run = time.perf_counter() - t0
-    extras = {}
-    if type(state) is tuple and len(state) == 2 and isinstance(state[1], dict):
-        state, extras = state
-    res = build_result(method, setup, state)
-    res.extras.update({k: np.asarray(v) for k, v in extras.items()})
+    res = backend.to_result(setup, config, options, state, info)
     res.timings = {"compile": t_compile, "run": t_run, "total": time.perf_counter() - t_start}
-    raise_if_failed(setup, res, state)
+    raise_if_failed(setup, res, bool(np.asarray(info.nan)))
     return res
 
 
-def build_result(method: str, setup: E.Setup, state) -> Result:
-    parts = state.particles
-    tokens = np.asarray(parts.tokens)
-    lengths = np.asarray(parts.length)
-    logw = np.asarray(parts.logw, np.float64)
-    weights, log_z = normalized(logw)
-    steps = int(state.t)
-    texts = [setup.decode(row[:n]) for row, n in zip(tokens, lengths)]
-    res = Result(
-        method=method,
-        tokens=tokens,
-        lengths=lengths,
-        texts=texts,
-        log_weights=logw,
-        weights=weights,
-        log_evidence=log_z,
-        ess=np.asarray(state.ess)[:steps],
-        ancestors=np.asarray(state.ancestors)[:steps],
-        resampled=np.asarray(state.resampled)[:steps],
-        timings={},
-        num_steps=steps,
-        states=jax.tree.map(np.asarray, parts.state),
-    )
-    res.extras["causes"] = np.asarray(parts.cause)
-    if hasattr(state, "hist_tokens"):
-        res.extras["history"] = {
-            "tokens": np.asarray(state.hist_tokens)[:steps],
-            "log_weights": np.asarray(state.hist_logw)[:steps],
-        }
-    res.extras["token_strings"] = setup.lm.vocab.token_strings
-    return res
+def run(backend: Backend, setup: E.Setup, config: RunConfig, options: Options, key) -> Result:
+    """Validates, then runs ``backend`` (its own ``run`` for composed backends)."""
+    backend.validate(setup, config, options)
+    if backend.run is not None:
+        return backend.run(setup, config, options, key)
+    return execute(backend, setup, config, options, key)
 
 
-def raise_if_failed(setup: E.Setup, res: Result, state) -> None:
-    if bool(np.asarray(state.lm.nan)):
+def raise_if_failed(setup: E.Setup, res: Result, nan: bool) -> None:
+    """Raises [InferenceError][ppl.InferenceError] for NaN log-probabilities or a run in which
+    no particle survived (naming the condition that killed most of them)."""
+    if nan:
         raise InferenceError(
             "The language model produced NaN log-probabilities for a live particle. Check the "
             "checkpoint (weights with NaN/inf) or use dtype='float32' instead of a half type."
         )
-    if not np.isfinite(res.log_evidence):
+    log_z = res.log_evidence
+    if log_z is None:
+        log_z = res.extras.get("conditional_sweeps_log_mean_z", 0.0)
+    if not np.isfinite(log_z):
         causes = res.extras.get("causes", np.array([]))
         names = setup.condition_names
         counts = {names[c]: int(np.sum(causes == c)) for c in range(len(names)) if np.any(causes == c)}

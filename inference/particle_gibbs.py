@@ -45,39 +45,75 @@ Requirements: the program's only random choices are LM tokens (a latent sampled 
 or ``step`` could not be replayed; this raises :class:`~ppl.ProgramError`), and weights are a
 deterministic function of the tokens (no use of ``ctx.key()`` that changes weights).
 
-Evidence: the chain reports ``log mean_s Z_hat_s`` over its sweeps, but conditional sweeps'
-``Z_hat`` are *not* unbiased (they contain the reference); treat it as a diagnostic and use
-``method="smc"``/``"pimh"`` for evidence.
+Evidence: conditional sweeps' ``Z_hat`` are *not* unbiased (they contain the reference), so
+``Result.log_evidence`` is ``None``; ``log mean_s Z_hat_s`` over the sweeps is reported as a
+diagnostic in ``extras["conditional_sweeps_log_mean_z"]``. Use ``method="smc"``/``"pimh"``
+for evidence.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from ppl.inference import _chain as C
-from ppl.inference import _engine as E
+from ppl.errors import OptionError
+from ppl.inference import _chain as chain
+from ppl.inference import engine as E
+from ppl.inference import resampling as R
+from ppl.inference import smc
+from ppl.inference.base import Backend, RunConfig, check_bool, option
 
-__all__ = ["init", "build_kernel", "ancestor_log_weights", "run"]
+__all__ = ["GibbsOptions", "init", "conditional", "build_kernel", "ancestor_log_weights",
+           "make_runner", "BACKEND"]
 
 
-def init(key, setup: E.Setup, params, num_particles: int, *, resampling: str = "stratified",
-         ess_threshold: float = 0.5):
+@dataclasses.dataclass(frozen=True)
+class GibbsOptions(chain.ChainOptions):
+    """Options of ``method="particle_gibbs"`` (``resampling`` applies to the initial,
+    unconditional sweep; conditional sweeps resample multinomially).
+
+    Attributes:
+        ancestor_sampling: redraw the reference's ancestor at every resampling (PGAS).
+    """
+
+    ancestor_sampling: bool = option(True, check_bool)
+
+
+def init(key, setup: E.Setup, config: RunConfig, params, resampling: R.Resampling):
     """The chain's first reference: one draw from an unconditional SMC sweep's final weights."""
     k_sweep, k_pick = jax.random.split(key)
-    parts, log_z, nan = C.sweep(k_sweep, setup, params, num_particles, resampling=resampling,
-                                ess_threshold=ess_threshold)
-    tok, length, _ = C.pick(k_pick, parts)
-    return C.ChainState(tok, length, log_z), C.ChainInfo(jnp.ones((), bool), log_z, nan, parts.cause)
+    parts, log_z, nan = chain.sweep(k_sweep, setup, config, params, resampling)
+    tok, length, _ = chain.pick(k_pick, parts)
+    return chain.ChainState(tok, length, log_z), chain.ChainInfo(jnp.ones((), bool), log_z, nan, parts.cause)
 
 
-def ancestor_log_weights(key, setup: E.Setup, params, parts: E.Particles, lm_state: E.LMState,
+def conditional(ess_threshold: float, ancestor_fn=None) -> R.Resampling:
+    """The resampling of a conditional SMC sweep: particle 0 (the retained reference) keeps
+    its slot, the others draw ancestors i.i.d. (multinomially, in i.i.d. order) from the
+    weights of all ``N``: the conditional law the particle Gibbs kernel needs. With
+    ``ancestor_fn(key, particles, kv, tokens, old_length) -> int32`` (ancestor sampling),
+    particle 0's ancestor is redrawn at each resampling instead of kept."""
+
+    def select(k_res, k_anc, t, cand: R.Candidates):
+        lw = cand.particles.logw
+        ref = jnp.zeros((), jnp.int32) if ancestor_fn is None else ancestor_fn(
+            k_anc, cand.particles, cand.kv, cand.tokens, cand.old_length)
+        idx = R.iid_multinomial(k_res, lw, lw.shape[0]).at[0].set(ref)
+        return idx, jnp.full_like(lw, R.log_mean_exp(lw))
+
+    # The reference is pinned to slot 0, so survivors do not keep their slots.
+    return R.Resampling(float(ess_threshold), select, R.take_rows, False)
+
+
+def ancestor_log_weights(key, setup: E.Setup, params, parts: E.Particles, kv: E.KVState,
                          tokens, old_length, ref_tokens, ref_length):
     """``log w̃_i = log W_i + log gamma_T(x^i_{<=t}, x'_{>t}) - log gamma_t(x^i_{<=t})``.
 
     Args:
         parts: the population right after step ``t``'s proposal (``logw`` = ``log W``).
-        lm_state: the LM before step ``t``'s tokens are fed.
+        kv: the LM state before step ``t``'s tokens are fed.
         tokens, old_length: step ``t``'s tokens (``int32[N]``) and the lengths before it.
         ref_tokens, ref_length: the reference sequence ``x'`` (``int32[T]``, ``int32``).
 
@@ -93,76 +129,87 @@ def ancestor_log_weights(key, setup: E.Setup, params, parts: E.Particles, lm_sta
         return jnp.any(~p.done & (p.length < ref_length))
 
     def body(c):
-        p, lm, pend_tok, pend_len, lq_sum, s = c
-        lm = E.advance_lm(setup, params, lm, pend_tok, pend_len, ~p.done)
+        p, kv, pend_tok, pend_len, lq_sum, s = c
+        kv = E.advance_lm(setup, params, kv, pend_tok, pend_len, ~p.done)
         pos = jnp.minimum(p.length, ref_tokens.shape[0] - 1)
         force = (p.length < ref_length, forced_tok[jnp.arange(n), pos])
-        new, tok, q = E.propose(jax.random.fold_in(key, s), setup, p, lm.logprobs, s,
+        new, tok, q = E.propose(jax.random.fold_in(key, s), setup, p, kv.logprobs, s,
                                 force=force, record=True)
         lq = jnp.take_along_axis(q, tok[:, None], 1)[:, 0]
         # An observed (not drawn) token has no proposal term; a token q cannot produce has
         # already made the weight -inf.
         lq_sum = lq_sum + jnp.where(~p.done & jnp.isfinite(lq), lq, 0.0)
-        return new, lm, tok, p.length, lq_sum, s + 1
+        return new, kv, tok, p.length, lq_sum, s + 1
 
     t1 = jnp.max(parts.length).astype(jnp.int32)
     p, _, _, _, lq_sum, _ = jax.lax.while_loop(
-        cond, body, (parts, lm_state, tokens, old_length, jnp.zeros((n,), jnp.float32), t1))
-    p = E.finalize(jax.random.fold_in(key, 1 << 30), setup, p)
+        cond, body, (parts, kv, tokens, old_length, jnp.zeros((n,), jnp.float32), t1))
+    p = E.apply_final(jax.random.fold_in(key, 1 << 30), setup, p)
     ref_finished = start_done[0]  # particle 0 follows the reference
     valid = jnp.where(ref_finished, start_done,
                       ~start_done & p.done & (p.length == ref_length))
     return jnp.where(valid, p.logw + lq_sum, -jnp.inf)
 
 
-def build_kernel(setup: E.Setup, params, num_particles: int, *, ess_threshold: float = 0.5,
+def build_kernel(setup: E.Setup, config: RunConfig, params, ess_threshold: float,
                  ancestor_sampling: bool = True):
     """``step(key, state) -> (state, info)``: one conditional SMC sweep around the reference.
 
     ``info.accepted`` is True when the new reference differs from the old one.
     """
-    n = num_particles
+    n = config.num_particles
 
-    def step(key, state: C.ChainState):
+    def step(key, state: chain.ChainState):
         k_sweep, k_pick = jax.random.split(key)
         ref_tokens = jnp.broadcast_to(state.tokens, (n,) + state.tokens.shape)
         upto = jnp.where(jnp.arange(n) == 0, state.length, 0)
-        def anc_fn(k, parts, lm_state, tokens, old_len):
-            lw = ancestor_log_weights(k, setup, params, parts, lm_state, tokens, old_len,
+
+        def anc_fn(k, parts, kv, tokens, old_len):
+            lw = ancestor_log_weights(k, setup, params, parts, kv, tokens, old_len,
                                       state.tokens, state.length)
             # All candidates invalid cannot happen (particle 0 itself is valid), but keep the
             # reference's own ancestor rather than a uniform draw if it ever did.
             return jnp.where(jnp.isfinite(jax.nn.logsumexp(lw)),
                              jax.random.categorical(k, lw), 0).astype(jnp.int32)
 
-        parts, log_z, nan = C.sweep(k_sweep, setup, params, n, ess_threshold=ess_threshold,
-                                    forced=(ref_tokens, upto), keep_first=True,
-                                    ancestor_fn=anc_fn if ancestor_sampling else None)
-        tok, length, _ = C.pick(k_pick, parts)
-        changed = ~C.same_sequence(tok, length, state.tokens, state.length)
-        return C.ChainState(tok, length, log_z), C.ChainInfo(changed, log_z, nan, parts.cause)
+        strategy = conditional(ess_threshold, anc_fn if ancestor_sampling else None)
+        parts, log_z, nan = chain.sweep(k_sweep, setup, config, params, strategy,
+                                    smc.ProposalHooks(forced=(ref_tokens, upto)))
+        tok, length, _ = chain.pick(k_pick, parts)
+        changed = ~chain.same_sequence(tok, length, state.tokens, state.length)
+        return chain.ChainState(tok, length, log_z), chain.ChainInfo(changed, log_z, nan, parts.cause)
 
     return step
 
 
-def run(program, *, particles: int, seed, steps: int = 100, burn_in: int = 0, chains: int = 1,
-        resampling: str = "stratified", ess_threshold: float = 0.5,
-        ancestor_sampling: bool = True):
-    """Runs ``chains`` particle Gibbs chains of ``steps`` conditional sweeps each."""
-    n = int(particles)
-    if n < 2:
-        raise ValueError(f"particle Gibbs needs particles >= 2 (one is the reference), got {n}.")
-    setup = E.prepare(program)
-    C.require_token_only(setup)
-    thr = float(ess_threshold)
+def make_runner(setup: E.Setup, config: RunConfig, options: GibbsOptions):
+    """``chains`` particle Gibbs chains of ``steps`` conditional sweeps each."""
+    first = R.adaptive(options.resampling, options.ess_threshold)
 
-    def init_fn(key, setup, params):
-        return init(key, setup, params, n, resampling=resampling, ess_threshold=thr)
+    def init_fn(key, params):
+        return init(key, setup, config, params, first)
 
-    def step_fn(key, state, setup, params):
-        return build_kernel(setup, params, n, ess_threshold=thr,
-                            ancestor_sampling=bool(ancestor_sampling))(key, state)
+    def step_fn(key, state, params):
+        return build_kernel(setup, config, params, options.ess_threshold,
+                            options.ancestor_sampling)(key, state)
 
-    return C.run_chains("particle_gibbs", program, seed, particles=n, chains=chains, steps=steps,
-                        burn_in=burn_in, init_fn=init_fn, step_fn=step_fn,
-                        cache_key=(resampling, thr, bool(ancestor_sampling)))
+    return chain.make_chain_runner(setup, config, options, init_fn, step_fn)
+
+
+def _validate(setup: E.Setup, config: RunConfig, options: GibbsOptions) -> None:
+    if config.num_particles < 2:
+        raise OptionError(f"particle Gibbs needs particles >= 2 (one is the reference), got "
+                          f"{config.num_particles}.")
+    chain.require_token_only(setup)
+
+
+BACKEND = Backend(
+    name="particle_gibbs",
+    family="mcmc",
+    options=GibbsOptions,
+    make_runner=make_runner,
+    to_result=chain.chain_result("particle_gibbs", unbiased_evidence=False),
+    rows=lambda config, options: config.num_particles * options.chains,
+    validate=_validate,
+    summary="particle Gibbs (conditional SMC) with ancestor sampling",
+)

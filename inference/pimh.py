@@ -23,57 +23,66 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ppl.inference import _chain as C
-from ppl.inference import _engine as E
+from ppl.inference import _chain as chain
+from ppl.inference import engine as E
+from ppl.inference import resampling as R
+from ppl.inference.base import Backend, RunConfig
 
-__all__ = ["init", "build_kernel", "run"]
+__all__ = ["init", "build_kernel", "make_runner", "BACKEND"]
 
 
-def init(key, setup: E.Setup, params, num_particles: int, **sweep_options):
+def init(key, setup: E.Setup, config: RunConfig, params, resampling: R.Resampling):
     """The chain's first state: a sample drawn from one unconditional sweep (always kept)."""
     k_sweep, k_pick = jax.random.split(key)
-    parts, log_z, nan = C.sweep(k_sweep, setup, params, num_particles, **sweep_options)
-    tok, length, _ = C.pick(k_pick, parts)
-    state = C.ChainState(tok, length, log_z)
-    return state, C.ChainInfo(jnp.ones((), bool), log_z, nan, parts.cause)
+    parts, log_z, nan = chain.sweep(k_sweep, setup, config, params, resampling)
+    tok, length, _ = chain.pick(k_pick, parts)
+    state = chain.ChainState(tok, length, log_z)
+    return state, chain.ChainInfo(jnp.ones((), bool), log_z, nan, parts.cause)
 
 
-def build_kernel(setup: E.Setup, params, num_particles: int, **sweep_options):
+def build_kernel(setup: E.Setup, config: RunConfig, params, resampling: R.Resampling):
     """``step(key, state) -> (state, info)``: one sweep, one candidate, one MH decision.
 
     ``log alpha = log Z_hat* - log Z_hat``; a sweep with ``Z_hat* = 0`` is always rejected,
     and any candidate with ``Z_hat* > 0`` is accepted from a state with ``Z_hat = 0``.
     """
 
-    def step(key, state: C.ChainState):
+    def step(key, state: chain.ChainState):
         k_sweep, k_pick, k_acc = jax.random.split(key, 3)
-        parts, log_z, nan = C.sweep(k_sweep, setup, params, num_particles, **sweep_options)
-        tok, length, _ = C.pick(k_pick, parts)
+        parts, log_z, nan = chain.sweep(k_sweep, setup, config, params, resampling)
+        tok, length, _ = chain.pick(k_pick, parts)
         finite_new = jnp.isfinite(log_z)
         log_alpha = jnp.where(jnp.isfinite(state.log_z), log_z - state.log_z, jnp.inf)
         accept = finite_new & (jnp.log(jax.random.uniform(k_acc)) < log_alpha)
-        new = C.ChainState(
+        new = chain.ChainState(
             jnp.where(accept, tok, state.tokens),
             jnp.where(accept, length, state.length),
             jnp.where(accept, log_z, state.log_z),
         )
-        return new, C.ChainInfo(accept, log_z, nan, parts.cause)
+        return new, chain.ChainInfo(accept, log_z, nan, parts.cause)
 
     return step
 
 
-def run(program, *, particles: int, seed, steps: int = 100, burn_in: int = 0, chains: int = 1,
-        resampling: str = "stratified", ess_threshold: float = 0.5):
-    """Runs ``chains`` PIMH chains of ``steps`` steps; see :func:`ppl.inference._chain.run_chains`."""
-    opts = dict(resampling=resampling, ess_threshold=float(ess_threshold))
-    n = int(particles)
+def make_runner(setup: E.Setup, config: RunConfig, options: chain.ChainOptions):
+    """``chains`` PIMH chains of ``steps`` steps (see [make_chain_runner][ppl.inference._chain.make_chain_runner])."""
+    strategy = R.adaptive(options.resampling, options.ess_threshold)
 
-    def init_fn(key, setup, params):
-        return init(key, setup, params, n, **opts)
+    def init_fn(key, params):
+        return init(key, setup, config, params, strategy)
 
-    def step_fn(key, state, setup, params):
-        return build_kernel(setup, params, n, **opts)(key, state)
+    def step_fn(key, state, params):
+        return build_kernel(setup, config, params, strategy)(key, state)
 
-    return C.run_chains("pimh", program, seed, particles=n, chains=chains, steps=steps,
-                        burn_in=burn_in, init_fn=init_fn, step_fn=step_fn,
-                        cache_key=(int(burn_in), resampling, float(ess_threshold)))
+    return chain.make_chain_runner(setup, config, options, init_fn, step_fn)
+
+
+BACKEND = Backend(
+    name="pimh",
+    family="mcmc",
+    options=chain.ChainOptions,
+    make_runner=make_runner,
+    to_result=chain.chain_result("pimh", unbiased_evidence=True),
+    rows=lambda config, options: config.num_particles * options.chains,
+    summary="particle independent Metropolis-Hastings (an SMC sweep per step)",
+)

@@ -1,81 +1,81 @@
-"""The table of backends ``ppl.infer(method=...)`` dispatches to."""
+"""The table of backends ``ppl.infer(method=...)`` dispatches to: one loop over the modules'
+``BACKEND`` records, plus [register][ppl.inference.registry.register] for new ones.
+
+Adding a backend is one module that ends with ``BACKEND = Backend(...)`` (see
+[ppl.inference.base][]) and one ``register(BACKEND)`` call (or a line in ``_BUILTIN`` below).
+"""
 
 from __future__ import annotations
 
-from ppl.api import register_method
-from ppl.inference import driver, importance, smc, smc_steer
+import dataclasses
+import inspect
+from typing import Callable
 
-__all__ = ["run_is", "run_smc", "run_smc_steer", "run_pimh", "run_particle_gibbs", "run_vi"]
+from ppl.errors import OptionError
+from ppl.inference.base import Backend, Options
 
+__all__ = ["REGISTRY", "get", "names", "register", "register_method"]
 
-@register_method("is")
-def run_is(program, *, particles, seed, proposal_params=None):
-    if proposal_params is not None:
-        from ppl.inference import vi
-
-        return vi.run_with_proposal("is", program, seed, particles, proposal_params)
-    return driver.run_population("is", program, seed, particles,
-                                 lambda s, n: importance.make_runner(s, n), ())
+REGISTRY: dict[str, Backend] = {}
 
 
-@register_method("smc")
-def run_smc(program, *, particles, seed, resampling="stratified", ess_threshold=0.5,
-            islands=1, exchange_every=0, rejuvenate=0, rejuvenate_at="resample",
-            proposal_params=None):
-    if not 0.0 <= float(ess_threshold) <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}.")
-    if int(rejuvenate) < 0:
-        raise ValueError(f"rejuvenate must be >= 0, got {rejuvenate}.")
-    if int(rejuvenate) > 0 or proposal_params is not None:
-        from ppl.inference import vi
-
-        return vi.run_with_proposal(
-            "smc", program, seed, particles, proposal_params, resampling=resampling,
-            ess_threshold=float(ess_threshold), islands=int(islands),
-            exchange_every=int(exchange_every), rejuvenate=int(rejuvenate),
-            rejuvenate_at=rejuvenate_at)
-    return driver.run_population(
-        "smc", program, seed, particles,
-        lambda s, n: smc.make_runner(s, n, resampling=resampling, ess_threshold=float(ess_threshold),
-                                     islands=int(islands), exchange_every=int(exchange_every)),
-        (resampling, float(ess_threshold), int(islands), int(exchange_every)))
+def register(backend: Backend) -> Backend:
+    """Makes ``backend`` available as ``ppl.infer(method=backend.name)`` (replacing any
+    backend of that name)."""
+    if not isinstance(backend, Backend):
+        raise TypeError(f"register() needs a ppl.inference.base.Backend, got {backend!r}.")
+    REGISTRY[backend.name] = backend
+    return backend
 
 
-@register_method("smc_steer")
-def run_smc_steer(program, *, particles, seed, num_beams=3):
-    return driver.run_population(
-        "smc_steer", program, seed, particles,
-        lambda s, n: smc_steer.make_runner(s, n, num_beams=int(num_beams)), (int(num_beams),))
+def _builtin():
+    from ppl.inference import importance, particle_gibbs, pimh, smc, smc_steer, vi
+
+    for module in (importance, smc, smc_steer, pimh, particle_gibbs, vi):
+        REGISTRY.setdefault(module.BACKEND.name, module.BACKEND)
 
 
-# ---- MCMC and variational backends -----------------------------------------------------------
-
-@register_method("pimh")
-def run_pimh(program, *, particles, seed, steps=100, burn_in=0, chains=1, resampling="stratified",
-             ess_threshold=0.5):
-    from ppl.inference import pimh
-
-    return pimh.run(program, particles=particles, seed=seed, steps=steps, burn_in=burn_in,
-                    chains=chains, resampling=resampling, ess_threshold=ess_threshold)
+def names() -> list[str]:
+    """Every registered method name, sorted."""
+    _builtin()
+    return sorted(REGISTRY)
 
 
-@register_method("particle_gibbs")
-def run_particle_gibbs(program, *, particles, seed, steps=100, burn_in=0, chains=1,
-                       resampling="stratified", ess_threshold=0.5, ancestor_sampling=True):
-    from ppl.inference import particle_gibbs
+def get(name: str) -> Backend:
+    """The backend called ``name``.
 
-    return particle_gibbs.run(program, particles=particles, seed=seed, steps=steps,
-                              burn_in=burn_in, chains=chains, resampling=resampling,
-                              ess_threshold=ess_threshold, ancestor_sampling=ancestor_sampling)
+    Raises:
+        OptionError: no backend has that name (the message lists them).
+    """
+    _builtin()
+    if name not in REGISTRY:
+        raise OptionError(f"Unknown method {name!r}; available: {', '.join(names())}.")
+    return REGISTRY[name]
 
 
-@register_method("vi")
-def run_vi(program, *, particles, seed, vi_steps=200, learning_rate=0.05, objective="vimco",
-           vi_particles=32, final_method="is", proposal="auto", initial_params=None,
-           resampling="stratified", ess_threshold=0.5):
-    from ppl.inference import vi
+def register_method(name: str, family: str = "particle"):
+    """Registers a whole-run function ``fn(program, *, particles, seed, **options) ->
+    Result`` as ``method=name`` (its keyword defaults become the backend's options).
 
-    return vi.run(program, particles=particles, seed=seed, vi_steps=vi_steps,
-                  learning_rate=learning_rate, objective=objective, vi_particles=vi_particles,
-                  final_method=final_method, proposal=proposal, initial_params=initial_params,
-                  resampling=resampling, ess_threshold=ess_threshold)
+    For backends that compile their own run; a backend built on the engine declares a
+    [Backend][ppl.inference.base.Backend] instead.
+    """
+
+    def deco(fn: Callable):
+        fields = [(p.name, object, dataclasses.field(default=p.default))
+                  for p in inspect.signature(fn).parameters.values()
+                  if p.kind is p.KEYWORD_ONLY and p.name not in ("particles", "seed")
+                  and p.default is not p.empty]
+        opts = dataclasses.make_dataclass(f"{name}_options", fields, bases=(Options,), frozen=True)
+
+        def run(setup, config, options, key):
+            return fn(setup.program, particles=config.num_particles, seed=key,
+                      **{f.name: getattr(options, f.name) for f in dataclasses.fields(options)})
+
+        register(Backend(name=name, family=family, options=opts, run=run,
+                         summary=(fn.__doc__ or "").strip().split("\n")[0]))
+        return fn
+
+    return deco
+
+

@@ -51,9 +51,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ppl.inference import _engine as E
+from ppl.inference import engine as E
 from ppl.inference import resampling as R
 from ppl.inference import smc
+from ppl.inference.base import RunConfig
 
 __all__ = ["MoveInfo", "replay", "build_move", "build_intermediate_move", "rejuvenate"]
 
@@ -63,18 +64,17 @@ class MoveInfo(NamedTuple):
     position: jax.Array  # int32[N]
 
 
-def replay(key, setup: E.Setup, params, tokens, upto, bias_fn=None,
-           stop=None) -> tuple[E.Particles, E.LMState]:
+def replay(key, setup: E.Setup, config: RunConfig, params, tokens, upto, bias_fn=None,
+           stop=None) -> tuple[E.Particles, E.KVState]:
     """One importance sweep where row ``i`` keeps ``tokens[i, :upto[i]]`` and draws the rest.
 
     Returns the particles (``logw`` = own weight ``log gamma(x) - log q(x)``; finished with
     ``final`` applied, or after ``stop`` steps without it) and the LM state.
     """
-    n = tokens.shape[0]
-    kernel = smc.build_kernel(setup, params, ess_threshold=0.0, forced=(tokens, upto),
-                              bias_fn=bias_fn)
-    st = smc.run_loop(key, setup, params, n, kernel, stop=stop)
-    return st.particles, st.lm
+    kernel = smc.build_kernel(setup, config, params, R.adaptive(ess_threshold=0.0),
+                              smc.ProposalHooks(bias_fn=bias_fn, forced=(tokens, upto)))
+    st = smc.run_loop(key, setup, config, params, kernel, stop=stop)
+    return st.particles, st.kv
 
 
 def _positions(key, length):
@@ -97,42 +97,55 @@ def _where_rows(mask, a, b):
     return jax.tree.map(lambda x, y: jnp.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x, y), a, b)
 
 
-def build_intermediate_move(setup: E.Setup, params, num_moves: int, bias_fn=None):
-    """The ``move_fn`` of :func:`ppl.inference.smc.build_kernel`: ``num_moves`` MH moves per
-    particle targeting ``gamma_t`` right after the resampling of step ``t``.
+def _propose_move(key, setup, config, params, parts: E.Particles, own, bias_fn, stop):
+    """One MH move per particle: a uniform position, a regenerated suffix, the decision.
 
-    Returns ``(particles, lm_state, tokens, old_length, acceptance_rate, moved)``: a moved
+    Returns ``(accept[N], j[N], new particles, their LM state, own weights after the move)``.
+    """
+    k_j, k_sweep, k_u = jax.random.split(key, 3)
+    j, length = _positions(k_j, parts.length)
+    new, new_kv = replay(k_sweep, setup, config, params, parts.tokens, j, bias_fn, stop)
+    accept = _accept(k_u, own, new.logw, length, new.length)
+    return accept, j, new, new_kv, jnp.where(accept, new.logw, own)
+
+
+def build_intermediate_move(setup: E.Setup, config: RunConfig, params, num_moves: int,
+                            bias_fn=None):
+    """The ``move_fn`` of [build_kernel][ppl.inference.smc.build_kernel]: ``num_moves`` MH
+    moves per particle targeting ``gamma_t`` right after the resampling of step ``t``.
+
+    Returns ``(particles, kv, tokens, old_length, acceptance_rate, moved)``: a moved
     particle's LM rows are the replay's, which have already seen all its tokens (``moved``
-    tells the kernel not to advance them); the others are unchanged.
+    tells the kernel not to advance them); the others are unchanged. A moved particle keeps
+    its SMC weight and carries its new twist, so the next step removes the right one.
     """
 
-    def move_fn(key, t, parts, lm_state, tokens, old_len):
+    def move_fn(key, t, parts, kv, tokens, old_len):
         k_own, k_moves = jax.random.split(key)
         stop = t + 1
-        own_parts, _ = replay(k_own, setup, params, parts.tokens, parts.length, bias_fn, stop)
+        own_parts, _ = replay(k_own, setup, config, params, parts.tokens, parts.length, bias_fn,
+                              stop)
 
         def one(carry, key):
-            p, lm, moved, own = carry
-            k_j, k_sweep, k_u = jax.random.split(key, 3)
-            j, length = _positions(k_j, p.length)
-            new, new_lm = replay(k_sweep, setup, params, p.tokens, j, bias_fn, stop)
-            accept = _accept(k_u, own, new.logw, length, new.length)
+            p, kv, moved, own = carry
+            accept, _, new, new_kv, own = _propose_move(key, setup, config, params, p, own,
+                                                        bias_fn, stop)
             p = _where_rows(accept, new._replace(logw=p.logw), p)
-            lm = E.select_rows(setup, accept, new_lm, lm)
-            return (p, lm, moved | accept, jnp.where(accept, new.logw, own)), accept
+            kv = E.select_rows(setup, accept, new_kv, kv)
+            return (p, kv, moved | accept, own), accept
 
         n = parts.logw.shape[0]
-        (parts, lm_state, moved, _), acc = jax.lax.scan(
-            one, (parts, lm_state, jnp.zeros((n,), bool), own_parts.logw),
+        (parts, kv, moved, _), acc = jax.lax.scan(
+            one, (parts, kv, jnp.zeros((n,), bool), own_parts.logw),
             jax.random.split(k_moves, num_moves))
-        return parts, lm_state, tokens, old_len, jnp.mean(acc.astype(jnp.float32)), moved
+        return parts, kv, tokens, old_len, jnp.mean(acc.astype(jnp.float32)), moved
 
     return move_fn
 
 
-def build_move(setup: E.Setup, params, bias_fn=None):
+def build_move(setup: E.Setup, config: RunConfig, params, bias_fn=None):
     """``move((parts, own_logw), key) -> ((parts, own_logw), info)``: one MH move per particle
-    (the argument order of ``lax.scan``).
+    of a finished population (the argument order of ``lax.scan``).
 
     ``own_logw`` is each particle's own ``log W(x)``; ``parts.logw`` (the SMC weight) is
     carried unchanged.
@@ -140,18 +153,17 @@ def build_move(setup: E.Setup, params, bias_fn=None):
 
     def move(carry, key):
         parts, own = carry
-        k_j, k_sweep, k_u = jax.random.split(key, 3)
-        j, length = _positions(k_j, parts.length)
-        new, _ = replay(k_sweep, setup, params, parts.tokens, j, bias_fn)
-        accept = _accept(k_u, own, new.logw, length, new.length)
+        accept, j, new, _, own = _propose_move(key, setup, config, params, parts, own, bias_fn,
+                                               None)
         moved = _where_rows(accept, new._replace(logw=parts.logw, twist=parts.twist), parts)
-        return (moved, jnp.where(accept, new.logw, own)), MoveInfo(accept, j)
+        return (moved, own), MoveInfo(accept, j)
 
     return move
 
 
-def rejuvenate(key, setup: E.Setup, params, parts: E.Particles, num_moves: int, *,
-               resampling: str = "stratified", ess_threshold: float = 0.5, bias_fn=None):
+def rejuvenate(key, setup: E.Setup, config: RunConfig, params, parts: E.Particles,
+               num_moves: int, *, scheme: str = R.DEFAULT_SCHEME,
+               ess_threshold: float = R.DEFAULT_ESS_THRESHOLD, bias_fn=None):
     """Resamples the finished population if its ESS is low, then ``num_moves`` MH moves.
 
     Returns ``(particles, info)`` with ``info.accepted`` of shape ``bool[num_moves, N]``.
@@ -159,17 +171,17 @@ def rejuvenate(key, setup: E.Setup, params, parts: E.Particles, num_moves: int, 
     """
     k_res, k_own, k_moves = jax.random.split(key, 3)
     n = parts.logw.shape[0]
-    resample_fn = R.RESAMPLERS[resampling]
+    resample_fn = R.RESAMPLERS[scheme]
     do_res = (R.ess(parts.logw) < ess_threshold * n) & (ess_threshold > 0)
 
     def resample(p):
         idx = resample_fn(k_res, p.logw, n)
-        mean = E.log_mean_exp(p.logw)
+        mean = R.log_mean_exp(p.logw)
         p = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), p)
         return p._replace(logw=jnp.full_like(p.logw, mean))
 
     parts = jax.lax.cond(do_res, resample, lambda p: p, parts)
-    full, _ = replay(k_own, setup, params, parts.tokens, parts.length, bias_fn)
-    move = build_move(setup, params, bias_fn)
+    full, _ = replay(k_own, setup, config, params, parts.tokens, parts.length, bias_fn)
+    move = build_move(setup, config, params, bias_fn)
     (parts, _), info = jax.lax.scan(move, (parts, full.logw), jax.random.split(k_moves, num_moves))
     return parts, info

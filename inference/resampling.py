@@ -1,4 +1,6 @@
-"""Resampling schemes sharing one signature: ``(key, log_weights, num_samples) -> indices``.
+"""Resampling: the schemes, and the resampling strategies SMC's kernel takes.
+
+Schemes share one signature: ``(key, log_weights, num_samples) -> indices``.
 
 All take unnormalised log-weights (``-inf`` allowed), never produce NaN, and return
 ``int32[num_samples]`` ancestor indices whose expected counts are ``num_samples * w_i`` with
@@ -8,12 +10,21 @@ order (the run is then reported as dead by the driver, not silently continued).
 
 from __future__ import annotations
 
+import math
+from typing import Any, Callable, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "Candidates",
+    "DEFAULT_ESS_THRESHOLD",
+    "DEFAULT_SCHEME",
     "RESAMPLERS",
+    "Resampling",
+    "adaptive",
     "ess",
+    "log_mean_exp",
     "log_normalize",
     "iid_multinomial",
     "multinomial",
@@ -22,6 +33,7 @@ __all__ = [
     "stable_ancestors",
     "stratified",
     "systematic",
+    "take_rows",
 ]
 
 
@@ -154,3 +166,73 @@ def stable_ancestors(ancestors: jax.Array) -> jax.Array:
     (dead,) = jnp.nonzero(counts == 0, size=n, fill_value=n)
     own = jnp.arange(n, dtype=jnp.int32)
     return own.at[dead].set(extras, mode="drop")
+
+
+#: The default scheme and threshold of every resampling backend (``ppl.infer`` options
+#: ``resampling=`` and ``ess_threshold=``).
+DEFAULT_SCHEME = "stratified"
+DEFAULT_ESS_THRESHOLD = 0.5
+
+
+def log_mean_exp(logw) -> jax.Array:
+    """``log mean_i exp(logw_i)`` (``-inf`` when every weight is ``-inf``)."""
+    return jax.nn.logsumexp(logw) - math.log(logw.shape[0])
+
+
+class Candidates(NamedTuple):
+    """What a resampling strategy may look at after step ``t``'s proposal.
+
+    Attributes:
+        particles: the population after the proposal (``logw`` includes step ``t``).
+        kv: the LM state before step ``t``'s tokens are fed.
+        tokens: ``int32[N]`` step ``t``'s tokens.
+        old_length: ``int32[N]`` the lengths before step ``t``.
+    """
+
+    particles: Any
+    kv: Any
+    tokens: jax.Array
+    old_length: jax.Array
+
+
+class Resampling(NamedTuple):
+    """The resampling step ``R_t`` of SMC's Feynman–Kac model, as one strategy argument.
+
+    The kernel resamples when ``ESS < ess_threshold * N`` (never after the last step, never
+    with a threshold of 0). Then ``select`` draws the ancestors and the new log-weights, and
+    ``take`` copies arrays along those ancestors.
+
+    Attributes:
+        ess_threshold: the adaptive trigger, in ``[0, 1]``.
+        select: ``(k_res, k_anc, t, candidates) -> (ancestors int32[N], log_weights
+            float32[N])``; the new weights keep the (group) mean weight, so evidence
+            estimates stay unbiased.
+        take: ``(x, rows, t) -> x[rows]`` along axis 0 (an island strategy keeps it local).
+        stable: ``select``'s ancestors keep every survivor in its own slot
+            ([stable_ancestors][ppl.inference.resampling.stable_ancestors]), so the KV cache
+            can be updated in place, copying only the slots that changed.
+    """
+
+    ess_threshold: float
+    select: Callable
+    take: Callable
+    stable: bool
+
+
+def take_rows(x, rows, t=None):
+    """``jnp.take(x, rows, axis=0)``: the row gather of a global strategy."""
+    return jnp.take(x, rows, axis=0)
+
+
+def adaptive(scheme: str = DEFAULT_SCHEME, ess_threshold: float = DEFAULT_ESS_THRESHOLD
+             ) -> Resampling:
+    """Global adaptive resampling with ``scheme``: ancestors drawn from all ``N`` weights,
+    every new weight set to the mean weight (survivors keep their slots)."""
+    resample_fn = RESAMPLERS[scheme]
+
+    def select(k_res, k_anc, t, cand: Candidates):
+        lw = cand.particles.logw
+        idx = stable_ancestors(resample_fn(k_res, lw, lw.shape[0]))
+        return idx, jnp.full_like(lw, log_mean_exp(lw))
+
+    return Resampling(float(ess_threshold), select, take_rows, True)

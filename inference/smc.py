@@ -1,29 +1,48 @@
-"""Sequential Monte Carlo with adaptive resampling (and importance sampling as its special case).
+"""Sequential Monte Carlo with adaptive resampling (importance sampling is its special case).
 
 As a Feynman–Kac model: the mutation ``M_t`` is the program's ``step`` (one token per
-particle, drawn from the program's proposal), the potential ``G_t`` is the incremental weight
-``p(x_t | x_<t) / q(x_t | x_<t) * exp(factors + twist_t - twist_{t-1})``, and ``R_t`` resamples
-when ``ESS / N`` falls below ``ess_threshold``. After a resampling every weight is set to the
-mean weight, so at the end ``log Z_hat = log mean_i exp(logw_i)`` is the usual unbiased SMC
-evidence estimate (product of the mean weights at each resampling and at the end).
+particle, drawn from the program's proposal, optionally biased or forced by
+[ProposalHooks][ppl.inference.smc.ProposalHooks]), the potential ``G_t`` is the incremental
+weight ``p(x_t | x_<t) / q(x_t | x_<t) * exp(factors + twist_t - twist_{t-1})``, and ``R_t``
+is a [Resampling][ppl.inference.resampling.Resampling] strategy: when ``ESS / N`` falls below
+its threshold it draws ancestors (globally: [adaptive][ppl.inference.resampling.adaptive];
+within islands: [islands][ppl.inference.sharding.islands]; around a retained reference:
+[conditional][ppl.inference.particle_gibbs.conditional]). After a resampling every weight is
+set to the (group) mean weight, so at the end ``log Z_hat = log mean_i exp(logw_i)`` is the
+usual unbiased SMC evidence estimate (product of the mean weights at each resampling and at
+the end). An optional ``move_fn`` rejuvenates the population after every resampling
+(resample-move, [ppl.inference.rejuvenation][]).
+
+The backend ``method="smc"`` (and ``"is"``, its threshold-0 case) also takes a learned
+proposal (``proposal_params``, [ppl.inference.proposal][]) and rejuvenation moves
+(``rejuvenate=k``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ppl.inference import _engine as E
+from ppl.inference import engine as E
 from ppl.inference import resampling as R
+from ppl.inference.base import (Backend, Options, RunConfig, check_choice, check_count,
+                                check_fraction, option)
+from ppl.result import Result, normalized
 
-__all__ = ["SMCState", "SMCInfo", "init", "build_kernel", "run_loop"]
+__all__ = ["SMCState", "SMCInfo", "PopulationInfo", "ProposalHooks", "ResamplingOptions",
+           "SMCOptions", "init", "build_kernel", "run_loop", "population_info",
+           "population_result", "make_runner", "BACKEND"]
 
 
 class SMCState(NamedTuple):
+    """The carried state of the SMC loop (histories live here: ``while_loop`` stacks nothing)."""
+
     particles: E.Particles
-    lm: E.LMState
+    kv: E.KVState
     t: jax.Array
     ess: jax.Array  # float32[T]: ESS before each step's resampling decision
     ancestors: jax.Array  # int32[T, N]
@@ -34,17 +53,67 @@ class SMCState(NamedTuple):
 
 
 class SMCInfo(NamedTuple):
+    """What one kernel step reports."""
+
     ess: jax.Array
     resampled: jax.Array
     ancestors: jax.Array
 
 
+class PopulationInfo(NamedTuple):
+    """What a particle backend's runner returns beside the final particles.
+
+    Attributes:
+        steps: steps the loop ran.
+        ess, ancestors, resampled, hist_tokens, hist_logw: the per-step histories
+            ([SMCState][ppl.inference.smc.SMCState]), valid up to ``steps``.
+        nan: the LM produced NaN log-probabilities for a live particle.
+        extras: backend-specific arrays, added to ``Result.extras``.
+    """
+
+    steps: jax.Array
+    ess: jax.Array
+    ancestors: jax.Array
+    resampled: jax.Array
+    hist_tokens: jax.Array
+    hist_logw: jax.Array
+    nan: jax.Array
+    extras: dict
+
+
+class ProposalHooks(NamedTuple):
+    """How the kernel changes the program's token draws (the mutation ``M_t``).
+
+    Attributes:
+        bias_fn: optional ``bias_fn(tokens[T], length, hidden[K, D]) -> float32[V]``: a logit
+            bias on each particle's LM-token proposal, ``q'(x) ∝ q(x) exp(bias[x])``; the
+            weight increment becomes ``log p(x) - log q'(x) + ...`` (learned proposals).
+        forced: optional ``(tokens int32[N, T], upto int32[N])``: particle ``i``'s token at
+            position ``l < upto[i]`` is ``tokens[i, l]`` instead of a draw, weighted as the
+            proposal would weight it (conditional SMC, rejuvenation replays).
+    """
+
+    bias_fn: Callable | None = None
+    forced: Any = None
+
+    def inputs(self, parts: E.Particles, kv: E.KVState):
+        """``(bias[N, V] | None, force (flags[N], tokens[N]) | None)`` for this step."""
+        bias = None if self.bias_fn is None else jax.vmap(self.bias_fn)(parts.tokens, parts.length,
+                                                                         kv.hidden)
+        force = None
+        if self.forced is not None:
+            f_tok, f_upto = self.forced
+            pos = jnp.minimum(parts.length, f_tok.shape[1] - 1)
+            force = (parts.length < f_upto, jnp.take_along_axis(f_tok, pos[:, None], 1)[:, 0])
+        return bias, force
+
+
 def init(key, setup: E.Setup, params, num_particles: int) -> SMCState:
-    parts, lm_state = E.init_population(key, setup, params, num_particles)
+    parts, kv = E.init_population(key, setup, params, num_particles)
     t_max = setup.max_tokens
     return SMCState(
         parts,
-        lm_state,
+        kv,
         jnp.zeros((), jnp.int32),
         jnp.zeros((t_max,), jnp.float32),
         jnp.broadcast_to(jnp.arange(num_particles, dtype=jnp.int32), (t_max, num_particles)),
@@ -55,146 +124,85 @@ def init(key, setup: E.Setup, params, num_particles: int) -> SMCState:
     )
 
 
-def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
-                 ess_threshold: float = 0.5, islands: int = 1, exchange_every: int = 0,
-                 bias_fn=None, forced=None, keep_first: bool = False, ancestor_fn=None,
-                 move_fn=None):
+def build_kernel(setup: E.Setup, config: RunConfig, params, resampling: R.Resampling,
+                 hooks: ProposalHooks = ProposalHooks(), move_fn: Callable | None = None):
     """Returns ``step(key, state) -> (state, info)``: one token for every particle.
 
     Args:
-        resampling: one of ``multinomial``, ``stratified``, ``systematic``, ``residual``.
-        ess_threshold: resample when ``ESS < ess_threshold * N``; 0 never resamples
-            (importance sampling), 1 resamples at every step (unless all weights are equal).
-        islands: split the particles into this many equal groups that resample within
-            themselves (each group's weights reset to the group's mean weight, so the final
-            estimate is the mean of the islands' unbiased estimates). With particles sharded
-            over devices, one island per device keeps resampling local.
-        exchange_every: with islands, every this many steps a resampling is global instead
-            (0: never).
-        bias_fn: optional ``bias_fn(tokens[T], length, hidden[K, D]) -> float32[V]``: a logit bias on each
-            particle's LM-token proposal, ``q'(x) ∝ q(x) exp(bias[x])``; the weight increment
-            becomes ``log p(x) - log q'(x) + ...`` (learned proposals, :mod:`.vi`).
-        forced: optional ``(tokens int32[N, T], upto int32[N])``: particle ``i``'s token at
-            position ``l < upto[i]`` is ``tokens[i, l]`` instead of a draw, weighted as the
-            proposal would weight it (conditional SMC, rejuvenation replays).
-        keep_first: conditional SMC: particle 0 (the retained reference) is its own ancestor at
-            every resampling and the others are drawn i.i.d. (multinomially) from the weights
-            of all ``N``, which is the conditional law the particle Gibbs kernel needs.
-        ancestor_fn: with ``keep_first``, ancestor sampling: ``ancestor_fn(key, particles,
-            lm_state, tokens, old_length) -> int32`` draws particle 0's ancestor at each
-            resampling instead of keeping 0 (``particles`` after this step's proposal,
-            ``lm_state`` before its tokens are fed; see :mod:`.particle_gibbs`).
-        move_fn: resample-move: ``move_fn(key, t, particles, lm_state, tokens, old_length)
-            -> (particles, lm_state, tokens, old_length, accept_rate, fed)`` applied after
-            every resampling (same arguments as ``ancestor_fn``; ``fed[i]``: particle ``i``'s
-            LM state already includes all its tokens, so it is not advanced; see
-            :mod:`.rejuvenation`).
+        resampling: the strategy ``R_t`` (threshold, ancestor draw, row gather).
+        hooks: bias / forced replay of the program's token draws.
+        move_fn: resample-move: ``move_fn(key, t, particles, kv, tokens, old_length) ->
+            (particles, kv, tokens, old_length, accept_rate, fed)`` applied after every
+            resampling (``particles`` after this step's proposal, ``kv`` before its tokens are
+            fed; ``fed[i]``: particle ``i``'s LM state already includes all its tokens, so it
+            is not advanced; see [ppl.inference.rejuvenation][]).
     """
-    if resampling not in R.RESAMPLERS:
-        raise ValueError(f"Unknown resampling scheme {resampling!r}; choose one of {sorted(R.RESAMPLERS)}.")
-    resample_fn = R.RESAMPLERS[resampling]
-    islands = int(islands)
-    if islands < 1:
-        raise ValueError(f"islands must be >= 1, got {islands}.")
-
-    def draw(key, logw, m):
-        # Survivors keep their slots (within their island for an island draw).
-        return R.stable_ancestors(resample_fn(key, logw, m))
-
-    # The KV cache is updated in place (only the slots that changed) on one device; sharded,
-    # the gather lets XLA's partitioner move rows between devices. Conditional SMC keeps the
-    # reference in slot 0, so its ancestors are not stable and it gathers too.
-    in_place = setup.mesh is None and not keep_first
+    thr = float(resampling.ess_threshold)
+    # The KV cache is updated in place (only the slots that changed) on one device when the
+    # strategy keeps survivors in their slots; sharded, the gather lets XLA's partitioner
+    # move rows between devices.
+    in_place = not config.sharded and resampling.stable
 
     def step(key, state: SMCState):
         k_prop, k_res, k_anc, k_move = jax.random.split(key, 4)
         parts0 = state.particles
-        bias = None if bias_fn is None else jax.vmap(bias_fn)(parts0.tokens, parts0.length,
-                                                                 state.lm.hidden)
-        force = None
-        if forced is not None:
-            f_tok, f_upto = forced
-            pos = jnp.minimum(parts0.length, f_tok.shape[1] - 1)
-            force = (parts0.length < f_upto, jnp.take_along_axis(f_tok, pos[:, None], 1)[:, 0])
-        parts, tokens = E.propose(k_prop, setup, parts0, state.lm.logprobs, state.t,
+        bias, force = hooks.inputs(parts0, state.kv)
+        parts, tokens = E.propose(k_prop, setup, parts0, state.kv.logprobs, state.t,
                                   bias=bias, force=force)
         n = parts.logw.shape[0]
         ess = R.ess(parts.logw)
         all_done = jnp.all(parts.done)
         # Never resample after the last step: it only adds variance.
-        do_res = (ess < ess_threshold * n) & ~all_done & (ess_threshold > 0)
+        do_res = (ess < thr * n) & ~all_done & (thr > 0)
 
-        ref_anc = jnp.zeros((), jnp.int32)
-        if keep_first and ancestor_fn is not None:
-            ref_anc = jax.lax.cond(
-                do_res, lambda: ancestor_fn(k_anc, parts, state.lm, tokens, parts0.length),
-                lambda: jnp.zeros((), jnp.int32))
-
-        # With islands, a resampling at a step that is a multiple of exchange_every is global.
-        exchange = (exchange_every > 0) & ((state.t + 1) % max(exchange_every, 1) == 0)
-
-        def take_rows(y, r):
-            if islands == 1 or keep_first:
-                return jnp.take(y, r, axis=0)
-            return jax.lax.cond(exchange, lambda z: jnp.take(z, r, axis=0),
-                                lambda z: _island_take(z, r, islands), y)
+        def take(x, rows):
+            return resampling.take(x, rows, state.t)
 
         def resample(args):
-            parts, lm_state, tokens, old_len = args
-            idx = draw(k_res, parts.logw, n)
-            mean = E.log_mean_exp(parts.logw)
-            if islands > 1:
-                g = n // islands
-                lw = parts.logw.reshape(islands, g)
-                local = jax.vmap(lambda k, w: draw(k, w, g))(
-                    jax.random.split(k_res, islands), lw)
-                island_idx = (local + g * jnp.arange(islands, dtype=jnp.int32)[:, None]).reshape(n)
-                island_mean = jnp.repeat(jax.vmap(E.log_mean_exp)(lw), g)
-                idx = jnp.where(exchange, idx, island_idx)
-                mean = jnp.where(exchange, mean, island_mean)
-            if keep_first:
-                idx = R.iid_multinomial(k_res, parts.logw, n).at[0].set(ref_anc)
-            parts, lm_state = E.gather(setup, parts, lm_state, idx, take=take_rows)
-            parts = parts._replace(logw=jnp.full_like(parts.logw, mean))
-            return parts, lm_state, tokens[idx], old_len[idx], idx
+            parts, kv, tokens, old_len = args
+            idx, logw = resampling.select(k_res, k_anc, state.t,
+                                          R.Candidates(parts, state.kv, tokens, old_len))
+            parts, kv = E.gather(setup, parts, kv, idx, take=take)
+            parts = parts._replace(logw=logw)
+            return parts, kv, tokens[idx], old_len[idx], idx
 
         def keep(args):
-            parts, lm_state, tokens, old_len = args
-            return parts, lm_state, tokens, old_len, jnp.arange(n, dtype=jnp.int32)
+            parts, kv, tokens, old_len = args
+            return parts, kv, tokens, old_len, jnp.arange(n, dtype=jnp.int32)
 
-        small_lm = state.lm._replace(cache=())
-        parts, lm_state, tokens, old_len, idx = jax.lax.cond(
-            do_res, resample, keep, (parts, small_lm, tokens, parts0.length))
+        small_kv = state.kv._replace(cache=())
+        parts, kv, tokens, old_len, idx = jax.lax.cond(
+            do_res, resample, keep, (parts, small_kv, tokens, parts0.length))
         if in_place:
-            cache = E.copy_rows_in_place(setup, state.lm.cache, idx)
+            cache = E.copy_rows_in_place(setup, state.kv.cache, idx)
         else:
             # Layer by layer, each under its own cond, outside the cond that reorders the
             # (small) particle arrays: one cond over the whole cache made XLA hold a second
             # full copy of it (the gather's output) next to the loop's own.
             rows = E.cache_rows(setup, idx)
             cache = jax.tree.map(
-                lambda x: jax.lax.cond(do_res, lambda y: take_rows(y, rows), lambda y: y, x),
-                state.lm.cache)
-        lm_state = lm_state._replace(cache=cache)
+                lambda x: jax.lax.cond(do_res, lambda y: take(y, rows), lambda y: y, x),
+                state.kv.cache)
+        kv = kv._replace(cache=cache)
         move_acc = jnp.full((), jnp.nan, jnp.float32)
         fed = None
         if move_fn is not None:
-            parts, lm_state, tokens, old_len, move_acc, fed = jax.lax.cond(
+            parts, kv, tokens, old_len, move_acc, fed = jax.lax.cond(
                 do_res,
                 lambda a: move_fn(k_move, state.t, *a),
                 lambda a: a + (jnp.full((), jnp.nan, jnp.float32), jnp.zeros((n,), bool)),
-                (parts, lm_state, tokens, old_len))
+                (parts, kv, tokens, old_len))
         active = ~parts.done
-        lm_fed = lm_state
-        lm_state = E.advance_live(setup, params, lm_state, tokens, old_len, active)
+        kv_fed = kv
+        kv = E.advance_live(setup, params, kv, tokens, old_len, active, sharded=config.sharded)
         if fed is not None:
             # Moved particles come with an LM state that has already seen all their tokens
             # (the replay's); feeding their last token again is not a no-op for every LM.
-            lm_state = E.select_rows(setup, fed, lm_fed, lm_state)
+            kv = E.select_rows(setup, fed, kv_fed, kv)
         t = state.t
         new = SMCState(
             parts,
-            lm_state,
+            kv,
             t + 1,
             state.ess.at[t].set(ess),
             state.ancestors.at[t].set(idx),
@@ -208,21 +216,8 @@ def build_kernel(setup: E.Setup, params, *, resampling: str = "stratified",
     return step
 
 
-def _island_take(y, rows, islands: int):
-    """``jnp.take(y, rows, axis=0)`` for island ancestors (every row's source in its own island).
-
-    A batched gather over an ``[islands, rows per island, ...]`` view: with the particle axis
-    sharded one island (or several) per device, XLA's partitioner keeps it on the device that
-    holds the island, where a flat take all-gathers the whole array.
-    """
-    g = y.shape[0] // islands
-    local = rows.reshape(islands, g) - g * jnp.arange(islands, dtype=rows.dtype)[:, None]
-    yr = y.reshape((islands, g) + y.shape[1:])
-    return jax.vmap(lambda a, i: jnp.take(a, i, axis=0))(yr, local).reshape(y.shape)
-
-
-def run_loop(key, setup: E.Setup, params, num_particles: int, kernel_fn, init_fn=init,
-             stop=None):
+def run_loop(key, setup: E.Setup, config: RunConfig, params, kernel_fn, init_fn=init,
+             stop=None) -> SMCState:
     """Runs ``kernel`` under ``lax.while_loop`` until every particle finished, then ``final``.
 
     With ``stop`` (a traced step count) the loop ends after that many steps instead and
@@ -232,9 +227,11 @@ def run_loop(key, setup: E.Setup, params, num_particles: int, kernel_fn, init_fn
     from ppl.inference.sharding import constrain_state
 
     k_init, k_loop, k_fin = jax.random.split(key, 3)
-    shard = lambda s: constrain_state(s, setup.mesh, num_particles, setup.num_contexts)  # noqa: E731
-    state = shard(init_fn(k_init, setup, params, num_particles))
 
+    def shard(s):
+        return constrain_state(s, config.mesh)
+
+    state = shard(init_fn(k_init, setup, params, config.num_particles))
     limit = setup.max_tokens if stop is None else stop
 
     def cond(s):
@@ -243,26 +240,212 @@ def run_loop(key, setup: E.Setup, params, num_particles: int, kernel_fn, init_fn
     def body(s):
         s, info = kernel_fn(jax.random.fold_in(k_loop, s.t), s)
         s = shard(s)
-        if setup.progress_fn is not None:
-            jax.debug.callback(setup.report, s.t, jnp.sum(~s.particles.done), info.ess)
+        if config.progress_fn is not None:
+            jax.debug.callback(_report(config.progress_fn), s.t, jnp.sum(~s.particles.done),
+                               info.ess)
         return s
 
     state = jax.lax.while_loop(cond, body, state)
     if stop is not None:
         return state
-    parts = E.finalize(k_fin, setup, state.particles)
+    parts = E.apply_final(k_fin, setup, state.particles)
     return state._replace(particles=parts)
 
 
-def make_runner(setup: E.Setup, num_particles: int, *, resampling="stratified", ess_threshold=0.5,
-                islands=1, exchange_every=0):
-    """A function ``(key, params) -> SMCState`` for ``jax.jit``."""
-    if num_particles % int(islands):
-        raise ValueError(f"particles ({num_particles}) must be a multiple of islands ({islands}).")
+def _report(progress_fn):
+    def report(t, live, ess):
+        progress_fn(int(t), int(live), float(ess))
 
-    def runner(key, params):
-        kernel = build_kernel(setup, params, resampling=resampling, ess_threshold=ess_threshold,
-                              islands=islands, exchange_every=exchange_every)
-        return run_loop(key, setup, params, num_particles, kernel)
+    return report
+
+
+def population_info(state: SMCState, extras: dict | None = None) -> PopulationInfo:
+    """The runner's ``info`` from the final loop state."""
+    return PopulationInfo(state.t, state.ess, state.ancestors, state.resampled,
+                          state.hist_tokens, state.hist_logw, state.kv.nan, dict(extras or {}))
+
+
+def population_result(name: str):
+    """``to_result`` of the particle backends: the final weighted particles as a Result."""
+
+    def to_result(setup: E.Setup, config: RunConfig, options, parts: E.Particles,
+                  info: PopulationInfo) -> Result:
+        tokens = np.asarray(parts.tokens)
+        lengths = np.asarray(parts.length)
+        logw = np.asarray(parts.logw, np.float64)
+        weights, log_z = normalized(logw)
+        steps = int(info.steps)
+        res = Result(
+            method=name,
+            tokens=tokens,
+            lengths=lengths,
+            texts=[setup.decode_text(row[:k]) for row, k in zip(tokens, lengths)],
+            log_weights=logw,
+            weights=weights,
+            log_evidence=log_z,
+            ess=np.asarray(info.ess)[:steps],
+            ancestors=np.asarray(info.ancestors)[:steps],
+            resampled=np.asarray(info.resampled)[:steps],
+            timings={},
+            num_steps=steps,
+            states=jax.tree.map(np.asarray, parts.state),
+        )
+        res.extras["causes"] = np.asarray(parts.cause)
+        res.extras["history"] = {
+            "tokens": np.asarray(info.hist_tokens)[:steps],
+            "log_weights": np.asarray(info.hist_logw)[:steps],
+        }
+        res.extras["token_strings"] = setup.lm.vocab.token_strings
+        res.extras.update({k: np.asarray(v) for k, v in info.extras.items()})
+        return res
+
+    return to_result
+
+
+# ---- the backends: method="smc" and method="is" -----------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ResamplingOptions(Options):
+    """Options of every backend that resamples.
+
+    Attributes:
+        resampling: ``"multinomial"``, ``"stratified"``, ``"systematic"`` or ``"residual"``.
+        ess_threshold: resample when ``ESS < ess_threshold * N``; 0 never resamples
+            (importance sampling), 1 at every step (unless all weights are equal).
+    """
+
+    resampling: str = option(R.DEFAULT_SCHEME, check_choice, tuple(R.RESAMPLERS),
+                             "resampling scheme")
+    ess_threshold: float = option(R.DEFAULT_ESS_THRESHOLD, check_fraction)
+
+
+@dataclasses.dataclass(frozen=True)
+class ISOptions(Options):
+    """Options of ``method="is"``.
+
+    Attributes:
+        proposal_params: a learned proposal (``extras["vi_params"]`` of ``method="vi"``).
+    """
+
+    proposal_params: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SMCOptions(ResamplingOptions):
+    """Options of ``method="smc"``.
+
+    Attributes:
+        islands: split the particles into this many equal groups that resample within
+            themselves (each group's weights reset to the group's mean weight, so the final
+            estimate is the mean of the islands' unbiased estimates). With particles sharded
+            over devices, one island per device keeps resampling local.
+        exchange_every: with islands, every this many steps a resampling is global instead
+            (0: never).
+        rejuvenate: MH moves per particle after every resampling and at the end (0: none).
+        rejuvenate_at: ``"resample"`` (after every resampling and at the end) or ``"end"``.
+        proposal_params: a learned proposal (``extras["vi_params"]`` of ``method="vi"``).
+    """
+
+    islands: int = option(1, check_count, 1)
+    exchange_every: int = option(0, check_count, 0)
+    rejuvenate: int = option(0, check_count, 0)
+    rejuvenate_at: str = option("resample", check_choice, ("resample", "end"))
+    proposal_params: Any = None
+
+
+def _proposal(setup: E.Setup, options):
+    """``(kind, phi)`` of the options' learned proposal, or ``(None, None)``."""
+    if options.proposal_params is None:
+        return None, None
+    from ppl.inference import proposal
+
+    return proposal.check_params(options.proposal_params, setup)
+
+
+def _params(setup: E.Setup, options):
+    kind, phi = _proposal(setup, options)
+    return setup.lm.params if kind is None else (setup.lm.params, phi)
+
+
+def _strategy(options, config: RunConfig) -> R.Resampling:
+    if isinstance(options, SMCOptions) and options.islands > 1:
+        from ppl.inference.sharding import islands
+
+        return islands(options.resampling, options.ess_threshold, options.islands,
+                       options.exchange_every)
+    if isinstance(options, ResamplingOptions):
+        return R.adaptive(options.resampling, options.ess_threshold)
+    return R.adaptive(ess_threshold=0.0)  # importance sampling: never resample
+
+
+def make_runner(setup: E.Setup, config: RunConfig, options):
+    """``runner(key, params) -> (particles, PopulationInfo)`` of ``method="smc"`` / ``"is"``.
+
+    With a learned proposal ``params`` is ``(lm params, phi)`` and every token draw is from
+    ``q_phi``; with ``rejuvenate=k`` the moves run after every resampling (and at the end).
+    Weights are ``log p - log q_phi + factors`` at every step, so results are exact for any
+    bias.
+    """
+    kind, _ = _proposal(setup, options)
+    strategy = _strategy(options, config)
+    moves = getattr(options, "rejuvenate", 0)
+    at_resample = getattr(options, "rejuvenate_at", "resample") == "resample"
+
+    def runner(key, p):
+        from ppl.inference import proposal, rejuvenation
+
+        lm_p, bfn = (p, None) if kind is None else (p[0], proposal.bias_fn(kind, p[1], setup))
+        if not moves and kind is None:
+            kernel = build_kernel(setup, config, lm_p, strategy)
+            return _finish(run_loop(key, setup, config, lm_p, kernel))
+        k_smc, k_rej = jax.random.split(key)
+        move_fn = None
+        if moves and at_resample and strategy.ess_threshold > 0:
+            move_fn = rejuvenation.build_intermediate_move(setup, config, lm_p, moves, bfn)
+        kernel = build_kernel(setup, config, lm_p, strategy, ProposalHooks(bias_fn=bfn), move_fn)
+        state = run_loop(k_smc, setup, config, lm_p, kernel)
+        if not moves:
+            return _finish(state)
+        parts, info = rejuvenation.rejuvenate(k_rej, setup, config, lm_p, state.particles, moves,
+                                              scheme=strategy_scheme(options),
+                                              ess_threshold=strategy.ess_threshold, bias_fn=bfn)
+        acc = jnp.mean(info.accepted.astype(jnp.float32), axis=1)
+        return _finish(state._replace(particles=parts), {
+            "rejuvenation_acceptance": acc, "rejuvenation_step_acceptance": state.move_acc})
 
     return runner
+
+
+def strategy_scheme(options) -> str:
+    return getattr(options, "resampling", R.DEFAULT_SCHEME)
+
+
+def _finish(state: SMCState, extras: dict | None = None):
+    return state.particles, population_info(state, extras)
+
+
+def _validate(setup: E.Setup, config: RunConfig, options) -> None:
+    islands = getattr(options, "islands", 1)
+    if config.num_particles % islands:
+        from ppl.errors import OptionError
+
+        raise OptionError(f"particles ({config.num_particles}) must be a multiple of islands "
+                          f"({islands}).")
+    if getattr(options, "rejuvenate", 0):
+        from ppl.inference._chain import require_token_only
+
+        require_token_only(setup)
+    _proposal(setup, options)  # shapes checked before compiling
+
+
+BACKEND = Backend(
+    name="smc",
+    family="particle",
+    options=SMCOptions,
+    make_runner=make_runner,
+    to_result=population_result("smc"),
+    params=_params,
+    validate=_validate,
+    summary="sequential Monte Carlo with adaptive resampling (islands, rejuvenation, learned "
+            "proposals)",
+)

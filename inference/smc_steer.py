@@ -11,25 +11,36 @@ then runs once on the ``N`` survivors (children share their parent's KV cache un
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 
-from ppl.inference import _engine as E
+from ppl.inference import engine as E
 from ppl.inference import resampling as R
 from ppl.inference import smc
+from ppl.inference.base import Backend, Options, RunConfig, check_count, option
 from ppl.models.base import reorder
 
-__all__ = ["init", "build_kernel", "make_runner"]
+__all__ = ["SteerOptions", "init", "build_kernel", "make_runner", "BACKEND"]
 
 init = smc.init
 
 
-def build_kernel(setup: E.Setup, params, *, num_beams: int = 3):
+@dataclasses.dataclass(frozen=True)
+class SteerOptions(Options):
+    """Options of ``method="smc_steer"``.
+
+    Attributes:
+        num_beams: children drawn per live particle at every step.
+    """
+
+    num_beams: int = option(3, check_count, 1)
+
+
+def build_kernel(setup: E.Setup, config: RunConfig, params, num_beams: int):
     """``step(key, state) -> (state, info)`` with ``num_beams`` children per particle."""
-    if int(num_beams) < 1:
-        raise ValueError(f"num_beams must be >= 1, got {num_beams}.")
     b = int(num_beams)
 
     def step(key, state: smc.SMCState):
@@ -38,7 +49,7 @@ def build_kernel(setup: E.Setup, params, *, num_beams: int = 3):
         n = parts0.logw.shape[0]
         rep = lambda x: jnp.repeat(x, b, axis=0)  # noqa: E731
         cand = jax.tree.map(rep, parts0)
-        cand, tokens = E.propose(k_prop, setup, cand, rep(state.lm.logprobs), state.t)
+        cand, tokens = E.propose(k_prop, setup, cand, rep(state.kv.logprobs), state.t)
         child = jnp.tile(jnp.arange(b), n)
         was_done = rep(parts0.done)
         logw = jnp.where(was_done, jnp.where(child == 0, cand.logw, -jnp.inf),
@@ -49,14 +60,14 @@ def build_kernel(setup: E.Setup, params, *, num_beams: int = 3):
         parts = parts._replace(logw=new_lw.astype(jnp.float32))
         parents = (idx // b).astype(jnp.int32)
         rows = E.cache_rows(setup, parents)
-        lm_state = E.LMState(reorder(state.lm.cache, rows), state.lm.logprobs[parents], state.lm.nan,
-                             state.lm.hidden[parents])
+        kv = E.KVState(reorder(state.kv.cache, rows), state.kv.logprobs[parents], state.kv.nan,
+                       state.kv.hidden[parents])
         active = ~parts.done
         tok = tokens[idx]
         old_len = parts0.length[parents]
-        lm_state = E.advance_live(setup, params, lm_state, tok, old_len, active)
+        kv = E.advance_live(setup, params, kv, tok, old_len, active, sharded=config.sharded)
         t = state.t
-        new = smc.SMCState(parts, lm_state, t + 1, state.ess.at[t].set(ess),
+        new = smc.SMCState(parts, kv, t + 1, state.ess.at[t].set(ess),
                            state.ancestors.at[t].set(parents),
                            state.resampled.at[t].set(True),
                            state.hist_tokens.at[t].set(jnp.where(parts0.done[parents], -1, tok)),
@@ -66,9 +77,26 @@ def build_kernel(setup: E.Setup, params, *, num_beams: int = 3):
     return step
 
 
-def make_runner(setup: E.Setup, num_particles: int, *, num_beams: int = 3):
+def make_runner(setup: E.Setup, config: RunConfig, options: SteerOptions):
+    """``runner(key, params) -> (particles, PopulationInfo)``."""
+
     def runner(key, params):
-        kernel = build_kernel(setup, params, num_beams=num_beams)
-        return smc.run_loop(key, setup, params, num_particles, kernel)
+        kernel = build_kernel(setup, config, params, options.num_beams)
+        state = smc.run_loop(key, setup, config, params, kernel)
+        return state.particles, smc.population_info(state)
 
     return runner
+
+
+BACKEND = Backend(
+    name="smc_steer",
+    family="particle",
+    options=SteerOptions,
+    make_runner=make_runner,
+    to_result=smc.population_result("smc_steer"),
+    # Each step proposes for N * num_beams candidates (their step buffers), while the KV
+    # cache holds only the N survivors.
+    step_rows=lambda config, options: config.num_particles * options.num_beams,
+    summary="LLaMPPL's SMC steering: num_beams children per particle, optimal resampling "
+            "back to N",
+)

@@ -6,22 +6,9 @@ its proposal ``q`` (``p`` itself when it gives none), the draw is made from::
     q_phi(x_t | x_<t) ∝ q(x_t | x_<t) · exp(b_phi(x_<t)[x_t])
 
 and the weight increment is ``log p(x_t | x_<t) - log q_phi(x_t | x_<t)`` (plus the program's
-factors), so every estimate stays exact whatever ``phi`` is (the ``proposal_bias`` hook of
-:class:`~ppl.Context`). Three parameterisations (``proposal=``; ``"auto"``, the default,
-picks ``hidden`` when the LM exposes hidden states (the transformers), else ``prev_token`` when
-its table has at most 50M entries, else ``position``):
-
-* ``"prev_token"``: a table ``b[V + 1, V]`` indexed by the previous generated token
-  (row ``V`` at the first step). For a bigram LM this family contains the optimal (locally
-  adapted) proposal up to the program's state; cost ``V²`` parameters, for small vocabularies.
-* ``"position"``: a table ``b[T, V]`` indexed by the token position (any vocabulary size).
-* ``"hidden"``: a small head on the LM's last hidden state ``h_t`` (the input of its own
-  head, at the particle's first prompt's row): ``b(h) = (h P) Q + c`` with ``P[D, r]`` a
-  fixed random feature map (scale ``1/sqrt(D)``, rank ``r = 16``, stored with the params but
-  not trained: training both factors grew the bias multiplicatively and collapsed the
-  proposal onto one sequence), and ``Q[r, V]``, ``c[V]`` trained from zero, so training
-  starts from ``q_phi = q``. It sees the whole prefix through the transformer, with
-  ``(r + 1) V`` trained parameters: the choice for real models.
+factors), so every estimate stays exact whatever ``phi`` is (the [Bias][ppl.handlers.Bias] draw handler of
+:class:`~ppl.Context`). The parameterisations (``proposal=``: ``"auto"``, ``"prev_token"``, ``"position"``,
+``"hidden"``) are described in [ppl.inference.proposal][].
 
 Training (``vi_steps`` optax Adam steps, ``vi_particles = K`` sequences per step, each drawn
 from ``q_phi`` with importance weight ``w_i = gamma(x_i) / q_phi(x_i)``, ``lw_i = log w_i``,
@@ -45,15 +32,16 @@ log-probabilities of every step. Objectives (maximised):
 After training, ``final_method="is"`` (or ``"smc"``) runs with ``particles`` particles and the
 learned bias; the Result carries ``extras["vi_params"]`` (a dict of arrays with ``"kind"``, reusable as
 ``ppl.infer(program, method="is" | "smc", proposal_params=...)`` and storable with
-:func:`save_params` / :func:`load_params`), ``extras["vi_objective"]`` (the bound estimate at
+[save_params][ppl.inference.proposal.save_params] / [load_params][ppl.inference.proposal.load_params]), ``extras["vi_objective"]`` (the bound estimate at
 each step: ELBO for ``elbo``, ``L`` otherwise), ``extras["vi_log_evidence"]`` (``L`` per step)
 and ``extras["vi_ess"]``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -61,141 +49,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ppl.inference import _engine as E
-from ppl.inference import driver, smc
+from ppl.errors import InferenceError
+from ppl.inference import engine as E
 from ppl.inference import resampling as R
+from ppl.inference import smc
+from ppl.inference.base import Backend, RunConfig, check_choice, check_count, check_number, option
+from ppl.inference.proposal import (HIDDEN_RANK, KINDS, bias, check_params, export, feature,
+                                    init_params, load_params, save_params)
 
-__all__ = ["KINDS", "OBJECTIVES", "init_params", "bias_fn", "train", "run", "run_with_proposal",
-           "save_params", "load_params"]
+__all__ = ["HIDDEN_RANK", "KINDS", "OBJECTIVES", "VIOptions", "check_params", "init_params",
+           "train", "make_trainer", "sample_batch", "save_params", "load_params", "BACKEND"]
 
-KINDS = ("prev_token", "position", "hidden")
 OBJECTIVES = ("elbo", "iwae", "rws", "vimco")
-HIDDEN_RANK = 16
-_MAX_TABLE = 50_000_000
-
-
-# ---- parameters ----------------------------------------------------------------------------
-#
-# ``phi`` (what the optimiser updates) is the bias table for the table kinds and the dict
-# ``{"proj", "out", "const"}`` for ``hidden``; the user-facing params are ``{"kind": ..., **phi}``
-# (tables under the key ``"bias"``).
-
-def resolve_kind(setup: E.Setup, proposal: str) -> str:
-    """The proposal family ``proposal="auto"`` stands for on this program (see module doc)."""
-    if proposal != "auto":
-        if proposal not in KINDS:
-            raise ValueError(f"Unknown proposal kind {proposal!r}; choose 'auto' or one of {KINDS}.")
-        return proposal
-    if E.has_hidden(setup.lm):
-        return "hidden"
-    v = setup.lm.vocab_size
-    return "prev_token" if (v + 1) * v <= _MAX_TABLE else "position"
-
-
-def _shapes(kind: str, setup: E.Setup) -> dict:
-    v, t = setup.lm.vocab_size, setup.max_tokens
-    if kind == "prev_token":
-        return {"bias": (v + 1, v)}
-    if kind == "position":
-        return {"bias": (t, v)}
-    d = int(getattr(setup.lm, "hidden_size", 0))
-    return {"proj": (d, HIDDEN_RANK), "out": (HIDDEN_RANK, v), "const": (v,)}
-
-
-def init_params(program, kind: str = "auto") -> dict:
-    """Parameters with zero bias (``q_phi = q``): ``{"kind": kind, ...float32 arrays}``."""
-    setup = E.prepare(program)
-    kind = resolve_kind(setup, kind)
-    v = setup.lm.vocab_size
-    if kind == "prev_token" and (v + 1) * v > _MAX_TABLE:
-        raise ValueError(f"proposal='prev_token' needs a {v + 1}x{v} table; use proposal='hidden' "
-                         "(transformer LMs) or 'position'.")
-    if kind == "hidden" and not E.has_hidden(setup.lm):
-        raise ValueError(f"proposal='hidden' needs an LM that exposes its hidden states (the "
-                         f"transformers of ppl.models); {type(setup.lm).__name__} has none. Use "
-                         "proposal='prev_token' or 'position'.")
-    shapes = _shapes(kind, setup)
-    out = {k: np.zeros(shp, np.float32) for k, shp in shapes.items()}
-    if kind == "hidden":
-        d = shapes["proj"][0]
-        rng = np.random.default_rng(0)
-        out["proj"] = (rng.standard_normal(shapes["proj"]) / math.sqrt(max(d, 1))).astype(np.float32)
-    return {"kind": kind, **out}
-
-
-def _check(params, setup: E.Setup) -> tuple[str, Any]:
-    """``(kind, phi)`` from user-facing params, with shapes checked against the program."""
-    if not isinstance(params, dict) or "kind" not in params:
-        raise TypeError("proposal_params must be the dict that method='vi' returns in "
-                        "extras['vi_params'] (or load_params gives), with a 'kind' key.")
-    kind = str(params["kind"])
-    if kind not in KINDS:
-        raise ValueError(f"Unknown proposal kind {kind!r}; choose one of {KINDS}.")
-    if kind == "hidden" and not E.has_hidden(setup.lm):
-        raise ValueError(f"These proposal_params are a hidden-state head, but "
-                         f"{type(setup.lm).__name__} exposes no hidden states.")
-    want = _shapes(kind, setup)
-    phi = {}
-    for name, shp in want.items():
-        if name not in params:
-            raise ValueError(f"proposal_params of kind {kind!r} need the array {name!r}.")
-        arr = jnp.asarray(params[name], jnp.float32)
-        if arr.shape != shp:
-            raise ValueError(
-                f"proposal_params {name!r} has shape {arr.shape}; this program needs {shp} "
-                f"(kind {kind!r}, vocabulary {setup.lm.vocab_size}, max_tokens "
-                f"{setup.max_tokens}, hidden size {getattr(setup.lm, 'hidden_size', 0)}).")
-        phi[name] = arr
-    return kind, (phi["bias"] if kind != "hidden" else phi)
-
-
-def _export(kind: str, phi) -> dict:
-    arrays = {"bias": phi} if kind != "hidden" else phi
-    return {"kind": kind, **{k: np.asarray(x, np.float32) for k, x in arrays.items()}}
-
-
-def _feature(kind: str, tokens, length, hidden, v: int, t_max: int):
-    """What the bias depends on for one particle: a table row, or the hidden state ``[D]``."""
-    if kind == "hidden":
-        return hidden[0]
-    if kind == "prev_token":
-        prev = tokens[jnp.clip(length - 1, 0, tokens.shape[-1] - 1)]
-        return jnp.where(length > 0, prev, v)
-    return jnp.minimum(length, t_max - 1)
-
-
-def _bias(kind: str, phi, feat):
-    """Logit bias ``[..., V]`` from features of any leading shape."""
-    if kind == "hidden":
-        # The projection is a fixed random feature map (not trained): a product of two
-        # trained factors grew the bias multiplicatively and collapsed the proposal. Features
-        # are scaled to unit RMS so that one optimiser step moves the bias by about the same
-        # amount whatever the model's hidden-state scale (a trained model's final norm can
-        # have large gains).
-        f = feat @ jax.lax.stop_gradient(phi["proj"])
-        f = f * jax.lax.rsqrt(jnp.mean(f * f, axis=-1, keepdims=True) + 1e-6)
-        return f @ phi["out"] + phi["const"]
-    return phi[feat]
-
-
-def bias_fn(kind: str, phi, setup: E.Setup):
-    """``fn(tokens[T], length, hidden[K, D]) -> float32[V]``: one particle's logit bias."""
-    v, t_max = setup.lm.vocab_size, setup.max_tokens
-    return lambda tokens, length, hidden: _bias(kind, phi, _feature(kind, tokens, length, hidden,
-                                                                   v, t_max))
-
-
-def save_params(path: str | os.PathLike, params: dict) -> None:
-    """Writes proposal parameters to a NumPy ``.npz`` file (no pickle)."""
-    arrays = {k: np.asarray(x, np.float32) for k, x in params.items() if k != "kind"}
-    np.savez(path, kind=np.array(str(params["kind"])), **arrays)
-
-
-def load_params(path: str | os.PathLike) -> dict:
-    """Reads what :func:`save_params` wrote (``allow_pickle=False``)."""
-    with np.load(path, allow_pickle=False) as f:
-        return {"kind": str(f["kind"]),
-                **{k: np.asarray(f[k], np.float32) for k in f.files if k != "kind"}}
 
 
 # ---- training ------------------------------------------------------------------------------
@@ -224,23 +89,23 @@ class Batch(NamedTuple):
 def sample_batch(key, setup: E.Setup, params, kind: str, phi, num: int) -> Batch:
     """``num`` independent sequences from ``q_phi`` (an IS sweep recording every step)."""
     k_init, k_loop, k_fin = jax.random.split(key, 3)
-    parts, lm = E.init_population(k_init, setup, params, num)
+    parts, kv = E.init_population(k_init, setup, params, num)
     v, t_max = setup.lm.vocab_size, setup.max_tokens
 
     def body(carry, t):
-        parts, lm = carry
-        feats = jax.vmap(lambda tk, ln, h: _feature(kind, tk, ln, h, v, t_max))(
-            parts.tokens, parts.length, lm.hidden)
-        b = _bias(kind, phi, feats)
-        new, tok, qlog = E.propose(jax.random.fold_in(k_loop, t), setup, parts, lm.logprobs, t,
+        parts, kv = carry
+        feats = jax.vmap(lambda tk, ln, h: feature(kind, tk, ln, h, v, t_max))(
+            parts.tokens, parts.length, kv.hidden)
+        b = bias(kind, phi, feats)
+        new, tok, qlog = E.propose(jax.random.fold_in(k_loop, t), setup, parts, kv.logprobs, t,
                                    bias=b, record=True)
         active = ~new.done
-        lm = E.advance_lm(setup, params, lm, tok, parts.length, active)
-        return (new, lm), (feats, tok, qlog, ~parts.done)
+        kv = E.advance_lm(setup, params, kv, tok, parts.length, active)
+        return (new, kv), (feats, tok, qlog, ~parts.done)
 
-    (parts, lm), (feats, toks, qlog, live) = jax.lax.scan(body, (parts, lm), jnp.arange(t_max))
-    parts = E.finalize(k_fin, setup, parts)
-    return Batch(parts.logw, feats, toks, qlog, live, lm.nan)
+    (parts, kv), (feats, toks, qlog, live) = jax.lax.scan(body, (parts, kv), jnp.arange(t_max))
+    parts = E.apply_final(k_fin, setup, parts)
+    return Batch(parts.logw, feats, toks, qlog, live, kv.nan)
 
 
 def log_q(phi, kind: str, batch: Batch) -> jax.Array:
@@ -249,7 +114,7 @@ def log_q(phi, kind: str, batch: Batch) -> jax.Array:
     The recorded ``qlog`` was computed with the current bias ``b0``; the base proposal is
     ``qlog - b0`` up to normalisation, so ``log q_phi = log_softmax(qlog - sg(b) + b)[x]``.
     """
-    b = _bias(kind, phi, batch.feats)  # [T, K, V]
+    b = bias(kind, phi, batch.feats)  # [T, K, V]
     ok = batch.live & jnp.any(jnp.isfinite(batch.qlog), axis=-1)  # steps that drew a token
     live = ok[..., None]
     logits = jnp.where(live, batch.qlog - jax.lax.stop_gradient(b) + b, 0.0)
@@ -306,8 +171,6 @@ class TrainState(NamedTuple):
 def make_trainer(setup: E.Setup, kind: str, *, objective: str, vi_steps: int, vi_particles: int,
                  learning_rate: float):
     """``train(key, lm_params, bias0) -> (bias, history)``, one ``lax.scan`` over steps."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"Unknown objective {objective!r}; choose one of {OBJECTIVES}.")
     opt = optax.adam(learning_rate)
 
     def train(key, params, phi0):
@@ -333,120 +196,95 @@ def make_trainer(setup: E.Setup, kind: str, *, objective: str, vi_steps: int, vi
     return train
 
 
-def train(program, *, seed=0, vi_steps: int = 200, learning_rate: float = 0.05,
-          objective: str = "vimco", vi_particles: int = 32, proposal: str = "auto",
-          initial_params: dict | None = None) -> tuple[dict, dict]:
-    """Trains the proposal bias; returns ``(params, history)`` (history: numpy arrays
-    ``objective``, ``log_evidence``, ``ess`` per step)."""
-    if int(vi_particles) < 2:
-        raise ValueError(f"vi_particles must be >= 2, got {vi_particles}.")
-    if int(vi_steps) < 1:
-        raise ValueError(f"vi_steps must be >= 1, got {vi_steps}.")
-    setup = E.prepare(program)
-    p0 = initial_params if initial_params is not None else init_params(program, proposal)
-    kind, phi0 = _check(p0, setup)
-    driver.check_memory(setup, int(vi_particles))
-    key = driver.as_key(seed)
-    fn = make_trainer(setup, kind, objective=objective, vi_steps=int(vi_steps),
-                      vi_particles=int(vi_particles), learning_rate=float(learning_rate))
-    lm_params = setup.lm.params
-    exe, _ = driver.compiled(
-        setup, ("vi-train", kind, objective, int(vi_steps), int(vi_particles), float(learning_rate),
-                setup.progress_fn is not None),
-        lambda: (lambda k, p: fn(k, p[0], p[1])), key, (lm_params, phi0))
-    phi, (bound, big_l, ess, nan) = exe(key, (lm_params, phi0))
-    if bool(np.any(np.asarray(nan))):
-        from ppl.result import InferenceError
+@dataclasses.dataclass(frozen=True)
+class VIOptions(smc.ResamplingOptions):
+    """Options of ``method="vi"`` (``resampling``/``ess_threshold`` apply to the final SMC run).
 
+    Attributes:
+        vi_steps: optimiser steps.
+        learning_rate: Adam's step size.
+        objective: ``"elbo"``, ``"iwae"``, ``"rws"`` or ``"vimco"`` (see the module doc).
+        vi_particles: sequences drawn per training step (``K >= 2``).
+        final_method: ``"is"`` or ``"smc"``, run with the learned proposal.
+        proposal: the family: ``"auto"``, ``"prev_token"``, ``"position"`` or ``"hidden"``.
+        initial_params: start from these parameters (a previous run's ``vi_params``).
+    """
+
+    vi_steps: int = option(200, check_count, 1)
+    learning_rate: float = option(0.05, check_number, 0.0, math.inf, True)
+    objective: str = option("vimco", check_choice, OBJECTIVES)
+    vi_particles: int = option(32, check_count, 2)
+    final_method: str = option("is", check_choice, ("is", "smc"))
+    proposal: str = option("auto", check_choice, ("auto",) + KINDS)
+    initial_params: Any = None
+
+
+def train(program, *, seed=0, **options) -> tuple[dict, dict]:
+    """Trains a proposal for ``program`` without the final run.
+
+    Args:
+        seed: an int or a PRNG key.
+        **options: [VIOptions][ppl.inference.vi.VIOptions] fields (``vi_steps``,
+            ``objective``, ...).
+
+    Returns:
+        ``(params, history)``: the parameters (as ``extras["vi_params"]``) and numpy arrays
+        ``objective``, ``log_evidence``, ``ess`` per training step.
+    """
+    from ppl.inference import driver
+
+    opts = VIOptions.build("vi", options)
+    setup = E.prepare(program)
+    return _train(setup, RunConfig(opts.vi_particles), opts, driver.as_key(seed))
+
+
+def _train(setup: E.Setup, config: RunConfig, options: VIOptions, key) -> tuple[dict, dict]:
+    from ppl.inference import driver
+
+    p0 = options.initial_params if options.initial_params is not None else init_params(
+        setup, options.proposal)
+    kind, phi0 = check_params(p0, setup)
+    fn = make_trainer(setup, kind, objective=options.objective, vi_steps=options.vi_steps,
+                      vi_particles=options.vi_particles, learning_rate=options.learning_rate)
+    params = (setup.lm.params, phi0)
+    phi, (bound, big_l, ess, nan) = driver.compile_and_run(
+        setup, ("vi-train", kind, options.cache_key(), config.cache_key()),
+        lambda: (lambda k, p: fn(k, p[0], p[1])), key, params, rows=options.vi_particles)
+    if bool(np.any(np.asarray(nan))):
         raise InferenceError("The language model produced NaN log-probabilities during VI training.")
     hist = {"objective": np.asarray(bound), "log_evidence": np.asarray(big_l), "ess": np.asarray(ess)}
-    return _export(kind, phi), hist
+    return export(kind, phi), hist
 
 
-# ---- running with a (learned) proposal ------------------------------------------------------
-
-def run_with_proposal(method: str, program, seed, particles: int, proposal_params: dict | None, *,
-                      resampling: str = "stratified", ess_threshold: float = 0.5, islands: int = 1,
-                      exchange_every: int = 0, rejuvenate: int = 0, rejuvenate_at: str = "resample"):
-    """IS (``method="is"``) or SMC with the proposal ``q_phi`` and optional rejuvenation
-    (:mod:`.rejuvenation`: after every resampling and at the end, or ``rejuvenate_at="end"``).
-
-    ``proposal_params=None`` uses the program's own proposal. Weights are
-    ``log p - log q_phi + factors`` at every step, so results are exact for any bias.
-    """
-    from ppl.inference import rejuvenation
-
-    if rejuvenate_at not in ("resample", "end"):
-        raise ValueError(f"rejuvenate_at must be 'resample' or 'end', got {rejuvenate_at!r}.")
-    setup = E.prepare(program)
-    if method == "is":
-        ess_threshold = 0.0
-    if rejuvenate:
-        from ppl.inference._chain import require_token_only
-
-        require_token_only(setup)
-    lm_params = setup.lm.params
-    if proposal_params is None:
-        kind, params, key_extra = None, lm_params, ()
-    else:
-        kind, phi = _check(proposal_params, setup)
-        params, key_extra = (lm_params, phi), ("proposal", kind)
-    if resampling not in R.RESAMPLERS:
-        raise ValueError(f"Unknown resampling scheme {resampling!r}; choose one of {sorted(R.RESAMPLERS)}.")
-    if particles % int(islands):
-        raise ValueError(f"particles ({particles}) must be a multiple of islands ({islands}).")
-
-    def make(setup, n):
-        def runner(key, p):
-            lm_p, bfn = (p, None) if kind is None else (p[0], bias_fn(kind, p[1], setup))
-            k_smc, k_rej = jax.random.split(key)
-            move_fn = None
-            if rejuvenate and rejuvenate_at == "resample" and ess_threshold > 0:
-                move_fn = rejuvenation.build_intermediate_move(setup, lm_p, rejuvenate, bfn)
-            kernel = smc.build_kernel(setup, lm_p, resampling=resampling, ess_threshold=ess_threshold,
-                                      islands=islands, exchange_every=exchange_every, bias_fn=bfn,
-                                      move_fn=move_fn)
-            state = smc.run_loop(k_smc, setup, lm_p, n, kernel)
-            if not rejuvenate:
-                return state
-            parts, info = rejuvenation.rejuvenate(
-                k_rej, setup, lm_p, state.particles, rejuvenate, resampling=resampling,
-                ess_threshold=ess_threshold, bias_fn=bfn)
-            acc = jnp.mean(info.accepted.astype(jnp.float32), axis=1)
-            return state._replace(particles=parts), {"rejuvenation_acceptance": acc,
-                                                     "rejuvenation_step_acceptance": state.move_acc}
-
-        return runner
-
-    return driver.run_population(
-        method, program, seed, particles, make,
-        (resampling, float(ess_threshold), int(islands), int(exchange_every), int(rejuvenate),
-         rejuvenate_at) + key_extra,
-        params=params)
-
-
-def run(program, *, particles: int, seed, vi_steps: int = 200, learning_rate: float = 0.05,
-        objective: str = "vimco", vi_particles: int = 32, final_method: str = "is",
-        proposal: str = "auto", initial_params: dict | None = None,
-        resampling: str = "stratified", ess_threshold: float = 0.5):
+def run(setup: E.Setup, config: RunConfig, options: VIOptions, key):
     """``method="vi"``: trains the proposal, then runs ``final_method`` with it."""
-    if final_method not in ("is", "smc"):
-        raise ValueError(f"final_method must be 'is' or 'smc', got {final_method!r}.")
-    import time
+    from ppl.inference import driver, importance
 
     t0 = time.perf_counter()
-    key = driver.as_key(seed)
     k_train, k_run = jax.random.split(key)
-    params, hist = train(program, seed=k_train, vi_steps=vi_steps, learning_rate=learning_rate,
-                         objective=objective, vi_particles=vi_particles, proposal=proposal,
-                         initial_params=initial_params)
-    res = run_with_proposal(final_method, program, k_run, particles, params,
-                            resampling=resampling, ess_threshold=ess_threshold)
+    params, hist = _train(setup, config, options, k_train)
+    if options.final_method == "is":
+        backend, final = importance.BACKEND, smc.ISOptions(proposal_params=params)
+    else:
+        backend = smc.BACKEND
+        final = smc.SMCOptions(resampling=options.resampling,
+                               ess_threshold=options.ess_threshold, proposal_params=params)
+    res = driver.execute(backend, setup, config, final, k_run)
     res.method = "vi"
     t_total = time.perf_counter() - t0
     # Training (compilation and optimisation) is part of the method's cost.
     res.timings = dict(res.timings, train=t_total - res.timings.get("total", 0.0), total=t_total)
     res.extras.update(vi_params=params, vi_objective=hist["objective"],
                       vi_log_evidence=hist["log_evidence"], vi_ess=hist["ess"],
-                      vi_final_method=final_method)
+                      vi_final_method=options.final_method)
     return res
+
+
+BACKEND = Backend(
+    name="vi",
+    family="vi",
+    options=VIOptions,
+    run=run,
+    rows=lambda config, options: max(config.num_particles, options.vi_particles),
+    summary="a variationally learned proposal (ELBO, IWAE, RWS, VIMCO), then IS or SMC with it",
+)

@@ -6,15 +6,17 @@ the posterior, approximated by a backend chosen with ``ppl.infer(program, method
 
 from ppl import models
 from ppl.api import infer, methods, register_method
-from ppl.context import Context, ProgramError
+from ppl.context import Context
 from ppl.dists import TokenDist
 from ppl.program import Program
-from ppl.result import InferenceError, Result
-from ppl.steer import SteerProgram, steer
+from ppl.errors import InferenceError, PPLError, ProgramError
+from ppl.result import Result
+from ppl.steering import SteerProgram, steer
 
 __all__ = [
     "Context",
     "InferenceError",
+    "PPLError",
     "Program",
     "ProgramError",
     "Result",

@@ -179,7 +179,7 @@ def summarize(result, check=None, top: int = 10) -> dict:
     return {
         "method": result.method,
         "particles": result.num_particles,
-        "log_evidence": le if math.isfinite(le) else None,
+        "log_evidence": le if le is not None and math.isfinite(le) else None,
         "final_ess": result.final_ess,
         "distinct_outputs": len(post),
         "timings": result.timings,

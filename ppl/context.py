@@ -11,15 +11,9 @@ Every primitive updates the particle's log-weight by an exact log ratio:
   finishes), so twists steer intermediate resampling without changing the final target.
 * ``finish_if(b)`` / ``finish()``: the particle stops after this step.
 
-Two optional hooks let backends change *how* LM tokens are drawn without touching programs:
-
-* ``proposal_bias`` (``float32[V]``): a token draw uses ``q'(x) ∝ q(x) exp(bias[x])`` instead
-  of the program's proposal ``q`` (or ``p`` when it gave none) and adds the exact
-  ``log p(x) - log q'(x)``; used by learned (variational) proposals.
-* ``force`` (``(flag, token)``): when ``flag`` holds, the LM token draw returns ``token``
-  and adds the weight the program's proposal would have given it, ``log p(x) - log q'(x)``;
-  used by conditional SMC and by rejuvenation moves to replay a retained prefix. With
-  ``force`` set, a program may only sample LM tokens (other latents cannot be replayed).
+Backends change *how* an LM token is drawn without touching programs through one mechanism:
+the context's [DrawHandler][ppl.handlers.DrawHandler] (a learned proposal's logit bias, a
+forced replay, the enumeration oracle), which returns the token and its exact weight.
 
 Everything here is traced: one particle is written, the backend vmaps it over particles.
 """
@@ -34,12 +28,10 @@ import numpy as np
 
 from ppl._host import host_map
 from ppl.dists import TokenDist
+from ppl.errors import ProgramError
+from ppl.handlers import DrawHandler, Plain
 
 __all__ = ["Context", "LMView", "ProgramError"]
-
-
-class ProgramError(ValueError):
-    """A program broke a rule of the program model (raised while tracing, with the fix)."""
 
 
 class LMView:
@@ -90,10 +82,9 @@ class Context:
         length=None,
         max_tokens: int = 0,
         t=None,
-        condition_names: list[str] | None = None,
+        condition_names: Sequence[str] | list[str] = (),
         decode_fn: Callable[[np.ndarray], str] | None = None,
-        proposal_bias=None,
-        force=None,
+        handler: DrawHandler | None = None,
         active=True,
     ):
         self._key = key
@@ -107,10 +98,11 @@ class Context:
         self.length = length
         self.max_tokens = max_tokens
         self.t = t
-        self._condition_names = condition_names if condition_names is not None else []
+        # A tuple: the program's condition names, collected before compiling (see
+        # ppl.inference.engine.prepare); a list: the collecting pass itself appends to it.
+        self._condition_names = condition_names
         self._decode_fn = decode_fn
-        self._bias = proposal_bias
-        self._force = force
+        self._handler = handler if handler is not None else Plain()
         self.proposal_logits = None  # normalised log q'(.) of this step's LM token draw
         if logprobs is None:
             self.lms: Sequence[LMView] = [LMView(self, 0, None)]
@@ -136,33 +128,30 @@ class Context:
     def sample(self, dist, proposal=None):
         """Draws from ``proposal`` (default ``dist``); weight += log dist(x) - log proposal(x).
 
-        For LM tokens the backend's hooks apply: with a proposal bias ``b`` the draw is from
-        ``q'(x) ∝ q(x) exp(b[x])`` and the weight is ``log dist(x) - log q'(x)``; a forced
-        token replaces the draw and is weighted the same way.
+        LM tokens are drawn by the backend's [DrawHandler][ppl.handlers.DrawHandler] (a
+        learned proposal's bias, a forced replay), which returns the weight of the token it
+        used, always the exact ``log dist(x) - log q'(x)`` of the proposal ``q'`` it drew from.
         """
         q = dist if proposal is None else proposal
         is_token = getattr(dist, "lm_index", None) is not None or getattr(proposal, "lm_index", None) is not None
-        if is_token and self._bias is not None:
-            q = q.add(self._bias)
-        x = q.sample(self.key())
-        if self._force is not None:
-            if not is_token:
-                raise ProgramError(
-                    "This backend replays retained token sequences (particle Gibbs, "
-                    "rejuvenation), so a program may only sample LM tokens; it sampled "
-                    f"{type(dist).__name__}. Use method='smc', 'is' or 'pimh' instead."
-                )
-            flag, forced = self._force
-            x = jnp.where(flag, jnp.asarray(forced, x.dtype), x)
-        if is_token and hasattr(q, "logprobs"):
-            self.proposal_logits = q.logprobs
-        if proposal is not None or q is not dist:
-            lq = q.log_prob(x)
-            lp = dist.log_prob(x)
-            # A draw the proposal gives no mass to only happens when its support is empty:
-            # the particle is dead, never NaN.
-            self.logw = self.logw + jnp.where(lq > -jnp.inf, lp - lq, -jnp.inf)
-            self.done = self.done | (lq == -jnp.inf)
+        if is_token:
+            d = self._handler.draw(self.key(), dist, q, proposal is not None)
+            x = d.token
+            if d.proposal_logprobs is not None:
+                self.proposal_logits = d.proposal_logprobs
+            if d.log_weight is not None:
+                self.logw = self.logw + d.log_weight
+            if d.dead is not None:
+                self.done = self.done | d.dead
+        else:
+            if self._handler.token_only:
+                raise ProgramError(self._handler.refusal(dist))
+            x = q.sample(self.key())
+            if proposal is not None:
+                lq = q.log_prob(x)
+                lp = dist.log_prob(x)
+                self.logw = self.logw + jnp.where(lq > -jnp.inf, lp - lq, -jnp.inf)
+                self.done = self.done | (lq == -jnp.inf)
         self._record_token(dist, proposal, x)
         return x
 
@@ -230,9 +219,12 @@ class Context:
 
     # ---- internals -----------------------------------------------------------------------
     def _cause_code(self, name: str) -> int:
-        if name not in self._condition_names:
-            self._condition_names.append(name)
-        return self._condition_names.index(name)
+        names = self._condition_names
+        if isinstance(names, list) and name not in names:  # the collecting pass
+            names.append(name)
+        # A name the collecting pass did not see (it cannot happen for the same program) is
+        # reported as an unnamed cause rather than failing the run.
+        return names.index(name) if name in names else len(names)
 
     def _record_token(self, dist, proposal, x):
         lm_index = getattr(dist, "lm_index", None)

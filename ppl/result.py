@@ -9,11 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from ppl.errors import InferenceError
+
 __all__ = ["Result", "InferenceError"]
-
-
-class InferenceError(RuntimeError):
-    """Inference could not produce a posterior (every particle dead, NaN in the model...)."""
 
 
 @dataclasses.dataclass
@@ -27,8 +25,11 @@ class Result:
         texts: decoded texts (EOS and special tokens contribute nothing).
         log_weights: ``float[N]`` unnormalised final log-weights.
         weights: ``float[N]`` normalised weights (for MCMC: ``1/N`` per chain sample).
-        log_evidence: estimate of ``log Z``, the log normalising constant of the target
-            (``-inf`` if no sample satisfied the program; MCMC reports its sweeps' mean).
+        log_evidence: an estimate of ``log Z``, the log normalising constant of the target
+            (``-inf`` if no sample satisfied the program): the log of an unbiased estimate of
+            ``Z`` for the particle backends and PIMH; ``None`` where the backend has none
+            (particle Gibbs: its conditional sweeps' estimates are biased; their mean is in
+            ``extras["conditional_sweeps_log_mean_z"]`` as a diagnostic).
         ess: effective sample size before each step's resampling decision, ``float[steps]``.
         ancestors: ``int32[steps, N]``; ``ancestors[t, i]`` is the particle that particle ``i``
             copied at step ``t`` (identity when nothing was resampled).
@@ -44,7 +45,7 @@ class Result:
     texts: list[str]
     log_weights: np.ndarray
     weights: np.ndarray
-    log_evidence: float
+    log_evidence: float | None
     ess: np.ndarray
     ancestors: np.ndarray
     resampled: np.ndarray
@@ -82,7 +83,7 @@ class Result:
     def summary(self, top: int = 10) -> str:
         lines = [
             f"method={self.method} particles={self.num_particles} steps={self.num_steps} "
-            f"log_evidence={self.log_evidence:.4f} final_ess={self.final_ess:.2f} "
+            f"log_evidence={_fmt_evidence(self.log_evidence)} final_ess={self.final_ess:.2f} "
             f"time={self.timings.get('total', float('nan')):.2f}s "
             f"(compile {self.timings.get('compile', float('nan')):.2f}s)"
         ]
@@ -93,8 +94,12 @@ class Result:
     def __repr__(self) -> str:  # keep notebooks readable: no giant arrays
         return (
             f"Result(method={self.method!r}, particles={self.num_particles}, "
-            f"log_evidence={self.log_evidence:.4f}, distinct_texts={len(self.posterior())})"
+            f"log_evidence={_fmt_evidence(self.log_evidence)}, distinct_texts={len(self.posterior())})"
         )
+
+
+def _fmt_evidence(x) -> str:
+    return "None" if x is None else f"{x:.4f}"
 
 
 def normalized(log_weights: np.ndarray) -> tuple[np.ndarray, float]:

@@ -7,8 +7,9 @@ generate and computes its exact target weight
     log pi~(x) = Σ_t [log p(x_t | x_<t) + factors_t] + final factors   (-inf if a condition fails)
 
 by *replaying* the program with each token forced: ``ctx.sample(p, proposal=q)`` returns the
-forced token and adds ``log p(x)`` (the proposal only matters to samplers, not to the target);
-twists cancel as they do in the samplers. ``Z = Σ_x pi~(x)``.
+forced token and adds ``log p(x)`` (the [Enumerate][ppl.handlers.Enumerate] draw handler: the
+proposal only matters to samplers, not to the target); twists cancel as they do in the
+samplers. ``Z = Σ_x pi~(x)``.
 
 Use it to test your own programs: compare ``ppl.infer(...).posterior()`` and
 ``log_evidence`` with the oracle, with tolerances from :func:`tv_tolerance` and friends.
@@ -25,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppl.context import Context, ProgramError
-from ppl.inference import _engine as E
+from ppl import handlers
+from ppl.inference import engine as E
 from ppl.models.base import LanguageModel
 
 __all__ = [
@@ -75,23 +76,6 @@ class Exact:
         return float(sum(p * fn(t) for t, p in self.posterior.items()))
 
 
-class _Forced(Context):
-    """A context whose LM draws are fixed in advance and weighted by the target only."""
-
-    forced = None
-
-    def sample(self, dist, proposal=None):
-        if getattr(dist, "lm_index", None) is None:
-            raise ProgramError(
-                "The enumeration oracle can only enumerate LM tokens; this program samples a "
-                "non-token variable (use simulation-based calibration for continuous latents)."
-            )
-        x = self.forced
-        self.logw = self.logw + dist.log_prob(x)
-        self._record_token(dist, None, x)
-        return x
-
-
 def enumerate_posterior(program, max_sequences: int = 200_000, batch: int = 4096) -> Exact:
     """Exact posterior and evidence of ``program`` by breadth-first enumeration.
 
@@ -107,7 +91,7 @@ def enumerate_posterior(program, max_sequences: int = 200_000, batch: int = 4096
     params = lm.params
     v = lm.vocab_size
     key = jax.random.key(0)
-    parts, lm_state = E.init_population(key, setup, params, 1)
+    parts, kv = E.init_population(key, setup, params, 1)
     # Host-side frontier of live prefixes: particle arrays with a leading axis.
     finished_tokens, finished_len, finished_logw, finished_state = [], [], [], []
 
@@ -119,9 +103,8 @@ def enumerate_posterior(program, max_sequences: int = 200_000, batch: int = 4096
         lps = rep(logprobs)
 
         def one(state, tokens, length, logw, twist, done, cause, lp, x):
-            ctx = E._context(setup, key, cls=_Forced, logprobs=lp, tokens=tokens, length=length,
-                             t=length)
-            ctx.forced = x
+            ctx = E.context(setup, key, logprobs=lp, tokens=tokens, length=length, t=length,
+                            handler=handlers.Enumerate(x))
             return E.apply_step(setup, ctx, state, tokens, length, logw, twist, done, cause)
 
         out, toks = jax.vmap(one)(cand.state, cand.tokens, cand.length, cand.logw, cand.twist,
@@ -130,11 +113,11 @@ def enumerate_posterior(program, max_sequences: int = 200_000, batch: int = 4096
 
     expand_jit = jax.jit(expand)
 
-    def advance(parts_old_len, lm_state, toks, active):
-        return E.advance_lm(setup, params, lm_state, toks, parts_old_len, active)
+    def advance(parts_old_len, kv, toks, active):
+        return E.advance_lm(setup, params, kv, toks, parts_old_len, active)
 
     advance_jit = jax.jit(advance)
-    frontier, fr_lm = parts, lm_state
+    frontier, fr_lm = parts, kv
     for _ in range(setup.max_tokens):
         m = frontier.logw.shape[0]
         if m == 0:
@@ -151,14 +134,14 @@ def enumerate_posterior(program, max_sequences: int = 200_000, batch: int = 4096
             out, toks = expand_jit(sub, fr_lm.logprobs[sl])
             rows = jnp.repeat(jnp.arange(sl.start, sl.stop), v)
             crow = E.cache_rows(setup, rows)
-            sub_lm = E.LMState(jax.tree.map(lambda x: jnp.take(x, crow, axis=0), fr_lm.cache),
+            sub_lm = E.KVState(jax.tree.map(lambda x: jnp.take(x, crow, axis=0), fr_lm.cache),
                                fr_lm.logprobs[rows], fr_lm.nan)
             old_len = jnp.repeat(sub.length, v)
             new_lm = advance_jit(old_len, sub_lm, toks, ~out.done)
             outs.append(out)
             lms.append(new_lm)
         out = jax.tree.map(lambda *xs: jnp.concatenate(xs, 0), *outs)
-        new_lm = E.LMState(
+        new_lm = E.KVState(
             jax.tree.map(lambda *xs: jnp.concatenate(xs, 0), *[x.cache for x in lms]),
             jnp.concatenate([x.logprobs for x in lms], 0),
             jnp.any(jnp.stack([x.nan for x in lms])))
@@ -174,7 +157,7 @@ def enumerate_posterior(program, max_sequences: int = 200_000, batch: int = 4096
         keep = np.nonzero(~done & alive)[0]
         frontier = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[keep]), out)
         crow = np.asarray(E.cache_rows(setup, jnp.asarray(keep, jnp.int32)))
-        fr_lm = E.LMState(jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[crow]), new_lm.cache),
+        fr_lm = E.KVState(jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[crow]), new_lm.cache),
                           jnp.asarray(np.asarray(new_lm.logprobs)[keep]), new_lm.nan)
 
     if not finished_logw:
@@ -187,7 +170,7 @@ def enumerate_posterior(program, max_sequences: int = 200_000, batch: int = 4096
         jax.tree.map(jnp.asarray, states), jnp.asarray(tokens), jnp.asarray(lengths),
         jnp.asarray(logw), jnp.zeros_like(jnp.asarray(logw)), jnp.ones(len(logw), bool),
         jnp.full(len(logw), -1, jnp.int32))
-    fin_parts = E.finalize(key, setup, fin_parts)
+    fin_parts = E.apply_final(key, setup, fin_parts)
     logw = np.asarray(fin_parts.logw, np.float64)
     m = np.max(logw)
     if not np.isfinite(m):
@@ -200,7 +183,7 @@ def enumerate_posterior(program, max_sequences: int = 200_000, batch: int = 4096
         if np.isfinite(lw):
             p = float(np.exp(lw - log_z))
             seqs[seq] = p
-            post[setup.decode(row[:n])] += p
+            post[setup.decode_text(row[:n])] += p
     return Exact(log_z, seqs, dict(sorted(post.items(), key=lambda kv: -kv[1])), lws)
 
 
@@ -560,6 +543,10 @@ def toy_program(lm: TrigramLM, max_tokens: int, predicate=None, potential=None):
     eos = lm.eos_token_id
 
     class _Toy(Program):
+        # Read on the host at run time only (inside ctx.text), so new functions assigned to
+        # them reuse the compiled run (see ppl.inference.executables).
+        host_attributes = ("predicate", "potential")
+
         def init(self, ctx):
             return jnp.int32(1)
 

@@ -103,7 +103,8 @@ def write_trace(result, path: str | Path, title: str | None = None) -> Path:
     lw = result.extras["history"]["log_weights"]
     data = {
         "method": result.method,
-        "log_evidence": None if not math.isfinite(result.log_evidence) else round(result.log_evidence, 4),
+        "log_evidence": (None if result.log_evidence is None or not math.isfinite(result.log_evidence)
+                         else round(result.log_evidence, 4)),
         "texts": texts,
         "logw": [[(float(x) if np.isfinite(x) else None) for x in row] for row in lw],
         "ancestors": result.ancestors.astype(int).tolist(),
@@ -137,7 +138,8 @@ def plot_result(result, path: str | Path) -> Path:
     b.bar(np.arange(len(order)), result.weights[order])
     b.set_xlabel("particle (sorted)")
     b.set_ylabel("normalised weight")
-    b.set_title(f"final weights (log Z ≈ {result.log_evidence:.3f})")
+    le = result.log_evidence
+    b.set_title("final weights" + ("" if le is None else f" (log Z ≈ {le:.3f})"))
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)

@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import ppl  # noqa: E402
 from ppl.inference import driver  # noqa: E402
-from ppl.inference._engine import prepare  # noqa: E402
+from ppl.inference.engine import prepare  # noqa: E402
 
 GIB = 2.0**30
 

@@ -19,8 +19,9 @@ import pytest
 
 import ppl
 from ppl.inference import _chain as C
-from ppl.inference import _engine as E
+from ppl.inference import engine as E
 from ppl.inference import particle_gibbs
+from ppl.inference.base import RunConfig
 from tests.conftest import make_bigram
 from tests.inference.programs import (WithLatent, chain_discrepancies, histogram_discrepancies,
                                       sample_exact)
@@ -34,7 +35,7 @@ def _one_csmc_step(program, exact, m, n, ancestor_sampling, seed=0):
 
     @jax.jit
     def one_step(keys, tokens, lengths, params):
-        kernel = particle_gibbs.build_kernel(setup, params, n, ess_threshold=1.0,
+        kernel = particle_gibbs.build_kernel(setup, RunConfig(n), params, ess_threshold=1.0,
                                              ancestor_sampling=ancestor_sampling)
         states = C.ChainState(tokens, lengths, jnp.zeros(tokens.shape[0]))
         return jax.vmap(kernel)(keys, states)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import ppl
-from ppl.inference import _engine as E
+from ppl.inference import engine as E
 from ppl.inference import rejuvenation
+from ppl.inference.base import RunConfig
 from ppl.testing import evidence_discrepancy, posterior_discrepancies, replicate
 from tests.conftest import make_bigram
 from tests.inference.programs import (WithLatent, histogram_discrepancies, sample_exact)
@@ -30,8 +31,9 @@ def test_moves_leave_exact_posterior_invariant(twisted, exact):
     @jax.jit
     def moved(key, tokens, lengths, params):
         k0, k1 = jax.random.split(key)
-        parts, _ = rejuvenation.replay(k0, setup, params, tokens, lengths)  # own weights
-        move = rejuvenation.build_move(setup, params)
+        config = RunConfig(tokens.shape[0])
+        parts, _ = rejuvenation.replay(k0, setup, config, params, tokens, lengths)  # own weights
+        move = rejuvenation.build_move(setup, config, params)
         (parts, own), info = jax.lax.scan(move, (parts, parts.logw), jax.random.split(k1, 2))
         return parts, own, info
 

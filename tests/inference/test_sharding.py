@@ -75,7 +75,7 @@ def test_sharded_runs_whose_particles_finish_at_different_steps_complete():
     skips the forward pass once all are done is live. Sharded importance sampling used to
     abort in XLA:CPU's collective rendezvous (one device in the decode's all-gather inside
     that conditional, the other in the ESS all-reduce); it hung on the first run of this
-    configuration in 2 of 2 tries before the fix (``_engine.advance_live``)."""
+    configuration in 2 of 2 tries before the fix (``engine.advance_live``)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-c", RAGGED], env=env, cwd=ROOT, capture_output=True,

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import ppl
-from ppl.inference import _engine as E
+from ppl.inference import engine as E
 from ppl.inference import vi
 from ppl.testing import _z, enumerate_posterior, evidence_discrepancy, posterior_discrepancies
 from tests.conftest import make_bigram
@@ -69,7 +69,7 @@ def test_learned_proposal_beats_prior_on_rare_constraint(rare, rare_trained):
 
 def _bound_check(prog, params, num=4096, k=32):
     setup = E.prepare(prog)
-    kind, bias = vi._check(params, setup)
+    kind, bias = vi.check_params(params, setup)
     batch = jax.jit(lambda key, p, b: vi.sample_batch(key, setup, p, kind, b, num))(
         jax.random.key(5), setup.lm.params, bias)
     return np.asarray(batch.logw, np.float64)

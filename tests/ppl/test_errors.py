@@ -94,5 +94,5 @@ def test_memory_estimate_refuses_huge_runs(monkeypatch):
     prog = ppl.steer(lm, "", max_tokens=2)
     with pytest.raises(MemoryError, match=r"needs about .* GiB .* Lower the number of particles"):
         ppl.infer(prog, particles=64)
-    est = driver.estimate_bytes(ppl.inference._engine.prepare(prog), 64)
+    est = driver.estimate_bytes(ppl.inference.engine.prepare(prog), 64)
     assert est["kv_cache"] == 64 * 10**12

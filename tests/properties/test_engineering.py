@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ppl import testing as pt
-from ppl.inference import _engine as E
-from ppl.inference import smc, smc_steer
+from ppl.inference import engine as E
+from ppl.inference import executables, smc, smc_steer
+from ppl.inference.base import RunConfig
 from ppl.inference.driver import bind_lm_params
 from tests.properties import _harness as H
 
@@ -40,8 +41,10 @@ def test_same_key_same_result(method, params, seed):
 
 
 RUNNERS = {
-    "smc": lambda setup: smc.make_runner(setup, SMALL, resampling="multinomial", ess_threshold=1.0),
-    "smc_steer": lambda setup: smc_steer.make_runner(setup, SMALL, num_beams=2),
+    "smc": lambda setup: smc.make_runner(
+        setup, RunConfig(SMALL), smc.SMCOptions(resampling="multinomial", ess_threshold=1.0)),
+    "smc_steer": lambda setup: smc_steer.make_runner(setup, RunConfig(SMALL),
+                                                     smc_steer.SteerOptions(num_beams=2)),
 }
 
 
@@ -58,10 +61,10 @@ def _jitted(name):
 
 
 def _assert_same_state(a, b):
-    pa, pb = a.particles, b.particles
+    (pa, ia), (pb, ib) = a, b
     assert np.array_equal(np.asarray(pa.tokens), np.asarray(pb.tokens))
     assert np.array_equal(np.asarray(pa.length), np.asarray(pb.length))
-    assert np.array_equal(np.asarray(a.ancestors), np.asarray(b.ancestors))
+    assert np.array_equal(np.asarray(ia.ancestors), np.asarray(ib.ancestors))
     la, lb = np.asarray(pa.logw, np.float64), np.asarray(pb.logw, np.float64)
     assert np.array_equal(np.isfinite(la), np.isfinite(lb))
     f = np.isfinite(la)
@@ -108,11 +111,10 @@ def test_new_param_values_reuse_the_compiled_executable(params):
     exact log ratio of the *new* target and proposal)."""
     method = H.Method("is")
     H.run(method, 0)  # make sure it is compiled
-    store = E.prepare(H.program())._executables
-    before = len(store)
+    before = executables.size()
     prog, exact = H.load(params)
     res = pt.run_or_none(prog, "is", H.N, 1)
-    assert len(store) == before
+    assert executables.size() == before
     if res is not None:
         assert res.timings["compile"] == 0.0
         for s, lw in zip(pt.sequences(res), res.log_weights):

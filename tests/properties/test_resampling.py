@@ -116,11 +116,11 @@ def test_in_place_cache_copy_equals_gather(n, k, data):
     """``copy_rows_in_place`` (a loop over the moved slots) gives exactly the gather of the
     cache rows ``a * K .. a * K + K - 1`` of every particle's ancestor, for a cache pytree
     with several leaf shapes and ``K`` contexts per particle."""
-    from ppl.inference import _engine as E
+    from ppl.inference import engine as E
 
     anc = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=n, max_size=n)), np.int32)
     anc = _stable(jnp.asarray(anc))
-    setup = E.Setup(None, None, [[0]] * k, 1, 2, [])
+    setup = E.Setup(None, None, ((0,),) * k, 1, 2, ())
     rng = np.random.default_rng(n * 7 + k)
     cache = ((jnp.asarray(rng.normal(size=(n * k, 2, 3)), jnp.float32),
               jnp.asarray(rng.integers(0, 9, size=(n * k,)), jnp.int32)),)

@@ -1,4 +1,6 @@
-"""Machinery every backend shares: particles, the batched LM, one vmapped program step.
+"""The backends' toolkit: particles, the batched LM, one vmapped program step.
+
+Every backend module (and ``ppl.testing``'s oracles) builds on these pieces; they are public.
 
 The particle population is a struct of arrays with the particle axis first. A step is:
 
@@ -19,11 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppl.context import Context, ProgramError
+from ppl import handlers
+from ppl.context import Context
+from ppl.errors import ProgramError
+from ppl.inference.resampling import log_mean_exp
 from ppl.models.base import broadcast_cache
 
-__all__ = ["Particles", "LMState", "Setup", "prepare", "init_population", "propose",
-           "advance_lm", "advance_live", "gather", "finalize"]
+__all__ = ["Particles", "KVState", "Setup", "prepare", "context", "init_population", "propose",
+           "apply_step", "advance_lm", "advance_live", "cache_rows", "select_rows", "gather",
+           "copy_rows_in_place", "apply_final", "log_mean_exp"]
 
 
 class Particles(NamedTuple):
@@ -48,8 +54,9 @@ class Particles(NamedTuple):
     cause: jax.Array
 
 
-class LMState(NamedTuple):
-    """The batched LM: ``N * K`` cache rows (row ``n * K + k`` is particle n, context k)."""
+class KVState(NamedTuple):
+    """The batched LM's state: ``N * K`` KV-cache rows (row ``n * K + k`` is particle n,
+    context k) and each particle's next-token distributions."""
 
     cache: Any
     logprobs: jax.Array  # float32[N, K, V]
@@ -59,22 +66,30 @@ class LMState(NamedTuple):
     hidden: Any = None
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Setup:
-    """Static (host-side) facts about one program, fixed for a compilation."""
+    """Static (host-side) facts about one program: what a compiled run is specialised on.
+
+    Built by [prepare][ppl.inference.engine.prepare] for every run, never stored on the
+    program; everything about one run (particle count, devices, progress) is in
+    [RunConfig][ppl.inference.base.RunConfig] instead.
+
+    Attributes:
+        program: the user's program.
+        lm: its language model.
+        prompt_ids: the token ids of each LM context's prompt.
+        max_tokens: the token budget.
+        max_len: KV-cache positions per row (longest prompt + ``max_tokens``).
+        condition_names: every name the program passes to ``ctx.condition``, in the order of
+            their cause codes (collected by one abstract trace before compiling).
+    """
 
     program: Any
     lm: Any
-    prompt_ids: list[list[int]]
+    prompt_ids: tuple[tuple[int, ...], ...]
     max_tokens: int
     max_len: int
-    condition_names: list[str]
-    progress_fn: Any = None  # host callback (t, live particles, ess) per step, or None
-    mesh: Any = None  # jax.sharding.Mesh with a "particles" axis, or None (one device)
-
-    def report(self, t, live, ess):
-        if self.progress_fn is not None:
-            self.progress_fn(int(t), int(live), float(ess))
+    condition_names: tuple[str, ...]
 
     @property
     def num_contexts(self) -> int:
@@ -84,41 +99,65 @@ class Setup:
     def prompt_lens(self) -> np.ndarray:
         return np.array([len(p) for p in self.prompt_ids], np.int32)
 
-    def decode(self, ids) -> str:
+    def decode_text(self, ids) -> str:
         return self.lm.vocab.decode(ids)
 
 
 def prepare(program) -> Setup:
-    """Encodes the prompts and checks the static budget before any device work.
+    """Encodes the prompts, checks the static budget and collects the condition names.
+
+    Runs before any device work (the names come from one ``jax.eval_shape`` of the program's
+    ``init``, ``step`` and ``final`` for one particle, which compiles nothing).
 
     Raises:
         ValueError: the prompt plus ``max_tokens`` exceeds the model's context.
     """
-    cached = getattr(program, "_ppl_setup", None)
-    if cached is not None:
-        return cached
     lm = program.lm
-    ids = [lm.prompt_ids(p) for p in program.prompts]
+    ids = tuple(tuple(int(i) for i in lm.prompt_ids(p)) for p in program.prompts)
     longest = max(len(p) for p in ids)
-    max_len = longest + program.max_tokens
+    max_tokens = int(program.max_tokens)
+    max_len = longest + max_tokens
     if max_len > lm.max_context:
         raise ValueError(
-            f"The prompt ({longest} tokens) plus max_tokens ({program.max_tokens}) needs "
+            f"The prompt ({longest} tokens) plus max_tokens ({max_tokens}) needs "
             f"{max_len} positions, but {getattr(lm, 'name', 'the model')} has a context of "
             f"{lm.max_context}. Shorten the prompt or lower max_tokens to at most "
             f"{max(lm.max_context - longest, 0)}."
         )
-    setup = Setup(program, lm, ids, program.max_tokens, max_len, [])
-    program._ppl_setup = setup
-    return setup
+    names = _condition_names(program, lm, len(ids), max_tokens)
+    return Setup(program, lm, ids, max_tokens, max_len, names)
 
 
-def _context(setup: Setup, key, cls=Context, **kw) -> Context:
-    return cls(
+def _condition_names(program, lm, num_contexts: int, max_tokens: int) -> tuple[str, ...]:
+    """The names ``ctx.condition`` is called with, from an abstract trace of one particle."""
+    names: list[str] = []
+    decode = lm.vocab.decode
+
+    def one(key):
+        k_init, k_step, k_fin = jax.random.split(key, 3)
+        tokens = jnp.zeros((max_tokens,), jnp.int32)
+        length = jnp.zeros((), jnp.int32)
+        common = dict(tokens=tokens, length=length, max_tokens=max_tokens,
+                      condition_names=names, decode_fn=decode)
+        state = program.init(Context(k_init, **common))
+        lp = jnp.zeros((num_contexts, lm.vocab_size), jnp.float32)
+        state = program.step(Context(k_step, logprobs=lp, t=jnp.zeros((), jnp.int32), **common),
+                             state)
+        program.final(Context(k_fin, **common), state)
+        return jnp.zeros(())
+
+    jax.eval_shape(one, jax.random.key(0))
+    return tuple(names)
+
+
+def context(setup: Setup, key, **kw) -> Context:
+    """A particle's [Context][ppl.Context] for this program (``kw``: the step's inputs and,
+    optionally, the backend's ``handler``)."""
+    return Context(
         key,
         max_tokens=setup.max_tokens,
         condition_names=setup.condition_names,
-        decode_fn=setup.decode,
+        decode_fn=setup.decode_text,
         **kw,
     )
 
@@ -130,7 +169,7 @@ def init_population(key, setup: Setup, params, num_particles: int):
     caches, lps, hs = [], [], []
     for ids in setup.prompt_ids:
         ids = jnp.asarray(ids, jnp.int32)
-        if has_hidden(lm):
+        if lm.supports_hidden:
             c, lp, h = lm.prefill(params, ids, setup.max_len, return_hidden=True)
         else:
             (c, lp), h = lm.prefill(params, ids, setup.max_len), jnp.zeros((0,), jnp.float32)
@@ -144,7 +183,7 @@ def init_population(key, setup: Setup, params, num_particles: int):
     length = jnp.zeros((n,), jnp.int32)
 
     def one(key):
-        ctx = _context(setup, key, tokens=tokens[0], length=length[0])
+        ctx = context(setup, key, tokens=tokens[0], length=length[0])
         state = setup.program.init(ctx)
         if ctx.token is not None:
             raise ProgramError("init() may not sample LM tokens; do that in step().")
@@ -162,18 +201,13 @@ def init_population(key, setup: Setup, params, num_particles: int):
     )
     nan = jnp.any(jnp.isnan(logprobs))
     hidden = jnp.broadcast_to(jnp.stack(hs)[None], (n, k_ctx, hs[0].shape[-1]))
-    return parts, LMState(cache, logprobs.astype(jnp.float32), nan, hidden)
-
-
-def has_hidden(lm) -> bool:
-    """Whether the LM exposes its final hidden state (transformers do, NGramLM does not)."""
-    return bool(getattr(lm, "supports_hidden", False))
+    return parts, KVState(cache, logprobs.astype(jnp.float32), nan, hidden)
 
 
 def _step_one(setup: Setup, key, state, tokens, length, logw, twist, done, cause, logprobs, t,
               bias=None, force=None, record=False):
-    ctx = _context(setup, key, logprobs=logprobs, tokens=tokens, length=length, t=t,
-                   proposal_bias=bias, force=force, active=~done)
+    ctx = context(setup, key, logprobs=logprobs, tokens=tokens, length=length, t=t,
+                  handler=handlers.for_step(bias, force), active=~done)
     out = apply_step(setup, ctx, state, tokens, length, logw, twist, done, cause)
     if record:  # -inf everywhere when the step observed its token instead of drawing it
         q = ctx.proposal_logits
@@ -221,9 +255,10 @@ def propose(key, setup: Setup, parts: Particles, logprobs, t, *, bias=None, forc
 
     Args:
         bias: optional ``float32[N, V]`` proposal logit bias per particle: LM tokens are drawn
-            from ``q'(x) ∝ q(x) exp(bias[x])`` (see :class:`~ppl.Context`).
+            from ``q'(x) ∝ q(x) exp(bias[x])`` ([Bias][ppl.handlers.Bias]).
         force: optional ``(bool[N], int32[N])``: particles whose flag is set get the given
-            token instead of a draw, weighted as the (biased) proposal would weight it.
+            token instead of a draw, weighted as the (biased) proposal would weight it
+            ([Force][ppl.handlers.Force]).
         record: also return the normalised proposal log-probabilities ``float32[N, V]`` of
             each particle's token draw (for variational gradients).
 
@@ -247,7 +282,7 @@ def propose(key, setup: Setup, parts: Particles, logprobs, t, *, bias=None, forc
         parts.cause, logprobs, bias, force)
 
 
-def advance_lm(setup: Setup, params, lm_state: LMState, tokens, old_length, active):
+def advance_lm(setup: Setup, params, kv: KVState, tokens, old_length, active) -> KVState:
     """Feeds each particle's new token to all its contexts in one batched forward pass.
 
     ``tokens[n]`` is written at position ``prompt_len_k + old_length[n]``. Rows of finished
@@ -258,18 +293,19 @@ def advance_lm(setup: Setup, params, lm_state: LMState, tokens, old_length, acti
     pos = (jnp.asarray(setup.prompt_lens)[None, :] + old_length[:, None]).reshape(-1)
     pos = jnp.minimum(pos, setup.max_len - 1)
     rows = jnp.repeat(tokens, k_ctx)
-    if has_hidden(setup.lm):
-        cache, lp, h = setup.lm.decode_step(params, lm_state.cache, rows, pos, return_hidden=True)
+    if setup.lm.supports_hidden:
+        cache, lp, h = setup.lm.decode_step(params, kv.cache, rows, pos, return_hidden=True)
         h = h.reshape(n, k_ctx, -1).astype(jnp.float32)
     else:
-        cache, lp = setup.lm.decode_step(params, lm_state.cache, rows, pos)
+        cache, lp = setup.lm.decode_step(params, kv.cache, rows, pos)
         h = jnp.zeros((n, k_ctx, 0), jnp.float32)
     lp = lp.reshape(n, k_ctx, -1).astype(jnp.float32)
-    nan = lm_state.nan | jnp.any(jnp.isnan(lp) & active[:, None, None])
-    return LMState(cache, lp, nan, h)
+    nan = kv.nan | jnp.any(jnp.isnan(lp) & active[:, None, None])
+    return KVState(cache, lp, nan, h)
 
 
-def advance_live(setup: Setup, params, lm_state: LMState, tokens, old_length, active):
+def advance_live(setup: Setup, params, kv: KVState, tokens, old_length, active,
+                 sharded: bool = False) -> KVState:
     """``advance_lm``, skipped (``lax.cond``) when no particle is live, on one device.
 
     Sharded, the forward pass runs unconditionally (at most one wasted forward, at the step
@@ -281,13 +317,13 @@ def advance_live(setup: Setup, params, lm_state: LMState, tokens, old_length, ac
     host devices; ``tests/inference/test_sharding.py``). No conditional in the sharded step
     then contains a collective that another collective of the step does not depend on.
     """
-    if setup.mesh is not None:
-        return advance_lm(setup, params, lm_state, tokens, old_length, active)
+    if sharded:
+        return advance_lm(setup, params, kv, tokens, old_length, active)
     return jax.lax.cond(
         jnp.any(active),
         lambda s: advance_lm(setup, params, s, tokens, old_length, active),
         lambda s: s,
-        lm_state,
+        kv,
     )
 
 
@@ -297,7 +333,7 @@ def cache_rows(setup: Setup, ancestors):
     return (ancestors[:, None] * k_ctx + jnp.arange(k_ctx)[None, :]).reshape(-1)
 
 
-def select_rows(setup: Setup, mask, if_true: LMState, if_false: LMState) -> LMState:
+def select_rows(setup: Setup, mask, if_true: KVState, if_false: KVState) -> KVState:
     """Per particle, ``if_true``'s LM rows where ``mask[n]``, else ``if_false``'s."""
     rows = jnp.repeat(mask, setup.num_contexts)
 
@@ -305,30 +341,31 @@ def select_rows(setup: Setup, mask, if_true: LMState, if_false: LMState) -> LMSt
         return jax.tree.map(lambda x, y: jnp.where(m.reshape((-1,) + (1,) * (x.ndim - 1)), x, y),
                             a, b)
 
-    return LMState(pick(rows, if_true.cache, if_false.cache),
+    return KVState(pick(rows, if_true.cache, if_false.cache),
                    pick(mask, if_true.logprobs, if_false.logprobs),
                    if_true.nan | if_false.nan,
                    pick(mask, if_true.hidden, if_false.hidden))
 
 
-def gather(setup: Setup, parts: Particles, lm_state: LMState, ancestors, take=None):
+def gather(setup: Setup, parts: Particles, kv: KVState, ancestors, take=None):
     """Particle ``i`` becomes a copy of particle ``ancestors[i]``: state, tokens and KV cache.
 
     ``take(x, indices)`` (default ``jnp.take`` along axis 0) does every row gather; SMC's
-    island resampling passes one that keeps the gather inside each island.
+    island resampling passes one that keeps the gather inside each island (the
+    ``take`` of its [Resampling][ppl.inference.resampling.Resampling] strategy).
     """
     if take is None:
         def take(x, i):
             return jnp.take(x, i, axis=0)
     parts = jax.tree.map(lambda x: take(x, ancestors), parts)
     rows = cache_rows(setup, ancestors)
-    lm_state = LMState(
-        jax.tree.map(lambda x: take(x, rows), lm_state.cache),
-        take(lm_state.logprobs, ancestors),
-        lm_state.nan,
-        take(lm_state.hidden, ancestors),
+    kv = KVState(
+        jax.tree.map(lambda x: take(x, rows), kv.cache),
+        take(kv.logprobs, ancestors),
+        kv.nan,
+        take(kv.hidden, ancestors),
     )
-    return parts, lm_state
+    return parts, kv
 
 
 def copy_rows_in_place(setup: Setup, cache, ancestors):
@@ -356,12 +393,12 @@ def copy_rows_in_place(setup: Setup, cache, ancestors):
     return jax.lax.fori_loop(0, jnp.sum(moved), body, cache)
 
 
-def finalize(key, setup: Setup, parts: Particles) -> Particles:
+def apply_final(key, setup: Setup, parts: Particles) -> Particles:
     """Runs ``final`` once per particle; its factors and conditions enter the weights."""
     n = parts.logw.shape[0]
 
     def one(key, state, tokens, length, logw, cause):
-        ctx = _context(setup, key, tokens=tokens, length=length)
+        ctx = context(setup, key, tokens=tokens, length=length)
         setup.program.final(ctx, state)
         if ctx.token is not None:
             raise ProgramError("final() may not sample LM tokens.")
@@ -372,7 +409,3 @@ def finalize(key, setup: Setup, parts: Particles) -> Particles:
     logw, cause = jax.vmap(one)(jax.random.split(key, n), parts.state, parts.tokens,
                                 parts.length, parts.logw, parts.cause)
     return parts._replace(logw=logw, cause=cause)
-
-
-def log_mean_exp(logw) -> jax.Array:
-    return jax.nn.logsumexp(logw) - math.log(logw.shape[0])

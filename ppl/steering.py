@@ -1,4 +1,5 @@
-"""``ppl.steer``: the common program (LM prior x hard constraints x potentials) without a class."""
+"""``ppl.steer`` (defined here, in ``ppl.steering``): the common program (LM prior x hard constraints x
+potentials) without a class."""
 
 from __future__ import annotations
 
