@@ -22,7 +22,7 @@ from typing import Any, Callable, NamedTuple
 
 from ppl.errors import OptionError
 
-__all__ = ["Backend", "Options", "RunConfig", "check_bool", "check_choice", "check_count",
+__all__ = ["Backend", "Options", "Phases", "RunConfig", "check_bool", "check_choice", "check_count",
            "check_fraction", "check_number", "option"]
 
 
@@ -44,10 +44,42 @@ class RunConfig(NamedTuple):
         return self.mesh is not None
 
     def cache_key(self) -> tuple:
-        """What of the config a compiled run is specialised on."""
+        """What of the config a compiled run is specialised on (progress is reported by the
+        driver between chunks of steps, so it is not part of any executable)."""
         mesh = None if self.mesh is None else (tuple(d.id for d in self.mesh.devices.flat),
                                               self.mesh.axis_names)
-        return (self.num_particles, mesh, self.progress_fn is not None)
+        return (self.num_particles, mesh)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Phases:
+    """A runner in resumable pieces, so the driver can run the token loop in chunks of steps.
+
+    Between chunks the driver reports progress and Python can handle Ctrl-C; no host
+    callback is compiled into any of the three executables, so all of them persist in JAX's
+    compilation cache. Keys are per step (``fold_in(loop key, t)``), so how the steps are
+    chunked never changes a result.
+
+    Attributes:
+        start: ``(key, params) -> carry`` (prefill, ``init``).
+        advance: ``(carry, params, until) -> carry``: the steps with ``t < until`` (while any
+            particle is running).
+        finish: ``(carry, params) -> (state, info)`` (``final``, end-of-run moves, info).
+        status: ``carry -> (steps done, live particles, last ESS, finished)`` (device scalars).
+    """
+
+    start: Callable
+    advance: Callable
+    finish: Callable
+    status: Callable
+
+    def __call__(self, key, params):
+        """The whole run as one function (for ``jax.jit``/``vmap`` in tests)."""
+        import jax.numpy as jnp
+
+        carry = self.start(key, params)
+        carry = self.advance(carry, params, jnp.int32(2**30))
+        return self.finish(carry, params)
 
 
 # ---- validation, written once ---------------------------------------------------------------
@@ -166,7 +198,9 @@ class Backend:
             consistent posterior) or ``"vi"`` (a trained proposal, then a particle run).
         options: the frozen [Options][ppl.inference.base.Options] dataclass.
         make_runner: ``(setup, config, options) -> runner``; ``runner(key, params) ->
-            (state, info)`` is pure and is what the driver compiles.
+            (state, info)`` is pure and is what the driver compiles; a
+            [Phases][ppl.inference.base.Phases] runner (the particle backends) is run by the
+            driver in chunks of steps.
         to_result: ``(setup, config, options, state, info) -> Result`` (numpy side).
         params: ``(setup, options) -> params``: the runner's second argument (default the
             LM's parameters; a learned proposal passes ``(lm params, its own)``).

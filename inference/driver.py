@@ -17,6 +17,7 @@ The walk from ``ppl.infer`` to the compiled loop::
 from __future__ import annotations
 
 import numbers
+import threading
 import time
 from typing import Callable
 
@@ -28,12 +29,12 @@ from ppl._host import reraise_host_error
 from ppl.errors import InferenceError, MemoryRefusal
 from ppl.inference import engine as E
 from ppl.inference import executables
-from ppl.inference.base import Backend, Options, RunConfig
+from ppl.inference.base import Backend, Options, Phases, RunConfig
 from ppl.models.base import bound_params
 from ppl.result import Result
 
 __all__ = ["as_key", "bind_lm_params", "check_memory", "compile_and_run", "compiled",
-           "estimate_bytes", "execute", "raise_if_failed", "run"]
+           "estimate_bytes", "execute", "execute_many", "raise_if_failed", "run"]
 
 
 def as_key(seed) -> jax.Array:
@@ -167,33 +168,92 @@ def bind_lm_params(setup: E.Setup, runner: Callable, params=None) -> Callable:
 
 def _setup_key(setup: E.Setup) -> tuple:
     return (executables.program_key(setup.program), executables.fingerprint(setup.lm),
-            setup.prompt_ids, setup.max_tokens, setup.max_len)
+            setup.static_key())
 
 
-def compiled(setup: E.Setup, key_parts: tuple, make: Callable[[], Callable], key, params):
-    """``(executable, compile_seconds)``: ``jax.jit(make())`` compiled once per key.
+_HITS = [0]
+
+
+def _count_hit(event: str, **_) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _HITS[0] += 1
+
+
+jax.monitoring.register_event_listener(_count_hit)
+
+
+def _compile_interruptibly(compile_fn):
+    """Runs ``compile_fn`` in a worker thread so that Ctrl-C in the main thread interrupts the
+    wait (a ``KeyboardInterrupt`` raised here; the abandoned compilation finishes unused)."""
+    if threading.current_thread() is not threading.main_thread():
+        return compile_fn()
+    box: dict = {}
+
+    def work():
+        try:
+            box["exe"] = compile_fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=work, name="ppl-compile", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.05)
+    if "error" in box:
+        raise box["error"]
+    return box["exe"]
+
+
+def compiled(setup: E.Setup, key_parts: tuple, make: Callable[[], Callable], *args,
+             donate: tuple = ()):
+    """``(executable, (trace_seconds, compile_seconds, load_seconds))``: ``jax.jit(make())``
+    compiled once per key (all 0 when this process already has it; a hit in JAX's persistent
+    compilation cache still traces, compiles nothing and counts as a load).
 
     The key is the program's fingerprint and static facts, ``key_parts`` (backend, options,
-    config), and the structure/shapes/dtypes of ``key`` and ``params``. ``params`` is an
-    argument of the executable, never a constant baked into it: when it holds the program's
-    LM parameters, program code reading ``self.lm.params`` reads the argument too, so
-    assigning new arrays of the same shapes to ``program.lm.params`` reruns the cached
-    executable with the new values (property tests rely on it).
+    config, phase), and the structure/shapes/dtypes of the arguments ``args`` (never their
+    values). The LM parameters are an argument of the executable, never constants baked into
+    it: when an argument holds the program's LM parameters (the second, by convention),
+    program code reading ``self.lm.params`` reads the argument too, so assigning new arrays of
+    the same shapes to ``program.lm.params`` reruns the cached executable with the new values
+    (property tests rely on it).
     """
-    cache_key = (_setup_key(setup), key_parts, executables.signature(params),
-                 executables.signature(key))
-    t0 = time.perf_counter()
+    cache_key = (_setup_key(setup), key_parts, donate) + tuple(executables.signature(a) for a in args)
+    spent = [0.0, 0.0, 0.0]
 
     def compile_fn():
-        fn = bind_lm_params(setup, make(), params)
+        fn = make()
+        if len(args) >= 2:
+            part = _lm_part(setup, args[1])
+            if part is not None:
+                fn = _bind_at(setup.lm, fn, part)
         try:
-            return jax.jit(fn).lower(key, params).compile()
+            t0 = time.perf_counter()
+            lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
+            t1 = time.perf_counter()
+            hits = _HITS[0]
+            exe = lowered.compile()
+            dt = time.perf_counter() - t1
+            spent[:] = [t1 - t0, 0.0, dt] if _HITS[0] > hits else [t1 - t0, dt, 0.0]
+            return exe
         except Exception as e:
             reraise_host_error(e)
             raise
 
-    exe, fresh = executables.lookup_or_compile(cache_key, compile_fn)
-    return exe, (time.perf_counter() - t0 if fresh else 0.0)
+    exe = executables.get(cache_key)
+    if exe is not None:
+        return exe, (0.0, 0.0, 0.0)
+    exe = _compile_interruptibly(compile_fn)
+    executables.put(cache_key, exe)
+    return exe, tuple(spent)
+
+
+def _bind_at(lm, fn, part):
+    def bound(*args):
+        with bound_params(lm, part(args[1])):
+            return fn(*args)
+
+    return bound
 
 
 def _call(exe, *args):
@@ -204,16 +264,113 @@ def _call(exe, *args):
         raise
 
 
-def compile_and_run(setup: E.Setup, key_parts: tuple, make: Callable[[], Callable], key, params,
-                    rows: int, step_rows: int | None = None):
-    """Memory check, [compiled][ppl.inference.driver.compiled], run: the outputs."""
+def _device_prompts(setup: E.Setup) -> E.Prompts:
+    return E.Prompts(jnp.asarray(setup.prompts.ids), jnp.asarray(setup.prompts.lens))
+
+
+def compile_and_run(setup: E.Setup, key_parts: tuple, make: Callable, key, params, rows: int,
+                    step_rows: int | None = None):
+    """Memory check, [compiled][ppl.inference.driver.compiled], run: the outputs.
+
+    ``make(setup) -> fn(key, params)`` is called inside the trace with the setup's prompts
+    traced, so the prompts are an input of the executable (never baked into it).
+    """
     check_memory(setup, rows, step_rows)
-    exe, _ = compiled(setup, key_parts, make, key, params)
-    return _call(exe, key, params)
+    prompts = _device_prompts(setup)
+
+    def wrapped():
+        return lambda k, p, pr: make(setup.with_prompts(pr))(k, p)
+
+    exe, _ = compiled(setup, key_parts, wrapped, key, params, prompts)
+    return _call(exe, key, params, prompts)
+
+
+#: Target seconds of one chunk of steps between two progress reports (and two chances for
+#: Ctrl-C to take effect); without a progress callback chunks are longer.
+CHUNK_SECONDS = 0.25
+CHUNK_SECONDS_QUIET = 1.0
+
+
+def _phase(backend, setup, config, options, name, batched: str | None = None):
+    """The compiled function of one phase: the runner is built inside the trace, over the
+    traced prompts, so the prompts are an input (see [Prompts][ppl.inference.engine.Prompts]).
+
+    ``batched`` (keys or carries, and prompts, with a leading problem axis): ``"exact"`` runs
+    the problems one after the other inside the compiled program (``lax.map``: each problem's
+    computation is exactly its run alone), ``"fused"`` vmaps them (their rows share every
+    matrix product: faster on accelerators, equal to the alone runs up to float rounding,
+    which depends on a product's number of rows)."""
+
+    def one(x, params, prompts, *rest):
+        runner = backend.make_runner(setup.with_prompts(prompts), config, options)
+        if name == "start":
+            return runner.start(x, params)
+        if name == "advance":
+            carry = runner.advance(x, params, rest[0])
+            return carry, runner.status(carry)
+        if name == "finish":
+            return runner.finish(x, params)
+        return runner(x, params)
+
+    def make():
+        if batched is None:
+            return one
+        if batched == "exact":
+            return lambda x, params, prompts, *rest: jax.lax.map(
+                lambda xp: one(xp[0], params, xp[1], *rest), (x, prompts))
+        return lambda x, params, prompts, *rest: jax.vmap(
+            lambda x1, p1: one(x1, params, p1, *rest))(x, prompts)
+
+    return make
+
+
+def _run(backend, setup, config, options, key, prompts, batched: str | None = None):
+    """Compiles and runs the runner (in chunks of steps for [Phases][ppl.inference.base.Phases]):
+    ``(state, info, {"trace", "compile", "run": seconds})``."""
+    params = backend.params(setup, options)
+    base = (backend.name, options.cache_key(), config.cache_key(), batched)
+    timings = {"trace": 0.0, "compile": 0.0, "cache_load": 0.0, "run": 0.0}
+
+    def stage(name, *args, donate=()):
+        exe, spent = compiled(setup, base + (name,),
+                              _phase(backend, setup, config, options, name, batched), *args,
+                              donate=donate)
+        for k, v in zip(("trace", "compile", "cache_load"), spent):
+            timings[k] += v
+        t0 = time.perf_counter()
+        out = _call(exe, *args)
+        timings["run"] += time.perf_counter() - t0
+        return out
+
+    if not isinstance(backend.make_runner(setup, config, options), Phases):
+        state, info = stage("run", key, params, prompts)
+        return state, info, timings
+    carry = stage("start", key, params, prompts)
+    target = CHUNK_SECONDS if config.progress_fn is not None else CHUNK_SECONDS_QUIET
+    t, chunk = 0, 4
+    while True:
+        until = jnp.int32(min(t + chunk, setup.max_tokens))
+        t0 = time.perf_counter()
+        carry, status = stage("advance", carry, params, prompts, until, donate=(0,))
+        dt = time.perf_counter() - t0
+        steps, live, ess, done = (np.asarray(x) for x in status)
+        t = int(np.max(steps))
+        if config.progress_fn is not None:
+            config.progress_fn(t, int(np.sum(live)), float(np.mean(ess)))
+        if bool(np.all(done)) or t >= setup.max_tokens:
+            break
+        # Steps take about the same time: size the next chunk for the target duration.
+        chunk = int(min(max(target / max(dt / max(chunk, 1), 1e-6), 1), setup.max_tokens))
+    state, info = stage("finish", carry, params, prompts)
+    return state, info, timings
 
 
 def execute(backend: Backend, setup: E.Setup, config: RunConfig, options: Options, key) -> Result:
     """Compiles (once per key) and runs ``backend``'s runner; its Result, failures raised.
+
+    A [Phases][ppl.inference.base.Phases] runner runs in chunks of steps (about
+    ``CHUNK_SECONDS`` each), with ``config.progress_fn`` called after each chunk; any other
+    runner runs in one call.
 
     Raises:
         MemoryRefusal: the estimated memory exceeds what is available.
@@ -224,16 +381,71 @@ def execute(backend: Backend, setup: E.Setup, config: RunConfig, options: Option
     rows = backend.rows(config, options)
     step_rows = None if backend.step_rows is None else backend.step_rows(config, options)
     check_memory(setup, rows, step_rows)
-    params = backend.params(setup, options)
-    exe, t_compile = compiled(setup, (backend.name, options.cache_key(), config.cache_key()),
-                              lambda: backend.make_runner(setup, config, options), key, params)
-    t0 = time.perf_counter()
-    state, info = _call(exe, key, params)
-    t_run = time.perf_counter() - t0
+    state, info, timings = _run(backend, setup, config, options, key, _device_prompts(setup))
     res = backend.to_result(setup, config, options, state, info)
-    res.timings = {"compile": t_compile, "run": t_run, "total": time.perf_counter() - t_start}
+    res.timings = dict(timings, total=time.perf_counter() - t_start)
     raise_if_failed(setup, res, bool(np.asarray(info.nan)))
     return res
+
+
+def execute_many(backend: Backend, setups: list[E.Setup], config: RunConfig, options: Options,
+                 keys: list, exact: bool = True) -> list:
+    """Runs several problems of one program shape (same fingerprint, prompt bucket and budget)
+    as one compiled program: ``B x N`` particles, each problem resampling within itself with
+    its own key, ESS history and evidence. With ``exact`` the problems run one after the
+    other inside the program, so every problem's numbers are bit for bit those of its run
+    alone with the same key; otherwise they are vmapped (see
+    [_phase][ppl.inference.driver._phase]).
+
+    Returns:
+        One [Result][ppl.Result] per problem, or the [InferenceError][ppl.InferenceError] of a
+        problem whose particles all died (the others are unaffected).
+
+    Raises:
+        MemoryRefusal: the ``B x N`` estimate exceeds the memory available (the message says
+            how many problems fit).
+    """
+    t_start = time.perf_counter()
+    b = len(setups)
+    setup = setups[0]
+    rows = backend.rows(config, options)
+    step_rows = None if backend.step_rows is None else backend.step_rows(config, options)
+    try:
+        check_memory(setup, rows * b, None if step_rows is None else step_rows * b,
+                     what=f"rows ({b} problems x {rows})")
+    except MemoryRefusal:
+        gib = 2.0**30
+        one = estimate_bytes(setup, rows, step_rows)
+        per = one["kv_cache"] + one["step_buffers"]
+        total = one["weights"] + one["runtime"] + b * per
+        avail = _available_bytes() or 0
+        fit = int(max(0.9 * avail - one["weights"] - one["runtime"], 0) // max(per, 1))
+        advice = (f"pass batch_size={fit} to run them in groups of {fit}" if fit >= 1 else
+                  "even one problem does not fit: lower particles or max_tokens")
+        raise MemoryRefusal(
+            f"{b} problems of {config.num_particles} particles need about {total / gib:.2f} GiB "
+            f"(weights {one['weights'] / gib:.2f} GiB + runtime {one['runtime'] / gib:.2f} GiB + "
+            f"{per / gib:.3f} GiB per problem) but only {avail / gib:.2f} GiB is available. "
+            f"At most ~{fit} problems fit at once: {advice}.") from None
+    prompts = E.Prompts(jnp.stack([jnp.asarray(s.prompts.ids) for s in setups]),
+                        jnp.stack([jnp.asarray(s.prompts.lens) for s in setups]))
+    state, info, timings = _run(backend, setup, config, options, jnp.stack(keys), prompts,
+                                batched="exact" if exact else "fused")
+    total = time.perf_counter() - t_start
+    t_run = timings["run"]
+    out = []
+    for i, s in enumerate(setups):
+        st_i = jax.tree.map(lambda a: a[i], state)
+        info_i = jax.tree.map(lambda a: a[i], info)
+        res = backend.to_result(s, config, options, st_i, info_i)
+        res.timings = dict(timings, run=t_run / b, total=total / b, batch_run=t_run,
+                           batch_total=total, batch_size=b)
+        try:
+            raise_if_failed(s, res, bool(np.asarray(info_i.nan)))
+        except InferenceError as e:
+            res = e
+        out.append(res)
+    return out
 
 
 def run(backend: Backend, setup: E.Setup, config: RunConfig, options: Options, key) -> Result:

@@ -27,7 +27,8 @@ from ppl.errors import ProgramError
 from ppl.inference.resampling import log_mean_exp
 from ppl.models.base import broadcast_cache
 
-__all__ = ["Particles", "KVState", "Setup", "prepare", "context", "init_population", "propose",
+__all__ = ["Particles", "KVState", "Prompts", "Setup", "prepare", "prompt_bucket",
+           "encode_prompts", "context", "init_population", "propose",
            "apply_step", "advance_lm", "advance_live", "cache_rows", "select_rows", "gather",
            "copy_rows_in_place", "apply_final", "log_mean_exp"]
 
@@ -66,9 +67,37 @@ class KVState(NamedTuple):
     hidden: Any = None
 
 
+class Prompts(NamedTuple):
+    """The prompts of one problem, as data: a compiled run takes them as an input, so every
+    prompt whose length falls in the same bucket reuses one executable.
+
+    Attributes:
+        ids: ``int32[K, P]``: each LM context's prompt ids, padded after ``lens[k]``.
+        lens: ``int32[K]``: the real lengths.
+    """
+
+    ids: Any
+    lens: Any
+
+
+def prompt_bucket(length: int, max_tokens: int, max_context: int) -> int:
+    """The padded prompt length a prompt of ``length`` tokens is compiled for.
+
+    64, 128, 256, then multiples of 256 (so every prompt of up to 64 tokens shares one
+    executable, and a long prompt wastes at most 255 positions), never more than the model's
+    context leaves after ``max_tokens``.
+    """
+    if length <= 256:
+        b = max(64, 1 << (max(length, 1) - 1).bit_length())
+    else:
+        b = -(-length // 256) * 256
+    return max(length, min(b, max_context - max_tokens))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Setup:
-    """Static (host-side) facts about one program: what a compiled run is specialised on.
+    """Static (host-side) facts about one program: what a compiled run is specialised on,
+    plus the prompts of this problem, which are data (an input of the run).
 
     Built by [prepare][ppl.inference.engine.prepare] for every run, never stored on the
     program; everything about one run (particle count, devices, progress) is in
@@ -77,55 +106,93 @@ class Setup:
     Attributes:
         program: the user's program.
         lm: its language model.
-        prompt_ids: the token ids of each LM context's prompt.
+        prompt_len: the padded prompt length ``P`` (the bucket of the longest prompt).
         max_tokens: the token budget.
-        max_len: KV-cache positions per row (longest prompt + ``max_tokens``).
+        max_len: KV-cache positions per row (``P + max_tokens``).
         condition_names: every name the program passes to ``ctx.condition``, in the order of
             their cause codes (collected by one abstract trace before compiling).
+        prompts: this problem's [Prompts][ppl.inference.engine.Prompts] (numpy arrays on the
+            host; traced inside a compiled run).
     """
 
     program: Any
     lm: Any
-    prompt_ids: tuple[tuple[int, ...], ...]
+    prompt_len: int
     max_tokens: int
     max_len: int
     condition_names: tuple[str, ...]
+    prompts: Prompts
 
     @property
     def num_contexts(self) -> int:
-        return len(self.prompt_ids)
+        return int(self.prompts.ids.shape[0])
 
-    @property
-    def prompt_lens(self) -> np.ndarray:
-        return np.array([len(p) for p in self.prompt_ids], np.int32)
+    def static_key(self) -> tuple:
+        """What of the setup a compiled run is specialised on (the prompts' values are not)."""
+        return (self.num_contexts, self.prompt_len, self.max_tokens, self.max_len)
+
+    def with_prompts(self, prompts: Prompts) -> "Setup":
+        """The same setup with other (e.g. traced) prompts of the same shape."""
+        return dataclasses.replace(self, prompts=prompts)
 
     def decode_text(self, ids) -> str:
         return self.lm.vocab.decode(ids)
 
 
-def prepare(program) -> Setup:
+def encode_prompts(program, prompt_len: int | None = None) -> tuple[Prompts, int]:
+    """The program's prompts as padded ids, and the length of the longest."""
+    lm = program.lm
+    ids = [[int(i) for i in lm.prompt_ids(p)] for p in program.prompts]
+    longest = max(len(p) for p in ids)
+    width = longest if prompt_len is None else prompt_len
+    out = np.zeros((len(ids), width), np.int32)
+    for k, p in enumerate(ids):
+        out[k, : len(p)] = p
+    return Prompts(out, np.array([len(p) for p in ids], np.int32)), longest
+
+
+def prepare(program, prompt_len: int | None = None,
+            condition_names: tuple[str, ...] | None = None) -> Setup:
     """Encodes the prompts, checks the static budget and collects the condition names.
 
     Runs before any device work (the names come from one ``jax.eval_shape`` of the program's
     ``init``, ``step`` and ``final`` for one particle, which compiles nothing).
 
+    Args:
+        prompt_len: the padded prompt length; default: the bucket of the longest prompt
+            ([prompt_bucket][ppl.inference.engine.prompt_bucket]).
+        condition_names: the names, when known (another problem of the same program shape),
+            which skips the abstract trace.
+
     Raises:
-        ValueError: the prompt plus ``max_tokens`` exceeds the model's context.
+        ValueError: the prompt plus ``max_tokens`` exceeds the model's context, or is longer
+            than the given ``prompt_len``.
     """
     lm = program.lm
-    ids = tuple(tuple(int(i) for i in lm.prompt_ids(p)) for p in program.prompts)
-    longest = max(len(p) for p in ids)
     max_tokens = int(program.max_tokens)
-    max_len = longest + max_tokens
-    if max_len > lm.max_context:
+    _, longest = encode_prompts(program, None)
+    if longest + max_tokens > lm.max_context:
         raise ValueError(
             f"The prompt ({longest} tokens) plus max_tokens ({max_tokens}) needs "
-            f"{max_len} positions, but {getattr(lm, 'name', 'the model')} has a context of "
-            f"{lm.max_context}. Shorten the prompt or lower max_tokens to at most "
+            f"{longest + max_tokens} positions, but {getattr(lm, 'name', 'the model')} has a "
+            f"context of {lm.max_context}. Shorten the prompt or lower max_tokens to at most "
             f"{max(lm.max_context - longest, 0)}."
         )
-    names = _condition_names(program, lm, len(ids), max_tokens)
-    return Setup(program, lm, ids, max_tokens, max_len, names)
+    if prompt_len is None:
+        prompt_len = prompt_bucket(longest, max_tokens, lm.max_context)
+    elif longest > prompt_len:
+        raise ValueError(f"A prompt of {longest} tokens does not fit the prompt bucket of "
+                         f"{prompt_len} tokens it was compiled for; use a bucket of at least "
+                         f"{longest} (or let ppl choose: prompt_len=None).")
+    if prompt_len + max_tokens > lm.max_context:
+        raise ValueError(
+            f"A prompt bucket of {prompt_len} tokens plus max_tokens ({max_tokens}) exceeds the "
+            f"context of {getattr(lm, 'name', 'the model')} ({lm.max_context}).")
+    prompts, _ = encode_prompts(program, prompt_len)
+    names = condition_names if condition_names is not None else _condition_names(
+        program, lm, prompts.ids.shape[0], max_tokens)
+    return Setup(program, lm, int(prompt_len), max_tokens, int(prompt_len) + max_tokens, names,
+                 prompts)
 
 
 def _condition_names(program, lm, num_contexts: int, max_tokens: int) -> tuple[str, ...]:
@@ -163,16 +230,22 @@ def context(setup: Setup, key, **kw) -> Context:
 
 
 def init_population(key, setup: Setup, params, num_particles: int):
-    """Prefills every prompt once, broadcasts it to the particles, runs ``init``."""
+    """Prefills every prompt once, broadcasts it to the particles, runs ``init``.
+
+    Returns:
+        ``(particles, kv)``.
+    """
     lm = setup.lm
     n, k_ctx, t_max = num_particles, setup.num_contexts, setup.max_tokens
     caches, lps, hs = [], [], []
-    for ids in setup.prompt_ids:
-        ids = jnp.asarray(ids, jnp.int32)
+    for k in range(k_ctx):
+        ids = jnp.asarray(setup.prompts.ids[k], jnp.int32)
+        length = jnp.asarray(setup.prompts.lens[k], jnp.int32)
         if lm.supports_hidden:
-            c, lp, h = lm.prefill(params, ids, setup.max_len, return_hidden=True)
+            c, lp, h = lm.prefill(params, ids, setup.max_len, length=length, return_hidden=True)
         else:
-            (c, lp), h = lm.prefill(params, ids, setup.max_len), jnp.zeros((0,), jnp.float32)
+            c, lp = lm.prefill(params, ids, setup.max_len, length=length)
+            h = jnp.zeros((0,), jnp.float32)
         caches.append(broadcast_cache(c, n))
         lps.append(lp)
         hs.append(h.astype(jnp.float32))
@@ -290,14 +363,15 @@ def advance_lm(setup: Setup, params, kv: KVState, tokens, old_length, active) ->
     """
     k_ctx = setup.num_contexts
     n = tokens.shape[0]
-    pos = (jnp.asarray(setup.prompt_lens)[None, :] + old_length[:, None]).reshape(-1)
+    pos = (jnp.asarray(setup.prompts.lens)[None, :] + old_length[:, None]).reshape(-1)
     pos = jnp.minimum(pos, setup.max_len - 1)
     rows = jnp.repeat(tokens, k_ctx)
-    if setup.lm.supports_hidden:
-        cache, lp, h = setup.lm.decode_step(params, kv.cache, rows, pos, return_hidden=True)
+    lm = setup.lm
+    if lm.supports_hidden:
+        cache, lp, h = lm.decode_step(params, kv.cache, rows, pos, return_hidden=True)
         h = h.reshape(n, k_ctx, -1).astype(jnp.float32)
     else:
-        cache, lp = setup.lm.decode_step(params, kv.cache, rows, pos)
+        cache, lp = lm.decode_step(params, kv.cache, rows, pos)
         h = jnp.zeros((n, k_ctx, 0), jnp.float32)
     lp = lp.reshape(n, k_ctx, -1).astype(jnp.float32)
     nan = kv.nan | jnp.any(jnp.isnan(lp) & active[:, None, None])

@@ -13,6 +13,8 @@ Fingerprints, by value type:
 * NumPy arrays (mutable): shape, dtype and a hash of the contents;
 * JAX arrays (immutable), functions, classes, modules, language models, and objects nested
   deeper than ``MAX_DEPTH``: the object's identity (so the key holds a reference to it);
+* objects whose type defines ``__fingerprint__()`` (e.g. a compiled token automaton: a digest
+  of its tables): that value, so equal constraints built twice share an executable;
 * other objects: their type and their attributes, recursively.
 
 Attributes named in the program's ``host_attributes`` are only read on the host while the
@@ -88,6 +90,11 @@ def fingerprint(x, depth: int = 0, seen: frozenset = frozenset()) -> Any:
     if isinstance(x, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type,
                       types.ModuleType)) or _is_lm(x):
         return _Id(x)
+    custom = getattr(type(x), "__fingerprint__", None)
+    if custom is not None:  # a value-based fingerprint the type defines (e.g. TokenAutomaton)
+        fp = x.__fingerprint__()
+        if fp is not None:
+            return (_Id(type(x)), fp)
     if isinstance(x, functools.partial):
         return ("partial", _Id(x.func), fingerprint(x.args, depth, seen),
                 fingerprint(x.keywords, depth, seen))

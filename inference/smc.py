@@ -29,13 +29,14 @@ import numpy as np
 
 from ppl.inference import engine as E
 from ppl.inference import resampling as R
-from ppl.inference.base import (Backend, Options, RunConfig, check_choice, check_count,
-                                check_fraction, option)
+from ppl.inference.base import (Backend, Options, Phases, RunConfig, check_choice,
+                                check_count, check_fraction, option)
 from ppl.result import Result, normalized
 
-__all__ = ["SMCState", "SMCInfo", "PopulationInfo", "ProposalHooks", "ResamplingOptions",
-           "SMCOptions", "init", "build_kernel", "run_loop", "population_info",
-           "population_result", "make_runner", "BACKEND"]
+__all__ = ["SMCState", "SMCInfo", "LoopCarry", "PopulationInfo", "ProposalHooks",
+           "ResamplingOptions", "SMCOptions", "init", "build_kernel", "loop_start", "loop_advance",
+           "loop_final", "loop_status", "run_loop", "population_info", "population_result",
+           "make_runner", "BACKEND"]
 
 
 class SMCState(NamedTuple):
@@ -216,6 +217,57 @@ def build_kernel(setup: E.Setup, config: RunConfig, params, resampling: R.Resamp
     return step
 
 
+class LoopCarry(NamedTuple):
+    """What the token loop carries between chunks of steps: the state and the keys of what
+    is left to do (``k_post``: end-of-run moves)."""
+
+    state: SMCState
+    k_loop: jax.Array
+    k_fin: jax.Array
+    k_post: jax.Array
+
+
+def loop_start(key, setup: E.Setup, config: RunConfig, params, init_fn=init,
+               k_post=None) -> LoopCarry:
+    """Splits ``key`` into the init, loop and final keys and runs ``init_fn``."""
+    from ppl.inference.sharding import constrain_state
+
+    k_init, k_loop, k_fin = jax.random.split(key, 3)
+    state = constrain_state(init_fn(k_init, setup, params, config.num_particles), config.mesh)
+    return LoopCarry(state, k_loop, k_fin, k_fin if k_post is None else k_post)
+
+
+def loop_advance(carry: LoopCarry, setup: E.Setup, config: RunConfig, kernel_fn,
+                 until) -> LoopCarry:
+    """Runs ``kernel_fn`` under ``lax.while_loop`` for the steps ``t < min(until, max_tokens)``
+    while any particle is running (step ``t``'s key is ``fold_in(k_loop, t)``)."""
+    from ppl.inference.sharding import constrain_state
+
+    limit = jnp.minimum(jnp.asarray(until, jnp.int32), setup.max_tokens)
+
+    def cond(s):
+        return (s.t < limit) & ~jnp.all(s.particles.done)
+
+    def body(s):
+        s, _ = kernel_fn(jax.random.fold_in(carry.k_loop, s.t), s)
+        return constrain_state(s, config.mesh)
+
+    return carry._replace(state=jax.lax.while_loop(cond, body, carry.state))
+
+
+def loop_final(carry: LoopCarry, setup: E.Setup) -> SMCState:
+    """Applies ``final`` to every particle of the finished loop."""
+    state = carry.state
+    return state._replace(particles=E.apply_final(carry.k_fin, setup, state.particles))
+
+
+def loop_status(carry: LoopCarry):
+    """``(steps done, live particles, last ESS, finished)``."""
+    s = carry.state
+    done = jnp.all(s.particles.done) | (s.t >= s.ess.shape[0])
+    return s.t, jnp.sum(~s.particles.done), s.ess[jnp.maximum(s.t - 1, 0)], done
+
+
 def run_loop(key, setup: E.Setup, config: RunConfig, params, kernel_fn, init_fn=init,
              stop=None) -> SMCState:
     """Runs ``kernel`` under ``lax.while_loop`` until every particle finished, then ``final``.
@@ -224,39 +276,10 @@ def run_loop(key, setup: E.Setup, config: RunConfig, params, kernel_fn, init_fn=
     ``final`` is not applied: the population then targets the intermediate distribution
     ``gamma_stop`` (used by intermediate rejuvenation moves).
     """
-    from ppl.inference.sharding import constrain_state
-
-    k_init, k_loop, k_fin = jax.random.split(key, 3)
-
-    def shard(s):
-        return constrain_state(s, config.mesh)
-
-    state = shard(init_fn(k_init, setup, params, config.num_particles))
-    limit = setup.max_tokens if stop is None else stop
-
-    def cond(s):
-        return (s.t < limit) & ~jnp.all(s.particles.done)
-
-    def body(s):
-        s, info = kernel_fn(jax.random.fold_in(k_loop, s.t), s)
-        s = shard(s)
-        if config.progress_fn is not None:
-            jax.debug.callback(_report(config.progress_fn), s.t, jnp.sum(~s.particles.done),
-                               info.ess)
-        return s
-
-    state = jax.lax.while_loop(cond, body, state)
-    if stop is not None:
-        return state
-    parts = E.apply_final(k_fin, setup, state.particles)
-    return state._replace(particles=parts)
-
-
-def _report(progress_fn):
-    def report(t, live, ess):
-        progress_fn(int(t), int(live), float(ess))
-
-    return report
+    carry = loop_start(key, setup, config, params, init_fn)
+    carry = loop_advance(carry, setup, config, kernel_fn,
+                         setup.max_tokens if stop is None else stop)
+    return carry.state if stop is not None else loop_final(carry, setup)
 
 
 def population_info(state: SMCState, extras: dict | None = None) -> PopulationInfo:
@@ -378,42 +401,54 @@ def _strategy(options, config: RunConfig) -> R.Resampling:
     return R.adaptive(ess_threshold=0.0)  # importance sampling: never resample
 
 
-def make_runner(setup: E.Setup, config: RunConfig, options):
-    """``runner(key, params) -> (particles, PopulationInfo)`` of ``method="smc"`` / ``"is"``.
+def make_runner(setup: E.Setup, config: RunConfig, options) -> Phases:
+    """The [Phases][ppl.inference.base.Phases] of ``method="smc"`` / ``"is"``; the whole run
+    returns ``(particles, PopulationInfo)``.
 
     With a learned proposal ``params`` is ``(lm params, phi)`` and every token draw is from
     ``q_phi``; with ``rejuvenate=k`` the moves run after every resampling (and at the end).
     Weights are ``log p - log q_phi + factors`` at every step, so results are exact for any
     bias.
     """
+    from ppl.inference import proposal, rejuvenation
+
     kind, _ = _proposal(setup, options)
     strategy = _strategy(options, config)
     moves = getattr(options, "rejuvenate", 0)
     at_resample = getattr(options, "rejuvenate_at", "resample") == "resample"
+    # The plain sweep uses the run's key itself; with a proposal or moves it is split in two
+    # (the sweep's and the final moves').
+    split = bool(moves) or kind is not None
 
-    def runner(key, p):
-        from ppl.inference import proposal, rejuvenation
+    def unpack(p):
+        return (p, None) if kind is None else (p[0], proposal.bias_fn(kind, p[1], setup))
 
-        lm_p, bfn = (p, None) if kind is None else (p[0], proposal.bias_fn(kind, p[1], setup))
-        if not moves and kind is None:
-            kernel = build_kernel(setup, config, lm_p, strategy)
-            return _finish(run_loop(key, setup, config, lm_p, kernel))
-        k_smc, k_rej = jax.random.split(key)
+    def start(key, p):
+        lm_p, _ = unpack(p)
+        k_smc, k_rej = jax.random.split(key) if split else (key, None)
+        return loop_start(k_smc, setup, config, lm_p, k_post=k_rej)
+
+    def advance(carry, p, until):
+        lm_p, bfn = unpack(p)
         move_fn = None
         if moves and at_resample and strategy.ess_threshold > 0:
             move_fn = rejuvenation.build_intermediate_move(setup, config, lm_p, moves, bfn)
         kernel = build_kernel(setup, config, lm_p, strategy, ProposalHooks(bias_fn=bfn), move_fn)
-        state = run_loop(k_smc, setup, config, lm_p, kernel)
+        return loop_advance(carry, setup, config, kernel, until)
+
+    def finish(carry, p):
+        lm_p, bfn = unpack(p)
+        state = loop_final(carry, setup)
         if not moves:
             return _finish(state)
-        parts, info = rejuvenation.rejuvenate(k_rej, setup, config, lm_p, state.particles, moves,
-                                              scheme=strategy_scheme(options),
+        parts, info = rejuvenation.rejuvenate(carry.k_post, setup, config, lm_p, state.particles,
+                                              moves, scheme=strategy_scheme(options),
                                               ess_threshold=strategy.ess_threshold, bias_fn=bfn)
         acc = jnp.mean(info.accepted.astype(jnp.float32), axis=1)
         return _finish(state._replace(particles=parts), {
             "rejuvenation_acceptance": acc, "rejuvenation_step_acceptance": state.move_acc})
 
-    return runner
+    return Phases(start, advance, finish, loop_status)
 
 
 def strategy_scheme(options) -> str:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from ppl.inference import engine as E
 from ppl.inference import resampling as R
 from ppl.inference import smc
-from ppl.inference.base import Backend, Options, RunConfig, check_count, option
+from ppl.inference.base import Backend, Options, Phases, RunConfig, check_count, option
 from ppl.models.base import reorder
 
 __all__ = ["SteerOptions", "init", "build_kernel", "make_runner", "BACKEND"]
@@ -77,15 +77,22 @@ def build_kernel(setup: E.Setup, config: RunConfig, params, num_beams: int):
     return step
 
 
-def make_runner(setup: E.Setup, config: RunConfig, options: SteerOptions):
-    """``runner(key, params) -> (particles, PopulationInfo)``."""
+def make_runner(setup: E.Setup, config: RunConfig, options: SteerOptions) -> Phases:
+    """The [Phases][ppl.inference.base.Phases]; the whole run returns ``(particles,
+    PopulationInfo)``."""
 
-    def runner(key, params):
+    def start(key, params):
+        return smc.loop_start(key, setup, config, params)
+
+    def advance(carry, params, until):
         kernel = build_kernel(setup, config, params, options.num_beams)
-        state = smc.run_loop(key, setup, config, params, kernel)
+        return smc.loop_advance(carry, setup, config, kernel, until)
+
+    def finish(carry, params):
+        state = smc.loop_final(carry, setup)
         return state.particles, smc.population_info(state)
 
-    return runner
+    return Phases(start, advance, finish, smc.loop_status)
 
 
 BACKEND = Backend(

@@ -244,12 +244,16 @@ def _train(setup: E.Setup, config: RunConfig, options: VIOptions, key) -> tuple[
     p0 = options.initial_params if options.initial_params is not None else init_params(
         setup, options.proposal)
     kind, phi0 = check_params(p0, setup)
-    fn = make_trainer(setup, kind, objective=options.objective, vi_steps=options.vi_steps,
-                      vi_particles=options.vi_particles, learning_rate=options.learning_rate)
+    def make(traced_setup):
+        fn = make_trainer(traced_setup, kind, objective=options.objective,
+                          vi_steps=options.vi_steps, vi_particles=options.vi_particles,
+                          learning_rate=options.learning_rate)
+        return lambda k, p: fn(k, p[0], p[1])
+
     params = (setup.lm.params, phi0)
     phi, (bound, big_l, ess, nan) = driver.compile_and_run(
-        setup, ("vi-train", kind, options.cache_key(), config.cache_key()),
-        lambda: (lambda k, p: fn(k, p[0], p[1])), key, params, rows=options.vi_particles)
+        setup, ("vi-train", kind, options.cache_key(), config.cache_key()), make, key, params,
+        rows=options.vi_particles)
     if bool(np.any(np.asarray(nan))):
         raise InferenceError("The language model produced NaN log-probabilities during VI training.")
     hist = {"objective": np.asarray(bound), "log_evidence": np.asarray(big_l), "ess": np.asarray(ess)}

@@ -209,10 +209,12 @@ class TransformerLM:
     def init_cache_bytes(self, max_len: int) -> int:
         return cache_bytes(self.n_layers, self.kv_heads, self.head_dim, max_len, self.dtype)
 
-    def prefill(self, params, prompt_ids, max_len: int, return_hidden: bool = False):
-        """See :meth:`LanguageModel.prefill`; ``return_hidden`` adds the final hidden state."""
+    def prefill(self, params, prompt_ids, max_len: int, length=None, return_hidden: bool = False):
+        """See [LanguageModel.prefill][ppl.models.base.LanguageModel.prefill];
+        ``return_hidden`` adds the final hidden state."""
         caches, x = self._prefill(params, prompt_ids, max_len)
-        h, lp_ = self._head(params, x[-1])
+        last = x[-1] if length is None else jax.lax.dynamic_index_in_dim(x, length - 1, 0, False)
+        h, lp_ = self._head(params, last)
         return (caches, lp_, h) if return_hidden else (caches, lp_)
 
     def forward(self, params, ids):

@@ -152,13 +152,19 @@ class LanguageModel(abc.ABC):
 
     # ---- device side (pure, traceable) -------------------------------------------------
     @abc.abstractmethod
-    def prefill(self, params: PyTree, prompt_ids: jax.Array, max_len: int):
+    def prefill(self, params: PyTree, prompt_ids: jax.Array, max_len: int, length=None):
         """Runs the prompt (``int32[P]``, P >= 1) with batch size one.
+
+        Args:
+            length: the number of real tokens at the start of ``prompt_ids`` (the rest is
+                padding, so prompts of different lengths share one compiled shape); may be
+                traced. Default: all ``P``.
 
         Returns:
             ``(cache, logprobs)``: a cache whose leaves have a leading axis of size 1 and
-            room for ``max_len`` positions (slots ``0..P-1`` filled), and ``float32[V]``
-            log-softmax of the logits after the last prompt token.
+            room for ``max_len`` positions (slots ``0..length-1`` hold the prompt; padding
+            slots are overwritten by the generated tokens before they are attended to),
+            and ``float32[V]`` log-softmax of the logits after the last real prompt token.
         """
 
     @abc.abstractmethod

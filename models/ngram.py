@@ -104,8 +104,9 @@ class NGramLM(LanguageModel):
         trans_row = params["transition"][jnp.clip(last, 0, self.vocab_size - 1)]
         return jnp.where((last == self.bos_token_id)[..., None], init_row, trans_row)
 
-    def prefill(self, params, prompt_ids, max_len):
-        last = jnp.asarray(prompt_ids, jnp.int32)[-1]
+    def prefill(self, params, prompt_ids, max_len, length=None):
+        ids = jnp.asarray(prompt_ids, jnp.int32)
+        last = ids[-1] if length is None else jax.lax.dynamic_index_in_dim(ids, length - 1, 0, False)
         return {"last": last[None]}, self._row(params, last)
 
     def decode_step(self, params, cache, tokens, positions):

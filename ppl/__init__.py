@@ -5,7 +5,7 @@ the posterior, approximated by a backend chosen with ``ppl.infer(program, method
 """
 
 from ppl import models
-from ppl.api import infer, methods, register_method
+from ppl.api import infer, infer_many, methods, register_method
 from ppl.context import Context
 from ppl.dists import TokenDist
 from ppl.program import Program
@@ -23,6 +23,7 @@ __all__ = [
     "SteerProgram",
     "TokenDist",
     "infer",
+    "infer_many",
     "methods",
     "models",
     "register_method",

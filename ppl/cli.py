@@ -210,7 +210,8 @@ def print_summary(summary: dict) -> None:
     le = summary["log_evidence"]
     console.print(
         f"log-evidence {le if le is None else f'{le:.4f}'} · final ESS {summary['final_ess']:.1f} · "
-        f"compile {tm.get('compile', 0):.2f}s · run {tm.get('run', 0):.2f}s"
+        f"compile {tm.get('compile', 0):.2f}s (trace {tm.get('trace', 0):.2f}s, cache load "
+        f"{tm.get('cache_load', 0):.2f}s) · run {tm.get('run', 0):.2f}s"
     )
     for k, v in summary.get("extras", {}).items():
         console.print(f"{k}: {v}")

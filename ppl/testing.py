@@ -454,10 +454,12 @@ class TrigramLM(LanguageModel):
         row = params["lm"]["trans"][jnp.clip(prev, 0, v), jnp.clip(last, 0, v - 1)]
         return jnp.where((last == self.bos_token_id)[..., None], first, row)
 
-    def prefill(self, params, prompt_ids, max_len):
+    def prefill(self, params, prompt_ids, max_len, length=None):
         ids = jnp.asarray(prompt_ids, jnp.int32)
-        last = ids[-1]
-        prev = ids[-2] if ids.shape[0] >= 2 else jnp.int32(self.vocab_size)
+        n = ids.shape[0] if length is None else length
+        last = jax.lax.dynamic_index_in_dim(ids, n - 1, 0, False)
+        prev = jnp.where(n >= 2, jax.lax.dynamic_index_in_dim(ids, jnp.maximum(n - 2, 0), 0, False),
+                         self.vocab_size)
         prev = jnp.where(prev == self.bos_token_id, self.vocab_size, prev)
         lp = self._row(params, prev, last)
         fed = jnp.where(last == self.bos_token_id, self.vocab_size, last)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 import weakref
 from typing import Callable
 
@@ -69,6 +70,7 @@ class TokenAutomaton:
     name: str = "constraint"
     final: jax.Array | None = None
     min_steps: jax.Array | None = None
+    digest: bytes | None = None
 
     def __post_init__(self):
         # ``final`` marks accepting states from which no text token is allowed (e.g. a stop
@@ -90,6 +92,21 @@ class TokenAutomaton:
             else:
                 object.__setattr__(self, "min_steps", jnp.asarray(_min_steps(
                     np.asarray(self.transitions), np.asarray(self.accepting))))
+        if self.digest is None and not traced:
+            # Content, not identity, decides whether two automata are the same constraint: a
+            # compiled run is shared by programs whose automata have equal tables.
+            h = hashlib.blake2b(digest_size=16)
+            for a in (self.transitions, self.accepting, self.min_steps):
+                arr = np.ascontiguousarray(np.asarray(a))
+                h.update(str((arr.shape, arr.dtype)).encode())
+                h.update(arr.view(np.uint8).reshape(-1))
+            object.__setattr__(self, "digest", h.digest())
+
+    def __fingerprint__(self):
+        """What a compiled run that uses this automaton depends on (None: use identity)."""
+        if self.digest is None:
+            return None
+        return (self.digest, int(self.start), int(self.eos_token_id), self.name)
 
     @property
     def num_states(self) -> int:
