@@ -56,6 +56,12 @@ def _add_run_args(ap: argparse.ArgumentParser, mod=None):
                     help="token budget, passed to make_program(lm, max_tokens=N) when it accepts it")
     ap.add_argument("--top", type=int, default=10, help="outputs to show")
     ap.add_argument("--quiet", action="store_true", help="no progress display")
+    ap.add_argument("--prompts", default=None, metavar="FILE",
+                    help="run the program on every prompt of FILE (one per line, or JSON lines "
+                         "with a \"prompt\" field) in one batched call; one JSON result per "
+                         "line on stdout (or --out)")
+    ap.add_argument("--out", default=None, metavar="FILE.jsonl", help="with --prompts: write "
+                    "the results there instead of stdout")
 
 
 def _parse_value(v: str):
@@ -105,6 +111,8 @@ def _run_module(mod, args) -> dict:
         raise SystemExit(f"ppl: {e}") from None
     program = build_program(mod, lm, getattr(args, "max_tokens", None))
     check = getattr(mod, "check", None)
+    if getattr(args, "prompts", None):
+        return _run_prompts(program, method, particles, options, args, check)
     quiet = args.quiet or args.json
     try:
         result = _infer_with_progress(program, method, particles, args.seed, options, quiet=quiet)
@@ -130,6 +138,56 @@ def _run_module(mod, args) -> dict:
     else:
         print_summary(summary)
     return summary
+
+
+def read_prompts(path: str) -> list:
+    """Prompts from a file: one per line, or JSON lines whose ``"prompt"`` field holds one
+    (blank lines skipped)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"ppl run: --prompts: no such file: {path}")
+    prompts = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"ppl run: --prompts {path}:{n}: invalid JSON ({e.msg}).") from None
+            if "prompt" not in row:
+                raise SystemExit(f"ppl run: --prompts {path}:{n}: a JSON line needs a \"prompt\" "
+                                 "field.")
+            prompts.append(row["prompt"])
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise SystemExit(f"ppl run: --prompts {path} holds no prompt.")
+    return prompts
+
+
+def _run_prompts(program, method, particles, options, args, check) -> dict:
+    """``--prompts``: every prompt in one ``ppl.infer_many`` call, one JSON line each."""
+    import ppl
+
+    prompts = read_prompts(args.prompts)
+    try:
+        results = ppl.infer_many(program, prompts=prompts, method=method, particles=particles,
+                                 seed=args.seed, **options)
+    except (ValueError, ppl.InferenceError, MemoryError) as e:
+        raise SystemExit(f"ppl: {e}") from None
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        for i, (prompt, res) in enumerate(zip(prompts, results)):
+            if isinstance(res, Exception):
+                row = {"prompt": prompt, "seed": args.seed + i, "error": str(res)}
+            else:
+                row = {"prompt": prompt, "seed": args.seed + i, **summarize(res, check, args.top)}
+            out.write(json.dumps(_jsonable(row)) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return {"problems": len(prompts)}
 
 
 def _jsonable(x):

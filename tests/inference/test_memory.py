@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import ppl  # noqa: E402
 from ppl.inference import driver  # noqa: E402
-from ppl.inference.engine import prepare  # noqa: E402
+from ppl.inference.engine import prepare, prompt_bucket  # noqa: E402
 
 GIB = 2.0**30
 
@@ -32,7 +32,8 @@ def _param_bytes(lm) -> int:
 
 def _check_formula(lm, layers, kv_heads, head_dim, prompt, max_tokens, n):
     setup = prepare(ppl.steer(lm, prompt, max_tokens=max_tokens))
-    max_len = len(lm.prompt_ids(prompt)) + max_tokens
+    # The cache holds the prompt's bucket (prompts are padded to share executables).
+    max_len = prompt_bucket(len(lm.prompt_ids(prompt)), max_tokens, lm.max_context) + max_tokens
     assert setup.max_len == max_len
     per_particle = layers * 2 * kv_heads * head_dim * max_len * 4
     assert lm.init_cache_bytes(max_len) == per_particle
@@ -74,7 +75,8 @@ def tiny_gpt2(tmp_path_factory):
 
 def test_estimate_formula_tiny_gpt2(tiny_gpt2):
     est = _check_formula(tiny_gpt2, 2, 4, 8, "hello world", 10, 32)
-    assert est["kv_cache"] == 32 * 2 * 2 * 4 * 8 * (len(tiny_gpt2.prompt_ids("hello world")) + 10) * 4
+    bucket = prompt_bucket(len(tiny_gpt2.prompt_ids("hello world")), 10, tiny_gpt2.max_context)
+    assert est["kv_cache"] == 32 * 2 * 2 * 4 * 8 * (bucket + 10) * 4
 
 
 def test_refusal_names_the_numbers(tiny_gpt2, monkeypatch):

@@ -109,3 +109,32 @@ def test_trace_of_an_mcmc_run_is_refused_with_a_message(tmp_path):
                   str(tmp_path / "t.html"))
     assert out.returncode != 0
     assert "--trace" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_run_over_a_file_of_prompts_writes_one_result_per_line(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text('The king said\n\n{"prompt": "Once upon a time"}\nAnd then\n')
+    out_file = tmp_path / "out.jsonl"
+    out = run_cli("run", "examples/short_words.py", "--prompts", str(prompts), "--out",
+                  str(out_file), "--particles", "4", "--max-tokens", "4", "--seed", "5")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["The king said", "Once upon a time", "And then"]
+    assert [r["seed"] for r in rows] == [5, 6, 7]
+    for r in rows:
+        assert r["method"] == "smc" and r["particles"] == 4 and r["outputs"]
+        assert r["timings"]["batch_size"] == 3
+    # Each line is what a run of that prompt alone gives with its seed.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sw", ROOT / "examples" / "short_words.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    prog = mod.make_program(ppl.models.load("tiny"), max_tokens=4)
+    prog.prompt = "Once upon a time"
+    alone = ppl.infer(prog, particles=4, seed=6)
+    assert rows[1]["log_evidence"] == pytest.approx(alone.log_evidence, abs=0, rel=0)
+    bad = tmp_path / "bad.txt"
+    bad.write_text('{"text": "no prompt field"}\n')
+    err = run_cli("run", "examples/short_words.py", "--prompts", str(bad))
+    assert err.returncode != 0 and 'needs a "prompt" field' in err.stderr
