@@ -8,6 +8,7 @@ from ppl import models
 from ppl.api import infer, methods, register_method
 from ppl.context import Context, ProgramError
 from ppl.dists import TokenDist
+from ppl.models.chat import chat
 from ppl.program import Program
 from ppl.result import InferenceError, Result
 from ppl.steer import SteerProgram, steer
@@ -20,6 +21,7 @@ __all__ = [
     "Result",
     "SteerProgram",
     "TokenDist",
+    "chat",
     "infer",
     "methods",
     "models",
