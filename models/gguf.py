@@ -430,6 +430,12 @@ def convert(path: str | os.PathLike, folder: str | os.PathLike, *, source: dict 
                 "gguf_bytes": Path(path).stat().st_size,
                 "tensor_types": sorted(set(ck.tensor_types.values())), **(source or {})}
         (tmp / "ppl_conversion.json").write_text(json.dumps(info, indent=2))
+        # mkdtemp (and safetensors) create private files: give them the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
