@@ -195,6 +195,9 @@ def get(name: str, source: str | os.PathLike | None = None, *, quiet: bool = Fal
     home = models_dir() / m.name
     home.mkdir(parents=True, exist_ok=True)
     target = home / m.file
+    if source is None and _fresh(_folder(m)) and target.is_file():
+        say(f"{m.name}: already converted: {_folder(m)}")
+        return _folder(m)
     if source is not None:
         src = Path(source).expanduser()
         if not src.is_file():
