@@ -2,7 +2,7 @@
 
 Everything here is plain functional JAX over arrays. The KV cache of one layer is a pair
 ``(k, v)`` of arrays shaped ``[B, kv_heads, max_len, head_dim]``: batch first so that
-:func:`ppl.models.base.reorder` and :func:`ppl.models.base.broadcast_cache` work on it, and
+[reorder][ppl.models.reorder] and [broadcast_cache][ppl.models.broadcast_cache] work on it, and
 one pair per layer (never one stacked array) so a decode step updates each layer's buffer in
 place instead of rebuilding a whole-model array (measured 2.7-4x slower per decode step on
 GPT-2-small shapes on CPU, when the project chose this layout).
@@ -128,7 +128,7 @@ def attend_prefill(q, k, v, scale: float, window=None, softcap: float | None = N
         scale: multiplier of the scores.
         window: sliding window (an int, possibly traced): query ``i`` sees keys ``j`` with
             ``i - window < j <= i``, as transformers' sliding-window mask does. ``None`` (or
-            [GLOBAL_WINDOW][ppl.models._common.GLOBAL_WINDOW]) is full causal attention.
+            ``GLOBAL_WINDOW``) is full causal attention.
         softcap: attention logit soft-capping (Gemma 2), or None.
 
     Returns:
@@ -160,7 +160,7 @@ def attend_decode(q, cache, positions, scale: float, window=None, softcap: float
         positions: ``int32[B]``.
         scale: multiplier of the scores.
         window: sliding window: slot ``j`` is visible iff ``positions[b] - window < j`` (see
-            [attend_prefill][ppl.models._common.attend_prefill]); None for full attention.
+            ``attend_prefill``); None for full attention.
         softcap: attention logit soft-capping, or None.
 
     Returns:
@@ -248,7 +248,7 @@ class TransformerLM:
         return cache_bytes(self.n_layers, self.kv_heads, self.head_dim, max_len, self.dtype)
 
     def prefill(self, params, prompt_ids, max_len: int, return_hidden: bool = False):
-        """See :meth:`LanguageModel.prefill`; ``return_hidden`` adds the final hidden state."""
+        """See [LanguageModel.prefill][ppl.models.LanguageModel.prefill]; ``return_hidden`` adds the final hidden state."""
         caches, x = self._prefill(params, prompt_ids, max_len)
         h, lp_ = self._head(params, x[-1])
         return (caches, lp_, h) if return_hidden else (caches, lp_)
@@ -370,5 +370,5 @@ class TensorReader:
         return a
 
     def maybe(self, name: str, shape: tuple[int, ...], why: str = "") -> np.ndarray | None:
-        """Like [get][ppl.models._common.TensorReader.get], None when the tensor is absent."""
+        """Like ``get``, None when the tensor is absent."""
         return None if self.find(name) is None else self.get(name, shape, why)

@@ -1,6 +1,6 @@
-"""The contract every language model in :mod:`ppl.models` fulfils.
+"""The contract every language model in `ppl.models` fulfils.
 
-Inference backends only ever talk to a model through :class:`LanguageModel`:
+Inference backends only ever talk to a model through [LanguageModel][ppl.models.LanguageModel]:
 
 * ``prefill(params, prompt_ids, max_len)`` runs the prompt once (batch of one) and returns a
   KV cache sized for ``max_len`` positions plus the next-token log-probabilities.
@@ -12,13 +12,13 @@ Inference backends only ever talk to a model through :class:`LanguageModel`:
   also return it (the feature of learned proposals).
 * Every leaf of a cache has the batch (particle) axis first, so broadcasting a prefilled cache
   to ``N`` particles and reordering it along resampling ancestors are generic
-  (:func:`broadcast_cache`, :func:`reorder`).
+  ([broadcast_cache][ppl.models.broadcast_cache], [reorder][ppl.models.reorder]).
 
 Both functions are pure and traceable: backends call them inside one ``jax.jit``.
 
 ``params`` is an argument of both, never read from the model inside them. Program code may
 still read tables from ``lm.params``: while a backend traces a run it binds the traced
-argument with :func:`bound_params`, so in that thread (and only there) ``lm.params`` reads
+argument with `bound_params`, so in that thread (and only there) ``lm.params`` reads
 return the traced value and the compiled run takes the parameters as an input.
 """
 
@@ -184,7 +184,7 @@ class LanguageModel(abc.ABC):
     @property
     def params(self) -> PyTree:
         """The weights (a pytree of arrays); the traced argument while a run is traced
-        (see :func:`bound_params`)."""
+        (see `bound_params`)."""
         table = getattr(_BOUND, "table", None)
         if table:
             bound = table.get(id(self), _MISSING)

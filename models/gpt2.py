@@ -27,9 +27,9 @@ class GPT2LM(C.TransformerLM, LanguageModel):
 
     Args:
         config: the Hugging Face ``GPT2Config`` (or a dict with the same keys).
-        params: the pytree made by :meth:`convert_state_dict`.
+        params: the pytree made by [convert_state_dict][ppl.models.GPT2LM.convert_state_dict].
         tokenizer: a Hugging Face tokenizer (or anything with ``encode``/``decode``).
-        vocab: the :class:`Vocab` of ``vocab_size`` entries.
+        vocab: the [Vocab][ppl.models.Vocab] of ``vocab_size`` entries.
         name: a display name.
         eos_token_id: overrides the config's EOS id.
         bos_token_id: overrides the config's BOS id.
@@ -152,7 +152,7 @@ class GPT2LM(C.TransformerLM, LanguageModel):
         return tuple(caches), x
 
     def decode_step(self, params, cache, tokens, positions, return_hidden: bool = False):
-        """See :meth:`LanguageModel.decode_step`; ``return_hidden`` adds the final hidden states."""
+        """See [LanguageModel.decode_step][ppl.models.LanguageModel.decode_step]; ``return_hidden`` adds the final hidden states."""
         tokens = jnp.asarray(tokens, jnp.int32)
         positions = jnp.asarray(positions, jnp.int32)
         x = params["embed"][tokens] + params["pos"][positions]

@@ -18,7 +18,7 @@ gated MLP. They differ in a few switches, all read from the config into a
 What differs between layers is data, not code: the sliding window of each layer
 (``layer_windows``, an ``int32[n_layers]`` array: Mistral's window on every layer, Gemma 2's on
 every other one, Qwen's on layers past ``max_window_layers``, and
-[GLOBAL_WINDOW][ppl.models._common.GLOBAL_WINDOW] for full attention). Every layer runs the
+``GLOBAL_WINDOW`` (``ppl.models._common``) for full attention). Every layer runs the
 same function of (its parameters, its window), so the layers can later be stacked and run with
 ``lax.scan``.
 
@@ -166,7 +166,7 @@ def layer_windows(config, family: Family | str | None = None) -> np.ndarray:
     """``int32[n_layers]``: each layer's sliding window, as transformers decides it.
 
     A layer with window ``w`` lets position ``i`` attend to positions ``j`` with
-    ``i - w < j <= i``; full-attention layers get [GLOBAL_WINDOW][ppl.models._common.GLOBAL_WINDOW].
+    ``i - w < j <= i``; full-attention layers get ``GLOBAL_WINDOW`` (``ppl.models._common``).
 
     Raises:
         ValueError: ``layer_types`` of the wrong length or with an unknown entry, or a Llama
@@ -239,7 +239,7 @@ class LlamaLM(C.TransformerLM, LanguageModel):
     Args:
         config: the Hugging Face config (``LlamaConfig``, ``MistralConfig``, ``Qwen2Config``,
             ``Qwen3Config``, ``Gemma2Config``, ``Phi3Config``) or a dict with those keys.
-        params: the pytree made by [convert_state_dict][ppl.models.llama.LlamaLM.convert_state_dict].
+        params: the pytree made by [convert_state_dict][ppl.models.LlamaLM.convert_state_dict].
         tokenizer: a Hugging Face tokenizer (or anything with ``encode``/``decode``).
         vocab: the [Vocab][ppl.models.Vocab] of ``vocab_size`` entries.
         name: a display name.

@@ -61,7 +61,7 @@ class TokenAutomaton:
         eos_token_id: the vocabulary's EOS id (allowed exactly in accepting states).
         name: for error messages (which constraint killed particles).
         eos_token_ids: every id that ends a sequence (``eos_token_id`` first); each is
-            treated as EOS. Defaults to ``(eos_token_id,)``; [Constraint.compile][ppl.stdlib.base.Constraint.compile]
+            treated as EOS. Defaults to ``(eos_token_id,)``; ``Constraint.compile``
             sets the vocabulary's.
     """
 
