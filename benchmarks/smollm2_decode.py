@@ -213,7 +213,12 @@ def write_docs(md: str, md_first: str, command: str, meta: dict) -> None:
         f"transformers {meta['transformers']}; {meta['date']}. The machine is shared (1-minute "
         f"load average {meta['load_average_1min'][0]} before, {meta['load_average_1min'][1]} "
         "after the run); every timing is in `benchmarks/results/smollm2_decode.json`.\n\n"
-        f"{md}\n\n"
+        + (f"**Measured under heavy load** (more runnable processes than the {os.cpu_count()} cores): "
+           "single timings varied by up to 2x between rounds, so read the ratios as indicative; "
+           "PyTorch's OpenMP threads lose more than XLA's under contention (see the Decoding "
+           "section), which flatters JAX.\n\n"
+           if max(meta["load_average_1min"]) > (os.cpu_count() or 1) else "")
+        + f"{md}\n\n"
         "First call (JAX: tracing and XLA compilation of the unrolled 30-layer prefill and "
         "decode step, plus one run; PyTorch: one run with its warm-up):\n\n"
         f"{md_first}\n"

@@ -286,14 +286,7 @@ class TransformerLM:
         if isinstance(bos, (list, tuple)):
             bos = bos[0] if bos else None
         self.bos_token_id = None if bos is None else int(bos)
-        for what, i in [("EOS", e) for e in self.eos_token_ids] + [("BOS", self.bos_token_id)]:
-            if i is not None and not 0 <= i < self.vocab_size:
-                raise ValueError(
-                    f"{name}: the {what} token id {i} (from the config, generation config or "
-                    f"tokenizer) is outside the model's vocabulary of {self.vocab_size} ids "
-                    f"(0..{self.vocab_size - 1}); no particle could {'end' if what == 'EOS' else 'start'} "
-                    "with it. Fix the id in config.json / generation_config.json."
-                )
+        check_special_ids(name, self.eos_token_ids, self.bos_token_id, self.vocab_size)
         self.tokenizer = tokenizer
         self.vocab = vocab
         self.name = name
@@ -306,6 +299,18 @@ class TransformerLM:
             f"{type(self).__name__}(name={self.name!r}, layers={self.n_layers}, "
             f"hidden={self.hidden_size}, vocab={self.vocab_size}, dtype={np.dtype(self.dtype).name})"
         )
+
+
+def check_special_ids(name: str, eos_ids, bos_id, vocab_size: int) -> None:
+    """Refuses EOS/BOS ids that do not index a row of the embedding."""
+    for what, i in [("EOS", e) for e in eos_ids] + [("BOS", bos_id)]:
+        if i is not None and not 0 <= int(i) < vocab_size:
+            raise ValueError(
+                f"{name}: the {what} token id {i} (from the config, generation config or "
+                f"tokenizer) is outside the model's vocabulary of {vocab_size} ids "
+                f"(0..{vocab_size - 1}); no particle could {'end' if what == 'EOS' else 'start'} "
+                "with it. Fix the id in config.json / generation_config.json."
+            )
 
 
 # ---- reading checkpoints ------------------------------------------------------------------

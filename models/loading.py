@@ -359,7 +359,7 @@ def _assemble(cls, model_type: str, config, raw: dict, state, tokenizer, generat
               name: str, where: Path, dtype) -> LanguageModel:
     """The model from a config, tensors, tokenizer and generation settings (folder or GGUF)."""
     family = {} if cls is GPT2LM else {"family": model_type}
-    from ppl.models._common import config_value
+    from ppl.models._common import check_special_ids, config_value
 
     vocab_rows = int(config_value(config, "vocab_size") or 0)
     if len(tokenizer) > vocab_rows > 0:
@@ -368,12 +368,6 @@ def _assemble(cls, model_type: str, config, raw: dict, state, tokenizer, generat
             f"{vocab_rows} rows (config.json vocab_size): ids {vocab_rows}..{len(tokenizer) - 1} "
             "have no weights. The tokenizer files do not belong to this checkpoint."
         )
-    if cls is LlamaLM:
-        from ppl.models.llama import layer_windows
-
-        layer_windows(config, model_type)  # refuses an ignored sliding window before converting
-    params = cls.convert_state_dict(state, config, dtype=dtype, **family)
-
     gen_eos, cfg_eos = _ids(generation.get("eos_token_id")), _ids(raw.get("eos_token_id"))
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else (gen_eos + cfg_eos or [None])[0]
     if eos is None:
@@ -383,6 +377,13 @@ def _assemble(cls, model_type: str, config, raw: dict, state, tokenizer, generat
     bos = tokenizer.bos_token_id
     if bos is None:
         bos = (_ids(generation.get("bos_token_id")) + _ids(raw.get("bos_token_id")) or [None])[0]
+    # Everything that can be checked from the config is checked before converting weights.
+    check_special_ids(str(where), [eos, *extra], bos, vocab_rows or len(tokenizer))
+    if cls is LlamaLM:
+        from ppl.models.llama import layer_windows
+
+        layer_windows(config, model_type)  # refuses an ignored sliding window
+    params = cls.convert_state_dict(state, config, dtype=dtype, **family)
     lm = cls(config, params, tokenizer=tokenizer, name=name, eos_token_id=int(eos),
              bos_token_id=bos, eos_token_ids=extra, **family)
     lm.add_bos_token = _add_bos(tokenizer, lm.bos_token_id)
