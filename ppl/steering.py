@@ -23,6 +23,9 @@ class SteerProgram(Program):
 
         pi(x) ∝ p_LM(x) * Π_c 1[c(text(x))] * Π_f exp(f(text(x)))
 
+    A sequence ends at any of the model's ``eos_token_ids`` (a checkpoint may list several,
+    e.g. an instruct model's end-of-turn token and its end-of-text token).
+
     Device constraints (token automata) are enforced with the LM masked to the tokens that
     keep the text acceptable as the proposal; the weight increment is the log mass the
     mask kept, ``log Σ_{y allowed} p(y | x_<t)``, which makes the result exact. Python
@@ -67,7 +70,6 @@ class SteerProgram(Program):
 
     def step(self, ctx: Context, state):
         p = ctx.lm.next_token(self.temperature)
-        eos = self.lm.eos_token_id
         if self.automata:
             mask = jnp.ones((self.lm.vocab_size,), bool)
             # Tokens left after this one; only tokens from which every automaton can still
@@ -81,7 +83,7 @@ class SteerProgram(Program):
                 ctx.condition(a.alive(s), name=a.name)
         else:
             tok = self._draw(ctx, p, None)
-        ctx.finish_if(tok == eos)
+        ctx.finish_if(_is_eos(self.lm, tok))
         for pred in self.predicates:
             if pred.incremental:  # prefix-closed: check every prefix
                 ctx.condition(ctx.text(pred, dtype=bool), name=pred.name)
@@ -110,14 +112,23 @@ class SteerProgram(Program):
             ctx.factor(ctx.text(f))
 
 
-def steer(lm, prompt: str = "", constraints: Sequence = (), potentials: Sequence = (),
-          max_tokens: int = 32, twists: Sequence = (), temperature: float | None = None
+def _is_eos(lm, tok):
+    """True where ``tok`` is one of the model's EOS ids (every one of them ends a sequence)."""
+    ids = tuple(getattr(lm, "eos_token_ids", ()) or (lm.eos_token_id,))
+    if len(ids) == 1:
+        return tok == ids[0]
+    return jnp.isin(tok, jnp.asarray(ids, jnp.int32))
+
+
+def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
+          potentials: Sequence = (), max_tokens: int = 32, twists: Sequence = (),
+          temperature: float | None = None, *, messages: Sequence[dict] | None = None
           ) -> SteerProgram:
     """The common program without writing a class.
 
     Args:
         lm: the language model (prior), e.g. ``ppl.models.load("tiny")``.
-        prompt: the text generation continues from.
+        prompt: the text generation continues from (or its token ids).
         constraints: hard rules: ``ppl.stdlib.constraints`` objects (enforced token by token
             on device) and/or Python callables ``str -> bool`` (checked when a particle
             finishes).
@@ -128,5 +139,19 @@ def steer(lm, prompt: str = "", constraints: Sequence = (), potentials: Sequence
         twists: ``str -> float`` heuristics applied to every prefix as twists (they guide
             resampling and cancel out of the final target).
         temperature: optional LM temperature (changes the prior itself).
+        messages: a chat instead of ``prompt``: ``[{"role": "user", "content": ...}, ...]``,
+            formatted with the checkpoint's chat template and the assistant's turn opened
+            (see [ppl.chat][ppl.chat]); generation is the assistant's reply.
+
+    Raises:
+        ValueError: both ``prompt`` and ``messages``, or ``messages`` for a model without a
+            chat template.
     """
+    if messages is not None:
+        if (isinstance(prompt, str) and prompt) or (not isinstance(prompt, str) and len(prompt)):
+            raise ValueError("steer: give prompt= or messages=, not both (messages are turned "
+                             "into the prompt by the model's chat template).")
+        from ppl.models.chat import chat
+
+        prompt = chat(lm, messages)
     return SteerProgram(lm, prompt, constraints, potentials, twists, max_tokens, temperature)

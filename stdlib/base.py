@@ -61,6 +61,9 @@ class TokenAutomaton:
         start: the initial state.
         eos_token_id: the vocabulary's EOS id (allowed exactly in accepting states).
         name: for error messages (which constraint killed particles).
+        eos_token_ids: every id that ends a sequence (``eos_token_id`` first); each is
+            treated as EOS. Defaults to ``(eos_token_id,)``; ``Constraint.compile``
+            sets the vocabulary's.
     """
 
     transitions: jax.Array
@@ -70,9 +73,12 @@ class TokenAutomaton:
     name: str = "constraint"
     final: jax.Array | None = None
     min_steps: jax.Array | None = None
+    eos_token_ids: tuple[int, ...] = ()
     digest: bytes | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "eos_token_ids", tuple(dict.fromkeys(
+            [int(self.eos_token_id), *(int(i) for i in self.eos_token_ids)])))
         # ``final`` marks accepting states from which no text token is allowed (e.g. a stop
         # string was just completed). Backends may finish such particles without sampling EOS,
         # which gives "truncate at the stop string" semantics instead of multiplying the weight
@@ -106,7 +112,7 @@ class TokenAutomaton:
         """What a compiled run that uses this automaton depends on (None: use identity)."""
         if self.digest is None:
             return None
-        return (self.digest, int(self.start), int(self.eos_token_id), self.name)
+        return (self.digest, int(self.start), self.eos_token_ids, self.name)
 
     @property
     def num_states(self) -> int:
@@ -115,15 +121,25 @@ class TokenAutomaton:
     def init_state(self) -> jax.Array:
         return jnp.asarray(self.start, jnp.int32)
 
+    def _eos_ids(self) -> jax.Array:
+        return jnp.asarray(self.eos_token_ids, jnp.int32)
+
+    def is_eos(self, token: jax.Array) -> jax.Array:
+        """True where ``token`` is one of ``eos_token_ids``."""
+        if len(self.eos_token_ids) == 1:
+            return token == self.eos_token_id
+        return jnp.isin(token, self._eos_ids())
+
     def allowed(self, state: jax.Array) -> jax.Array:
-        """``bool[V]``: tokens after which the text can still be accepted (EOS iff accepting)."""
+        """``bool[V]``: tokens after which the text can still be accepted (every EOS id iff
+        accepting)."""
         row = self.transitions[state] != DEAD
-        return row.at[self.eos_token_id].set(self.accepting[state])
+        return row.at[self._eos_ids()].set(self.accepting[state])
 
     def advance(self, state: jax.Array, token: jax.Array) -> jax.Array:
-        """State after ``token``; EOS keeps an accepting state, anything invalid goes DEAD."""
+        """State after ``token``; an EOS id keeps an accepting state, anything invalid goes DEAD."""
         nxt = self.transitions[state, token]
-        keep = (token == self.eos_token_id) & self.accepting[state]
+        keep = self.is_eos(token) & self.accepting[state]
         return jnp.where(keep, state, nxt).astype(jnp.int32)
 
     def accepting_state(self, state: jax.Array) -> jax.Array:
@@ -137,7 +153,7 @@ class TokenAutomaton:
         ``remaining`` further tokens (EOS: iff accepting now). Removing only tokens that cannot
         lead to an accepted text within the budget keeps masked proposals exact."""
         ok = self.min_steps[self.transitions[state]] <= remaining
-        return ok.at[self.eos_token_id].set(self.accepting[state])
+        return ok.at[self._eos_ids()].set(self.accepting[state])
 
     def is_final(self, state: jax.Array) -> jax.Array:
         """True when the text is accepted and no further text token is allowed (only EOS)."""
@@ -194,6 +210,11 @@ class Constraint(abc.ABC):
         out = cache.get(vocab)
         if out is None:
             out = self._compile(vocab)
+            # Every EOS id of the vocabulary ends an accepted text (the automaton is built
+            # for this vocabulary only, so setting them here is safe).
+            ids = tuple(getattr(vocab, "eos_token_ids", ()) or (vocab.eos_token_id,))
+            if ids != out.eos_token_ids:
+                object.__setattr__(out, "eos_token_ids", ids)
             cache[vocab] = out
         return out
 

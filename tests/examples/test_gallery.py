@@ -36,6 +36,8 @@ SMALL = {
     "reasoning_steps": ({}, "smc", 64, {}),
     "compare_methods": ({"max_tokens": 6}, "smc", 8, {}),
     "latent_temperature": ({"max_tokens": 8}, "smc", 8, {}),
+    "chat_json": ({"max_tokens": 40}, "smc", 8, {}),
+    "chat_answer": ({}, "smc", 8, {}),
 }
 
 
@@ -173,6 +175,25 @@ def test_compare_methods_table_fast_methods(lm):
     assert "skipped" in by["no_such_method"]["note"]
     for m in ("smc", "is"):
         assert math.isfinite(by[m]["log Z"]) and 1.0 <= by[m]["final ESS"] <= 8.0
+
+
+def test_chat_examples_fall_back_to_a_plain_prompt_without_a_template(lm):
+    """The embedded model has no chat template: the chat examples ask the same as plain text."""
+    assert lm.chat_template is None
+    for name in ("chat_json", "chat_answer"):
+        mod, program, res = run_small(lm, name)
+        assert isinstance(program.prompt, str) and program.prompt
+
+
+@pytest.mark.slow
+def test_chat_example_reports(lm):
+    mod, program, res = run_small(lm, "chat_answer")
+    rep = mod.report(lm, res)
+    assert set(rep) == {c for c, _ in mod.QUESTIONS} | {"right"}
+    assert all(rep[c].split(" ")[0] in mod.CHOICES for c, _ in mod.QUESTIONS)
+    mod, program, res = run_small(lm, "chat_json")
+    rep = mod.report(lm, res)
+    assert 0.0 <= rep["all fields right"] <= min(rep[f"{k} right"] for k in mod.FACTS) <= 1.0
 
 
 @pytest.mark.slow

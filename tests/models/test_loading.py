@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ppl.models as M
-from ppl.models import loading
+from ppl.models import loading, registry
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,8 @@ def test_unsupported_architecture(tmp_path, gpt2_dir):
         M.load(d)
     msg = str(e.value)
     assert "BertForMaskedLM" in msg
-    for arch in ("GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForCausalLM"):
+    for arch in ("GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM",
+                 "Qwen3ForCausalLM", "Gemma2ForCausalLM", "Phi3ForCausalLM"):
         assert arch in msg
 
 
@@ -156,8 +157,12 @@ def test_hf_cache_name_resolves_offline(monkeypatch, tmp_path, gpt2_dir):
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(loading, "TINY_DIR", tmp_path / "no-tiny")
+    monkeypatch.setenv("PPL_MODELS_DIR", str(tmp_path / "no-named-models"))
+    monkeypatch.setattr(registry, "_installed_file", lambda m: None)
     assert M.available() == ["someone/tiny-gpt2"]
     lm = M.load("someone/tiny-gpt2")
     assert isinstance(lm, M.GPT2LM) and lm.name == "someone/tiny-gpt2"
     with pytest.raises(ValueError, match="local Hugging Face cache"):
+        M.load("someone/not-cached")
+    with pytest.raises(ValueError, match="hf download someone/not-cached"):
         M.load("someone/not-cached")
