@@ -520,7 +520,8 @@ def _automaton(tables, eos):
     for f in dataclasses.fields(TokenAutomaton):
         default = None if f.default is dataclasses.MISSING else f.default
         object.__setattr__(a, f.name, tables.get(f.name, default))
-    for name, value in (("start", 1), ("eos_token_id", eos), ("name", "automaton")):
+    for name, value in (("start", 1), ("eos_token_id", eos), ("eos_token_ids", (eos,)),
+                        ("name", "automaton")):
         object.__setattr__(a, name, value)
     return a
 

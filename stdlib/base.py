@@ -121,12 +121,17 @@ class TokenAutomaton:
     def init_state(self) -> jax.Array:
         return jnp.asarray(self.start, jnp.int32)
 
+    def _eos_tuple(self) -> tuple[int, ...]:
+        # An instance assembled without __post_init__ (traced tables) may leave the tuple
+        # empty; EOS must still be EOS there.
+        return self.eos_token_ids or (int(self.eos_token_id),)
+
     def _eos_ids(self) -> jax.Array:
-        return jnp.asarray(self.eos_token_ids, jnp.int32)
+        return jnp.asarray(self._eos_tuple(), jnp.int32)
 
     def is_eos(self, token: jax.Array) -> jax.Array:
         """True where ``token`` is one of ``eos_token_ids``."""
-        if len(self.eos_token_ids) == 1:
+        if len(self._eos_tuple()) == 1:
             return token == self.eos_token_id
         return jnp.isin(token, self._eos_ids())
 

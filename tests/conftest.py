@@ -5,10 +5,13 @@ import os
 import jax
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 settings.register_profile(
+    # No shrinking in CI: a failure is reported at once with its reproduce blob (shrinking a
+    # compiled-program example can take minutes per test and ran CI past its time limit).
     "ci", derandomize=True, max_examples=12, deadline=None, print_blob=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
