@@ -79,7 +79,9 @@ def estimate_bytes(setup: E.Setup, num_rows: int, step_rows: int | None = None) 
     """Up-front memory estimate in bytes, before anything is allocated.
 
     ``total = weights + kv_cache + step_buffers + runtime`` where ``kv_cache`` is the exact
-    size of ``num_rows x contexts`` static KV caches of ``max_len`` positions,
+    size of the static KV cache: each context's prompt once (``kv_prompt``: ``prompt_len``
+    positions) plus ``num_rows x contexts`` rows of generated positions (``kv_rows``:
+    ``max_tokens`` each; the LM's [cache_layout_bytes][ppl.models.LanguageModel.cache_layout_bytes]),
     ``step_buffers = step_rows x contexts x V x 48`` (twelve vocabulary-sized float32 buffers
     per row; ``step_rows`` defaults to ``num_rows``) and ``runtime`` a fixed 576 MiB
     (compiler, executable, tokenizer), both calibrated on the scaling benchmark.
@@ -88,9 +90,13 @@ def estimate_bytes(setup: E.Setup, num_rows: int, step_rows: int | None = None) 
     weights = _tree_bytes(lm.params)
     rows = num_rows * setup.num_contexts
     srows = (num_rows if step_rows is None else step_rows) * setup.num_contexts
-    kv = int(lm.init_cache_bytes(setup.max_len)) * rows
+    shared, per_row = (int(b) for b in lm.cache_layout_bytes(setup.prompt_len, setup.max_tokens))
+    kv_prompt = shared * setup.num_contexts
+    kv_rows = per_row * rows
+    kv = kv_prompt + kv_rows
     step = srows * lm.vocab_size * STEP_BUFFERS_PER_VOCAB_ENTRY
-    return {"weights": weights, "kv_cache": kv, "step_buffers": step, "runtime": RUNTIME_BYTES,
+    return {"weights": weights, "kv_cache": kv, "kv_prompt": kv_prompt, "kv_rows": kv_rows,
+            "step_buffers": step, "runtime": RUNTIME_BYTES,
             "total": weights + kv + step + RUNTIME_BYTES}
 
 
@@ -119,13 +125,17 @@ def check_memory(setup: E.Setup, num_rows: int, step_rows: int | None = None,
     on_cpu = jax.default_backend() == "cpu"
     if avail is not None and on_cpu and est["total"] > 0.9 * avail:
         gib = 2.0**30
-        # KV cache and step buffers both grow with the number of rows.
-        per_row = (est["kv_cache"] + est["step_buffers"]) / max(num_rows, 1)
-        fit = int(max(0.9 * avail - est["weights"] - est["runtime"], 0) // max(per_row, 1))
+        # The generated KV rows and the step buffers grow with the number of rows; the
+        # prompt's KV is stored once.
+        per_row = (est["kv_rows"] + est["step_buffers"]) / max(num_rows, 1)
+        fixed = est["weights"] + est["runtime"] + est["kv_prompt"]
+        fit = int(max(0.9 * avail - fixed, 0) // max(per_row, 1))
         raise MemoryRefusal(
             f"This run needs about {est['total'] / gib:.2f} GiB (weights {est['weights'] / gib:.2f} "
-            f"GiB + KV cache {est['kv_cache'] / gib:.2f} GiB for {num_rows} {what} x "
-            f"{setup.max_len} positions + step buffers {est['step_buffers'] / gib:.2f} GiB + "
+            f"GiB + prompt KV cache {est['kv_prompt'] / gib:.2f} GiB once for "
+            f"{setup.num_contexts} prompt(s) of {setup.prompt_len} positions + generated KV "
+            f"cache {est['kv_rows'] / gib:.2f} GiB for {num_rows} {what} x "
+            f"{setup.max_tokens} positions + step buffers {est['step_buffers'] / gib:.2f} GiB + "
             f"runtime {est['runtime'] / gib:.2f} GiB) but only "
             f"{avail / gib:.2f} GiB is available. Lower the number of {what} (at most ~{fit} fit) "
             f"or max_tokens, or load the model with dtype='bfloat16'."

@@ -25,7 +25,7 @@ from ppl import handlers
 from ppl.context import Context
 from ppl.errors import ProgramError
 from ppl.inference.resampling import log_mean_exp
-from ppl.models.base import broadcast_cache
+from ppl.models.base import broadcast_cache, join_cache, split_cache
 
 __all__ = ["Particles", "KVState", "Prompts", "Setup", "prepare", "prompt_bucket",
            "encode_prompts", "context", "init_population", "propose",
@@ -57,7 +57,13 @@ class Particles(NamedTuple):
 
 class KVState(NamedTuple):
     """The batched LM's state: ``N * K`` KV-cache rows (row ``n * K + k`` is particle n,
-    context k) and each particle's next-token distributions."""
+    context k), the contexts' shared prompt cache and each particle's next-token
+    distributions.
+
+    ``cache`` holds only what each row owns (its generated tokens' keys and values: what
+    resampling gathers); ``prefix`` is the LM's shared part (every context's prompt once,
+    context axis first; None for LMs without one), passed to ``decode_step`` unchanged and
+    never gathered."""
 
     cache: Any
     logprobs: jax.Array  # float32[N, K, V]
@@ -65,6 +71,7 @@ class KVState(NamedTuple):
     # float32[N, K, D]: the LM's final hidden state (input of its head) at each row's last
     # token, the feature of learned proposals; D = 0 for LMs without one (NGramLM).
     hidden: Any = None
+    prefix: Any = None
 
 
 class Prompts(NamedTuple):
@@ -230,14 +237,17 @@ def context(setup: Setup, key, **kw) -> Context:
 
 
 def init_population(key, setup: Setup, params, num_particles: int):
-    """Prefills every prompt once, broadcasts it to the particles, runs ``init``.
+    """Prefills every prompt once, broadcasts its rows to the particles, runs ``init``.
+
+    The prompt's shared cache part (a [SharedCache][ppl.models.SharedCache]'s ``shared``) is
+    kept once per context in ``KVState.prefix``, not copied to the particles.
 
     Returns:
         ``(particles, kv)``.
     """
     lm = setup.lm
     n, k_ctx, t_max = num_particles, setup.num_contexts, setup.max_tokens
-    caches, lps, hs = [], [], []
+    caches, shared, lps, hs = [], [], [], []
     for k in range(k_ctx):
         ids = jnp.asarray(setup.prompts.ids[k], jnp.int32)
         length = jnp.asarray(setup.prompts.lens[k], jnp.int32)
@@ -246,11 +256,16 @@ def init_population(key, setup: Setup, params, num_particles: int):
         else:
             c, lp = lm.prefill(params, ids, setup.max_len, length=length)
             h = jnp.zeros((0,), jnp.float32)
-        caches.append(broadcast_cache(c, n))
+        rows, sh = split_cache(c)
+        caches.append(broadcast_cache(rows, n))
+        shared.append(sh)
         lps.append(lp)
         hs.append(h.astype(jnp.float32))
     # Interleave contexts so that row n*K + k is particle n's context k.
     cache = jax.tree.map(lambda *xs: jnp.stack(xs, 1).reshape((n * k_ctx,) + xs[0].shape[1:]), *caches)
+    # Context k's prompt is entry k of the shared part (row n*K + k reads entry k).
+    prefix = None if shared[0] is None else jax.tree.map(
+        lambda *xs: jnp.concatenate(xs, 0), *shared)
     logprobs = jnp.broadcast_to(jnp.stack(lps)[None], (n, k_ctx, lps[0].shape[-1]))
     tokens = jnp.zeros((n, t_max), jnp.int32)
     length = jnp.zeros((n,), jnp.int32)
@@ -274,7 +289,7 @@ def init_population(key, setup: Setup, params, num_particles: int):
     )
     nan = jnp.any(jnp.isnan(logprobs))
     hidden = jnp.broadcast_to(jnp.stack(hs)[None], (n, k_ctx, hs[0].shape[-1]))
-    return parts, KVState(cache, logprobs.astype(jnp.float32), nan, hidden)
+    return parts, KVState(cache, logprobs.astype(jnp.float32), nan, hidden, prefix)
 
 
 def _step_one(setup: Setup, key, state, tokens, length, logw, twist, done, cause, logprobs, t,
@@ -367,15 +382,17 @@ def advance_lm(setup: Setup, params, kv: KVState, tokens, old_length, active) ->
     pos = jnp.minimum(pos, setup.max_len - 1)
     rows = jnp.repeat(tokens, k_ctx)
     lm = setup.lm
+    full = join_cache(kv.cache, kv.prefix)
     if lm.supports_hidden:
-        cache, lp, h = lm.decode_step(params, kv.cache, rows, pos, return_hidden=True)
+        cache, lp, h = lm.decode_step(params, full, rows, pos, return_hidden=True)
         h = h.reshape(n, k_ctx, -1).astype(jnp.float32)
     else:
-        cache, lp = lm.decode_step(params, kv.cache, rows, pos)
+        cache, lp = lm.decode_step(params, full, rows, pos)
         h = jnp.zeros((n, k_ctx, 0), jnp.float32)
+    cache, _ = split_cache(cache)
     lp = lp.reshape(n, k_ctx, -1).astype(jnp.float32)
     nan = kv.nan | jnp.any(jnp.isnan(lp) & active[:, None, None])
-    return KVState(cache, lp, nan, h)
+    return KVState(cache, lp, nan, h, kv.prefix)
 
 
 def advance_live(setup: Setup, params, kv: KVState, tokens, old_length, active,
@@ -418,11 +435,13 @@ def select_rows(setup: Setup, mask, if_true: KVState, if_false: KVState) -> KVSt
     return KVState(pick(rows, if_true.cache, if_false.cache),
                    pick(mask, if_true.logprobs, if_false.logprobs),
                    if_true.nan | if_false.nan,
-                   pick(mask, if_true.hidden, if_false.hidden))
+                   pick(mask, if_true.hidden, if_false.hidden),
+                   if_true.prefix)
 
 
 def gather(setup: Setup, parts: Particles, kv: KVState, ancestors, take=None):
-    """Particle ``i`` becomes a copy of particle ``ancestors[i]``: state, tokens and KV cache.
+    """Particle ``i`` becomes a copy of particle ``ancestors[i]``: state, tokens and KV cache
+    rows (the shared prompt part is the same for every particle and is not copied).
 
     ``take(x, indices)`` (default ``jnp.take`` along axis 0) does every row gather; SMC's
     island resampling passes one that keeps the gather inside each island (the
@@ -433,11 +452,10 @@ def gather(setup: Setup, parts: Particles, kv: KVState, ancestors, take=None):
             return jnp.take(x, i, axis=0)
     parts = jax.tree.map(lambda x: take(x, ancestors), parts)
     rows = cache_rows(setup, ancestors)
-    kv = KVState(
-        jax.tree.map(lambda x: take(x, rows), kv.cache),
-        take(kv.logprobs, ancestors),
-        kv.nan,
-        take(kv.hidden, ancestors),
+    kv = kv._replace(
+        cache=jax.tree.map(lambda x: take(x, rows), kv.cache),
+        logprobs=take(kv.logprobs, ancestors),
+        hidden=take(kv.hidden, ancestors),
     )
     return parts, kv
 

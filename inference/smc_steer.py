@@ -60,8 +60,9 @@ def build_kernel(setup: E.Setup, config: RunConfig, params, num_beams: int):
         parts = parts._replace(logw=new_lw.astype(jnp.float32))
         parents = (idx // b).astype(jnp.int32)
         rows = E.cache_rows(setup, parents)
-        kv = E.KVState(reorder(state.kv.cache, rows), state.kv.logprobs[parents], state.kv.nan,
-                       state.kv.hidden[parents])
+        kv = state.kv._replace(cache=reorder(state.kv.cache, rows),
+                               logprobs=state.kv.logprobs[parents],
+                               hidden=state.kv.hidden[parents])
         active = ~parts.done
         tok = tokens[idx]
         old_len = parts0.length[parents]

@@ -1,6 +1,7 @@
 """Language models in pure JAX: the prior of every steering program."""
 
-from ppl.models.base import LanguageModel, Vocab, broadcast_cache, reorder
+from ppl.models.base import (LanguageModel, SharedCache, Vocab, broadcast_cache, join_cache, reorder,
+                             split_cache)
 from ppl.models.chat import chat
 from ppl.models.gpt2 import GPT2LM
 from ppl.models.llama import LlamaLM
@@ -16,11 +17,14 @@ __all__ = [
     "NAMED_MODELS",
     "NGramLM",
     "SUPPORTED_ARCHITECTURES",
+    "SharedCache",
     "Vocab",
     "available",
     "broadcast_cache",
     "build_vocab",
     "chat",
+    "join_cache",
     "load",
     "reorder",
+    "split_cache",
 ]

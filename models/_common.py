@@ -1,11 +1,23 @@
 """Building blocks shared by the transformer implementations (GPT-2, Llama).
 
-Everything here is plain functional JAX over arrays. The KV cache of one layer is a pair
-``(k, v)`` of arrays shaped ``[B, kv_heads, max_len, head_dim]``: batch first so that
-[reorder][ppl.models.reorder] and [broadcast_cache][ppl.models.broadcast_cache] work on it, and
-one pair per layer (never one stacked array) so a decode step updates each layer's buffer in
-place instead of rebuilding a whole-model array (measured 2.7-4x slower per decode step on
-GPT-2-small shapes on CPU, when the project chose this layout).
+Everything here is plain functional JAX over arrays. A transformer's cache is a
+[SharedCache][ppl.models.SharedCache]:
+
+* ``rows``: one pair ``(k, v)`` per layer, each ``[B, kv_heads, G, head_dim]``, the keys and
+  values of the tokens each row generated (slot ``j`` is position ``prompt_len + j``; ``G`` is
+  ``max_tokens`` rounded up to a whole number of attention blocks). Batch first so that
+  [reorder][ppl.models.reorder] and [broadcast_cache][ppl.models.broadcast_cache] work on it, and
+  one pair per layer (never one stacked array) so a decode step updates each layer's buffer in
+  place instead of rebuilding a whole-model array (measured 2.7-4x slower per decode step on
+  GPT-2-small shapes on CPU, when the project chose this layout).
+* ``shared``: ``{"kv": one (k, v) per layer, each [C, kv_heads, P, head_dim], "length":
+  int32[C]}``: the prompt of each of ``C`` contexts, stored once however many rows read it
+  (row ``b`` reads context ``b % C``).
+
+Decode attention combines the two parts exactly: a softmax over the prompt and an online
+(log-sum-exp) softmax over the generated part in blocks of ``BLOCK`` slots, with as many
+blocks as the longest row has written, so a step's cost grows with the tokens written, not
+with ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -16,10 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppl.models.base import SharedCache
+
 __all__ = [
     "ACTIVATIONS",
+    "BLOCK",
     "GLOBAL_WINDOW",
     "attend_decode",
+    "attend_decode_shared",
+    "generated_capacity",
     "attend_prefill",
     "cache_bytes",
     "check_max_len",
@@ -76,6 +93,18 @@ def check_max_len(max_len: int, max_context: int, name: str) -> None:
         )
 
 
+#: Generated slots per attention block: decode attention visits ``ceil(written / BLOCK)``
+#: blocks of the generated part.
+BLOCK = 32
+
+
+def generated_capacity(max_tokens: int) -> int:
+    """Generated slots a row holds: ``max_tokens``, rounded up to whole ``BLOCK``s beyond one
+    block (so every block is a full ``dynamic_slice``)."""
+    max_tokens = max(int(max_tokens), 0)
+    return max_tokens if max_tokens <= BLOCK else -(-max_tokens // BLOCK) * BLOCK
+
+
 def empty_layer_cache(batch: int, kv_heads: int, max_len: int, head_dim: int, dtype):
     shape = (batch, kv_heads, max_len, head_dim)
     return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
@@ -95,6 +124,13 @@ def write_prefill(cache, k, v):
         jax.lax.dynamic_update_slice(kc, kt, (0, 0, 0, 0)),
         jax.lax.dynamic_update_slice(vc, vt, (0, 0, 0, 0)),
     )
+
+
+def prefix_layer(k, v, dtype):
+    """A prompt's keys/values ``[P, kv_heads, hd]`` as one context's shared part
+    ``[1, kv_heads, P, hd]``."""
+    return (jnp.transpose(k, (1, 0, 2))[None].astype(dtype),
+            jnp.transpose(v, (1, 0, 2))[None].astype(dtype))
 
 
 def write_decode(cache, k, v, positions):
@@ -183,6 +219,86 @@ def attend_decode(q, cache, positions, scale: float, window=None, softcap: float
     return o.reshape(b, h * hd).astype(q.dtype)
 
 
+def attend_decode_shared(q, rows, prefix, prefix_len, positions, scale: float, window=None,
+                         softcap: float | None = None):
+    """One query per row against its context's prompt and its own generated slots.
+
+    Exactly the softmax over the concatenation (prompt slots ``< prefix_len``, then generated
+    slots ``0..positions[b] - prefix_len``), computed as a softmax over the prompt merged with
+    an online softmax over the generated part in blocks of ``BLOCK`` slots. The number of
+    blocks is traced: ``ceil(max_b written_b / BLOCK)``, so unwritten blocks are never read.
+
+    Args:
+        q: ``[B, H, hd]``, ``B = N * C``; row ``b`` belongs to context ``b % C``.
+        rows: ``(k, v)``, each ``[B, KVH, G, hd]`` (already holding this step's key/value).
+        prefix: ``(k, v)``, each ``[C, KVH, P, hd]``.
+        prefix_len: ``int32[C]`` real prompt lengths (slots past them are padding).
+        positions: ``int32[B]`` each row's position (of this step's token).
+        scale: multiplier of the scores.
+        window: sliding window over absolute positions (see ``attend_prefill``), or None.
+        softcap: attention logit soft-capping, or None.
+
+    Returns:
+        ``[B, H * hd]``.
+    """
+    kr, vr = rows
+    kp, vp = prefix
+    b, h, hd = q.shape
+    c, kvh, plen_slots = kp.shape[0], kp.shape[1], kp.shape[2]
+    g = h // kvh
+    n = b // c
+    gen = kr.shape[2]
+    qg = q.reshape(b, kvh, g, hd).astype(kr.dtype)
+    plen = jnp.tile(prefix_len.astype(jnp.int32), n)  # [B]: each row's prompt length
+
+    # Prompt part: one read of each context's keys for all of its rows.
+    sp = jnp.einsum("nckgd,ckpd->nckgp", qg.reshape(n, c, kvh, g, hd), kp.astype(kr.dtype),
+                    preferred_element_type=jnp.float32)
+    sp = _scores(sp, scale, softcap).reshape(b, kvh, g, plen_slots)
+    slots = jnp.arange(plen_slots)[None, :]
+    valid = slots < plen[:, None]
+    if window is not None:
+        valid = valid & (positions[:, None] - slots < window)
+    valid = valid[:, None, None, :]
+    sp = jnp.where(valid, sp, _NEG)
+    m = jnp.max(sp, axis=-1)
+    e = jnp.where(valid, jnp.exp(sp - m[..., None]), 0.0)
+    l = jnp.sum(e, axis=-1)
+    acc = jnp.einsum("nckgp,ckpd->nckgd", e.reshape(n, c, kvh, g, plen_slots).astype(vr.dtype),
+                     vp.astype(vr.dtype), preferred_element_type=jnp.float32).reshape(b, kvh, g, hd)
+
+    if gen:
+        blk = BLOCK if gen % BLOCK == 0 else gen
+        written = positions - plen + 1  # generated slots 0..written-1 are visible
+        nblocks = jnp.clip(-(-jnp.max(written) // blk), 0, gen // blk)
+        offs = jnp.arange(blk)
+
+        def body(i, carry):
+            m, l, acc = carry
+            start = i * blk
+            kb = jax.lax.dynamic_slice_in_dim(kr, start, blk, axis=2)
+            vb = jax.lax.dynamic_slice_in_dim(vr, start, blk, axis=2)
+            s = jnp.einsum("bkgd,bkld->bkgl", qg, kb, preferred_element_type=jnp.float32)
+            s = _scores(s, scale, softcap)
+            j = start + offs[None, :]
+            ok = j < written[:, None]
+            if window is not None:
+                ok = ok & (positions[:, None] - (plen[:, None] + j) < window)
+            ok = ok[:, None, None, :]
+            s = jnp.where(ok, s, _NEG)
+            m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+            alpha = jnp.exp(m - m_new)
+            e = jnp.where(ok, jnp.exp(s - m_new[..., None]), 0.0)
+            l = l * alpha + jnp.sum(e, axis=-1)
+            acc = acc * alpha[..., None] + jnp.einsum(
+                "bkgl,bkld->bkgd", e.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
+            return m_new, l, acc
+
+        m, l, acc = jax.lax.fori_loop(0, nblocks, body, (m, l, acc))
+    o = acc / jnp.where(l > 0, l, 1.0)[..., None]
+    return o.reshape(b, h * hd).astype(q.dtype)
+
+
 def log_softmax_f32(logits):
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
@@ -224,9 +340,10 @@ class TransformerLM:
     """Mixin of what GPT-2 and Llama share: cache layout, memory estimate, host fields.
 
     Subclasses set ``n_layers``, ``kv_heads``, ``head_dim``, ``dtype`` and implement
-    ``_prefill(params, ids, max_len) -> (caches, hidden[P, D])``, ``_head(params, x) ->
-    (normed hidden, logprobs)`` and ``decode_step`` (with an optional ``return_hidden``
-    flag); ``prefill`` and ``forward`` are shared here.
+    ``_prefill(params, ids, max_len) -> (prompt (k, v) per layer, hidden[P, D])``,
+    ``_head(params, x) -> (normed hidden, logprobs)`` and ``decode_step`` (with an optional
+    ``return_hidden`` flag, attending through ``_decode_cache`` / ``_attend``); ``prefill``
+    and ``forward`` are shared here.
     """
 
     supports_hidden = True
@@ -238,7 +355,7 @@ class TransformerLM:
     dtype: object
 
     def init_cache(self, batch: int, max_len: int):
-        """An all-zero cache: a tuple of ``(k, v)`` per layer, each ``[B, KVH, max_len, hd]``."""
+        """An all-zero plain cache: a tuple of ``(k, v)`` per layer, each ``[B, KVH, max_len, hd]``."""
         return tuple(
             empty_layer_cache(batch, self.kv_heads, max_len, self.head_dim, self.dtype)
             for _ in range(self.n_layers)
@@ -247,13 +364,52 @@ class TransformerLM:
     def init_cache_bytes(self, max_len: int) -> int:
         return cache_bytes(self.n_layers, self.kv_heads, self.head_dim, max_len, self.dtype)
 
+    def cache_layout_bytes(self, prompt_len: int, max_tokens: int) -> tuple[int, int]:
+        """``(shared, per_row)`` bytes: the prompt's keys/values (and its length) once per
+        context, each row's generated slots (``generated_capacity(max_tokens)``)."""
+        shared = cache_bytes(self.n_layers, self.kv_heads, self.head_dim, prompt_len, self.dtype) + 4
+        rows = cache_bytes(self.n_layers, self.kv_heads, self.head_dim,
+                           generated_capacity(max_tokens), self.dtype)
+        return shared, rows
+
     def prefill(self, params, prompt_ids, max_len: int, length=None, return_hidden: bool = False):
         """See [LanguageModel.prefill][ppl.models.LanguageModel.prefill];
-        ``return_hidden`` adds the final hidden state."""
-        caches, x = self._prefill(params, prompt_ids, max_len)
+        ``return_hidden`` adds the final hidden state.
+
+        The cache is a [SharedCache][ppl.models.SharedCache]: the prompt's keys/values (all
+        ``P`` slots of ``prompt_ids``, the first ``length`` real) as one context's shared part,
+        and one row of ``generated_capacity(max_len - P)`` empty generated slots."""
+        prefix, x = self._prefill(params, prompt_ids, max_len)
+        p = x.shape[0]
         last = x[-1] if length is None else jax.lax.dynamic_index_in_dim(x, length - 1, 0, False)
         h, lp_ = self._head(params, last)
-        return (caches, lp_, h) if return_hidden else (caches, lp_)
+        gen = generated_capacity(max_len - p)
+        rows = tuple(empty_layer_cache(1, self.kv_heads, gen, self.head_dim, self.dtype)
+                     for _ in range(self.n_layers))
+        n = jnp.asarray(p if length is None else length, jnp.int32).reshape(1)
+        cache = SharedCache(rows, {"kv": tuple(prefix), "length": n})
+        return (cache, lp_, h) if return_hidden else (cache, lp_)
+
+    def _decode_cache(self, cache, positions):
+        """``(rows, prefix layers, prefix lengths, generated slot of each row)`` of a decode
+        step's cache."""
+        if not isinstance(cache, SharedCache):
+            raise TypeError(
+                f"{self.name}: decode_step takes the SharedCache that prefill returns (rows of "
+                f"generated keys/values plus the shared prompt), got {type(cache).__name__}.")
+        plen = cache.shared["length"].astype(jnp.int32)
+        b = positions.shape[0]
+        if b % plen.shape[0]:
+            raise ValueError(f"{self.name}: {b} cache rows are not a whole number of rows per "
+                             f"context for {plen.shape[0]} contexts.")
+        slots = positions - jnp.tile(plen, b // plen.shape[0])
+        return cache.rows, cache.shared["kv"], plen, slots
+
+    @staticmethod
+    def _attend(q, k, v, rows, prefix, plen, slots, positions, scale, window=None, softcap=None):
+        """Writes this step's key/value in the row's generated slot, then attends."""
+        rows = write_decode(rows, k, v, slots)
+        return attend_decode_shared(q, rows, prefix, plen, positions, scale, window, softcap), rows
 
     def forward(self, params, ids):
         """Log-probs of the next token after every prefix of ``ids``: ``float32[P, V]``.

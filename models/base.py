@@ -10,9 +10,12 @@ Inference backends only ever talk to a model through [LanguageModel][ppl.models.
 * Models that expose their final hidden state (the input of their head) set
   ``supports_hidden = True`` and accept ``return_hidden=True`` in both functions, which then
   also return it (the feature of learned proposals).
-* Every leaf of a cache has the batch (particle) axis first, so broadcasting a prefilled cache
-  to ``N`` particles and reordering it along resampling ancestors are generic
-  ([broadcast_cache][ppl.models.broadcast_cache], [reorder][ppl.models.reorder]).
+* A cache is either a plain pytree whose every leaf has the batch (particle) axis first, or a
+  [SharedCache][ppl.models.SharedCache]: per-row leaves (``rows``, batch axis first: what each
+  particle generated) and a per-context part (``shared``, context axis first: the prompt's
+  keys and values, stored once however many particles read them). Broadcasting a prefilled
+  cache to ``N`` particles and reordering it along resampling ancestors touch the rows only
+  and are generic ([broadcast_cache][ppl.models.broadcast_cache], [reorder][ppl.models.reorder]).
 
 Both functions are pure and traceable: backends call them inside one ``jax.jit``.
 
@@ -29,15 +32,42 @@ import contextlib
 import dataclasses
 import threading
 import weakref
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LanguageModel", "Vocab", "bound_params", "broadcast_cache", "reorder"]
+__all__ = ["LanguageModel", "SharedCache", "Vocab", "bound_params", "broadcast_cache", "join_cache",
+           "reorder", "split_cache"]
 
 PyTree = Any
+
+
+class SharedCache(NamedTuple):
+    """A cache split into what every particle owns and what its prompt's readers share.
+
+    Attributes:
+        rows: per-row leaves, batch axis first (the generated tokens' keys and values). Row
+            ``b`` belongs to context ``b % C``.
+        shared: per-context leaves, context axis first (``C`` prompts' keys and values and
+            their lengths); read-only in ``decode_step``, never gathered by resampling.
+    """
+
+    rows: PyTree
+    shared: PyTree
+
+
+def split_cache(cache: PyTree) -> tuple[PyTree, PyTree]:
+    """``(rows, shared)`` of a cache; ``shared`` is None for a cache with no shared part."""
+    if isinstance(cache, SharedCache):
+        return cache.rows, cache.shared
+    return cache, None
+
+
+def join_cache(rows: PyTree, shared: PyTree) -> PyTree:
+    """The inverse of [split_cache][ppl.models.split_cache]."""
+    return rows if shared is None else SharedCache(rows, shared)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -226,6 +256,12 @@ class LanguageModel(abc.ABC):
         """Bytes of cache one sequence of ``max_len`` positions needs (for memory estimates)."""
         return 0
 
+    def cache_layout_bytes(self, prompt_len: int, max_tokens: int) -> tuple[int, int]:
+        """``(shared, per_row)``: bytes of cache one context's prompt of ``prompt_len``
+        positions takes once, and bytes each row (particle) takes for ``max_tokens`` generated
+        positions. Default: nothing shared, a whole sequence per row."""
+        return 0, int(self.init_cache_bytes(prompt_len + max_tokens))
+
     # ---- host side ---------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` with no special tokens added."""
@@ -315,10 +351,15 @@ def _prefill_fn(lm: LanguageModel, n: int):
 
 
 def broadcast_cache(cache: PyTree, n: int) -> PyTree:
-    """Repeats a batch-one cache ``n`` times along the leading axis."""
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape[1:]), cache)
+    """Repeats a batch-one cache ``n`` times along the leading axis (the rows of a
+    [SharedCache][ppl.models.SharedCache]; its shared part stays one copy)."""
+    rows, shared = split_cache(cache)
+    rows = jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape[1:]), rows)
+    return join_cache(rows, shared)
 
 
 def reorder(cache: PyTree, ancestors: jax.Array) -> PyTree:
-    """Gathers every cache leaf along its leading (particle) axis: row i <- row ancestors[i]."""
-    return jax.tree.map(lambda x: jnp.take(x, ancestors, axis=0), cache)
+    """Gathers every cache row along its leading (particle) axis: row i <- row ancestors[i]
+    (the shared part of a [SharedCache][ppl.models.SharedCache] is left as it is)."""
+    rows, shared = split_cache(cache)
+    return join_cache(jax.tree.map(lambda x: jnp.take(x, ancestors, axis=0), rows), shared)

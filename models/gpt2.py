@@ -133,37 +133,38 @@ class GPT2LM(C.TransformerLM, LanguageModel):
         return h, C.log_softmax_f32(C.lm_head(h, params))
 
     def _prefill(self, params, prompt_ids, max_len: int):
-        """Cache and final-layer activations ``[P, D]`` (before the final norm)."""
+        """The prompt's ``(k, v)`` per layer (``[1, kv_heads, P, hd]`` each) and final-layer
+        activations ``[P, D]`` (before the final norm)."""
         C.check_max_len(max_len, self.max_context, self.name)
         ids = jnp.asarray(prompt_ids, jnp.int32)
         n = ids.shape[0]
         if n > max_len:
             raise ValueError(f"{self.name}: a prompt of {n} tokens does not fit a cache of {max_len}.")
         x = params["embed"][ids] + params["pos"][:n]
-        caches = []
+        prefix = []
         for lp, scale in zip(params["layers"], self.scales):
-            empty = C.empty_layer_cache(1, self.kv_heads, max_len, self.head_dim, self.dtype)
 
-            def attn(q, k, v, s, empty=empty):
-                return C.attend_prefill(q, k, v, s), C.write_prefill(empty, k, v)
+            def attn(q, k, v, s):
+                return C.attend_prefill(q, k, v, s), C.prefix_layer(k, v, self.dtype)
 
             x, c = self._block(lp, x, scale, attn)
-            caches.append(c)
-        return tuple(caches), x
+            prefix.append(c)
+        return tuple(prefix), x
 
     def decode_step(self, params, cache, tokens, positions, return_hidden: bool = False):
         """See [LanguageModel.decode_step][ppl.models.LanguageModel.decode_step]; ``return_hidden`` adds the final hidden states."""
         tokens = jnp.asarray(tokens, jnp.int32)
         positions = jnp.asarray(positions, jnp.int32)
+        rows, prefix, plen, slots = self._decode_cache(cache, positions)
         x = params["embed"][tokens] + params["pos"][positions]
         new = []
-        for lp, scale, c in zip(params["layers"], self.scales, cache):
+        for lp, scale, r, pk in zip(params["layers"], self.scales, rows, prefix):
 
-            def attn(q, k, v, s, c=c):
-                c = C.write_decode(c, k, v, positions)
-                return C.attend_decode(q, c, positions, s), c
+            def attn(q, k, v, s, r=r, pk=pk):
+                return self._attend(q, k, v, r, pk, plen, slots, positions, s)
 
-            x, c = self._block(lp, x, scale, attn)
-            new.append(c)
+            x, r = self._block(lp, x, scale, attn)
+            new.append(r)
+        cache = C.SharedCache(tuple(new), cache.shared)
         h, lp_ = self._head(params, x)
-        return (tuple(new), lp_, h) if return_hidden else (tuple(new), lp_)
+        return (cache, lp_, h) if return_hidden else (cache, lp_)

@@ -454,7 +454,8 @@ class LlamaLM(C.TransformerLM, LanguageModel):
         return h, C.log_softmax_f32(logits)
 
     def _prefill(self, params, prompt_ids, max_len: int):
-        """Cache and final-layer activations ``[P, D]`` (before the final norm)."""
+        """The prompt's ``(k, v)`` per layer (``[1, kv_heads, P, hd]`` each) and final-layer
+        activations ``[P, D]`` (before the final norm)."""
         C.check_max_len(max_len, self.max_context, self.name)
         ids = jnp.asarray(prompt_ids, jnp.int32)
         n = ids.shape[0]
@@ -462,32 +463,33 @@ class LlamaLM(C.TransformerLM, LanguageModel):
             raise ValueError(f"{self.name}: a prompt of {n} tokens does not fit a cache of {max_len}.")
         positions = jnp.arange(n, dtype=jnp.int32)
         x = self._embed(params, ids)
-        caches = []
+        prefix = []
         for lp, window in zip(params["layers"], self.layer_windows):
-            empty = C.empty_layer_cache(1, self.kv_heads, max_len, self.head_dim, self.dtype)
 
-            def attn(q, k, v, w, empty=empty):
+            def attn(q, k, v, w):
                 out = C.attend_prefill(q, k, v, self.scale, w, self.attn_softcap)
-                return out, C.write_prefill(empty, k, v)
+                return out, C.prefix_layer(k, v, self.dtype)
 
             x, c = self._block(lp, x, positions, int(window), attn)
-            caches.append(c)
-        return tuple(caches), x
+            prefix.append(c)
+        return tuple(prefix), x
 
     def decode_step(self, params, cache, tokens, positions, return_hidden: bool = False):
         """See [LanguageModel.decode_step][ppl.models.LanguageModel.decode_step];
         ``return_hidden`` adds the final hidden states."""
         tokens = jnp.asarray(tokens, jnp.int32)
         positions = jnp.asarray(positions, jnp.int32)
+        rows, prefix, plen, slots = self._decode_cache(cache, positions)
         x = self._embed(params, tokens)
         new = []
-        for lp, c, window in zip(params["layers"], cache, self.layer_windows):
+        for lp, r, pk, window in zip(params["layers"], rows, prefix, self.layer_windows):
 
-            def attn(q, k, v, w, c=c):
-                c = C.write_decode(c, k, v, positions)
-                return C.attend_decode(q, c, positions, self.scale, w, self.attn_softcap), c
+            def attn(q, k, v, w, r=r, pk=pk):
+                return self._attend(q, k, v, r, pk, plen, slots, positions, self.scale, w,
+                                    self.attn_softcap)
 
-            x, c = self._block(lp, x, positions, int(window), attn)
-            new.append(c)
+            x, r = self._block(lp, x, positions, int(window), attn)
+            new.append(r)
+        cache = C.SharedCache(tuple(new), cache.shared)
         h, lp_ = self._head(params, x)
-        return (tuple(new), lp_, h) if return_hidden else (tuple(new), lp_)
+        return (cache, lp_, h) if return_hidden else (cache, lp_)

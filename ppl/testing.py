@@ -135,7 +135,7 @@ def enumerate_posterior(program, max_sequences: int = 200_000, batch: int = 4096
             rows = jnp.repeat(jnp.arange(sl.start, sl.stop), v)
             crow = E.cache_rows(setup, rows)
             sub_lm = E.KVState(jax.tree.map(lambda x: jnp.take(x, crow, axis=0), fr_lm.cache),
-                               fr_lm.logprobs[rows], fr_lm.nan)
+                               fr_lm.logprobs[rows], fr_lm.nan, prefix=fr_lm.prefix)
             old_len = jnp.repeat(sub.length, v)
             new_lm = advance_jit(old_len, sub_lm, toks, ~out.done)
             outs.append(out)
@@ -144,7 +144,7 @@ def enumerate_posterior(program, max_sequences: int = 200_000, batch: int = 4096
         new_lm = E.KVState(
             jax.tree.map(lambda *xs: jnp.concatenate(xs, 0), *[x.cache for x in lms]),
             jnp.concatenate([x.logprobs for x in lms], 0),
-            jnp.any(jnp.stack([x.nan for x in lms])))
+            jnp.any(jnp.stack([x.nan for x in lms])), prefix=fr_lm.prefix)
         done = np.asarray(out.done)
         alive = np.isfinite(np.asarray(out.logw))
         fin = done & alive
@@ -158,7 +158,8 @@ def enumerate_posterior(program, max_sequences: int = 200_000, batch: int = 4096
         frontier = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[keep]), out)
         crow = np.asarray(E.cache_rows(setup, jnp.asarray(keep, jnp.int32)))
         fr_lm = E.KVState(jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[crow]), new_lm.cache),
-                          jnp.asarray(np.asarray(new_lm.logprobs)[keep]), new_lm.nan)
+                          jnp.asarray(np.asarray(new_lm.logprobs)[keep]), new_lm.nan,
+                          prefix=new_lm.prefix)
 
     if not finished_logw:
         return Exact(-math.inf, {}, {}, {})

@@ -1,9 +1,10 @@
 """The up-front memory estimate of ``ppl.infer`` and its refusal of runs that cannot fit.
 
-KV bytes per particle = layers x 2 (k and v) x kv_heads x head_dim x max_len x 4 (float32),
-max_len = prompt tokens + max_tokens; the estimate adds the weights and one step's buffers
-(N x V x 4 float32 arrays) and is checked against available host memory before anything is
-allocated.
+The KV cache holds each prompt once (layers x 2 (k and v) x kv_heads x head_dim x prompt bucket
+x 4 (float32), plus its length) and, per particle, the generated positions (the same with
+max_tokens, rounded up to whole attention blocks); the estimate adds the weights and one
+step's buffers (N x V x 4 float32 arrays) and is checked against available host memory before
+anything is allocated.
 """
 
 from __future__ import annotations
@@ -35,10 +36,14 @@ def _check_formula(lm, layers, kv_heads, head_dim, prompt, max_tokens, n):
     # The cache holds the prompt's bucket (prompts are padded to share executables).
     max_len = prompt_bucket(len(lm.prompt_ids(prompt)), max_tokens, lm.max_context) + max_tokens
     assert setup.max_len == max_len
-    per_particle = layers * 2 * kv_heads * head_dim * max_len * 4
-    assert lm.init_cache_bytes(max_len) == per_particle
+    assert lm.init_cache_bytes(max_len) == layers * 2 * kv_heads * head_dim * max_len * 4
+    from ppl.models._common import generated_capacity
+
+    prompt_kv = layers * 2 * kv_heads * head_dim * setup.prompt_len * 4 + 4
+    per_particle = layers * 2 * kv_heads * head_dim * generated_capacity(max_tokens) * 4
     est = driver.estimate_bytes(setup, n)
-    assert est["kv_cache"] == n * per_particle
+    assert est["kv_prompt"] == prompt_kv and est["kv_rows"] == n * per_particle
+    assert est["kv_cache"] == prompt_kv + n * per_particle
     assert est["weights"] == _param_bytes(lm)
     assert est["step_buffers"] == n * lm.vocab_size * 12 * 4
     assert est["runtime"] == driver.RUNTIME_BYTES
@@ -76,7 +81,7 @@ def tiny_gpt2(tmp_path_factory):
 def test_estimate_formula_tiny_gpt2(tiny_gpt2):
     est = _check_formula(tiny_gpt2, 2, 4, 8, "hello world", 10, 32)
     bucket = prompt_bucket(len(tiny_gpt2.prompt_ids("hello world")), 10, tiny_gpt2.max_context)
-    assert est["kv_cache"] == 32 * 2 * 2 * 4 * 8 * (bucket + 10) * 4
+    assert est["kv_cache"] == 2 * 2 * 4 * 8 * bucket * 4 + 4 + 32 * 2 * 2 * 4 * 8 * 10 * 4
 
 
 def test_refusal_names_the_numbers(tiny_gpt2, monkeypatch):
@@ -91,7 +96,10 @@ def test_refusal_names_the_numbers(tiny_gpt2, monkeypatch):
         ppl.infer(prog, particles=n)
     msg = str(info.value)
     assert f"needs about {est['total'] / GIB:.2f} GiB" in msg
-    assert f"KV cache {est['kv_cache'] / GIB:.2f} GiB for {n} particles x {setup.max_len} positions" in msg
+    assert (f"prompt KV cache {est['kv_prompt'] / GIB:.2f} GiB once for 1 prompt(s) of "
+            f"{setup.prompt_len} positions") in msg
+    assert (f"generated KV cache {est['kv_rows'] / GIB:.2f} GiB for {n} particles x "
+            f"{setup.max_tokens} positions") in msg
     assert f"only {avail / GIB:.2f} GiB is available" in msg
     assert "Lower the number of particles" in msg and "max_tokens" in msg
     # The suggested particle count fits (step buffers included) and one more would not... much.

@@ -63,12 +63,20 @@ def test_incremental_equals_full(lm, fns):
 
 
 def test_cache_layout(lm, fns):
+    """The prompt's keys/values once (shared), a row of generated slots per sequence."""
     cache, _ = fns[0](lm.params, jnp.asarray([1, 2, 3]))
-    assert isinstance(cache, tuple) and len(cache) == lm.n_layers
-    for k, v in cache:
-        assert k.shape == v.shape == (1, lm.kv_heads, MAX_LEN, lm.head_dim)
-    total = sum(x.nbytes for x in jax.tree.leaves(cache))
-    assert lm.init_cache_bytes(MAX_LEN) == total
+    assert isinstance(cache, M.SharedCache) and len(cache.rows) == lm.n_layers
+    for k, v in cache.rows:
+        assert k.shape == v.shape == (1, lm.kv_heads, MAX_LEN - 3, lm.head_dim)
+    for k, v in cache.shared["kv"]:
+        assert k.shape == v.shape == (1, lm.kv_heads, 3, lm.head_dim)
+    assert cache.shared["length"].tolist() == [3]
+    shared, per_row = lm.cache_layout_bytes(3, MAX_LEN - 3)
+    assert per_row == sum(x.nbytes for x in jax.tree.leaves(cache.rows))
+    assert shared == sum(x.nbytes for x in jax.tree.leaves(cache.shared))
+    assert lm.init_cache_bytes(MAX_LEN) == shared - 4 + per_row
+    many = M.broadcast_cache(cache, 5)
+    assert many.rows[0][0].shape[0] == 5 and many.shared["kv"][0][0].shape[0] == 1
 
 
 def test_per_row_positions(lm, fns):
@@ -123,9 +131,9 @@ def test_stale_slots_are_masked(lm, fns):
     prefill, decode, _ = fns
     cache, _ = prefill(lm.params, jnp.asarray([3, 1, 4]))
     ref_cache, ref = decode(lm.params, cache, jnp.asarray([1]), jnp.asarray([3]))
-    dirty = tuple(
-        (k.at[:, :, 10:].set(7.0), v.at[:, :, 10:].set(-7.0)) for k, v in cache
-    )
+    dirty = cache._replace(rows=tuple(
+        (k.at[:, :, 1:].set(7.0), v.at[:, :, 1:].set(-7.0)) for k, v in cache.rows
+    ))
     _, got = decode(lm.params, dirty, jnp.asarray([1]), jnp.asarray([3]))
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-6, rtol=0)
 
