@@ -464,6 +464,7 @@ def raise_if_failed(setup: E.Setup, res: Result, nan: bool) -> None:
             "The language model produced NaN log-probabilities for a live particle. Check the "
             "checkpoint (weights with NaN/inf) or use dtype='float32' instead of a half type."
         )
+    _raise_if_user_nan(setup, res)
     log_z = res.log_evidence
     if log_z is None:
         log_z = res.extras.get("conditional_sweeps_log_mean_z", 0.0)
@@ -476,9 +477,29 @@ def raise_if_failed(setup: E.Setup, res: Result, nan: bool) -> None:
             detail = (f" The condition that killed most particles: {worst!r} "
                       f"({counts[worst]} of {res.num_particles}); all: {counts}.")
         else:
-            detail = " No condition failed: the weights themselves were zero (check factors/observes)."
+            detail = (" No condition failed: every weight became zero through a factor or an "
+                      "observe of -inf (e.g. an observed value the model gives probability 0).")
         raise InferenceError(
             f"No particle satisfied the program's constraints: all {res.num_particles} particles "
             f"have zero weight.{detail} Relax the constraints, raise max_tokens, or use more "
             "particles."
         )
+
+
+def _raise_if_user_nan(setup: E.Setup, res: Result) -> None:
+    """The rule for user log-weights: NaN or +inf from a factor, twist or observe is an error
+    naming it (the particle was removed when it happened; this reports it for every particle
+    still in the final population, e.g. all of them when none survived)."""
+    from ppl.context import NAN_CAUSE
+
+    causes = np.asarray(res.extras.get("causes", np.array([])))
+    names = setup.condition_names
+    bad = {names[c][len(NAN_CAUSE):]: int(np.sum(causes == c)) for c in range(len(names))
+           if names[c].startswith(NAN_CAUSE) and np.any(causes == c)}
+    if bad:
+        worst = max(bad, key=bad.get)
+        raise InferenceError(
+            f"{worst} produced NaN or +inf for {bad[worst]} of {res.num_particles} particles. "
+            "Rule: a log-weight is a finite number or -inf (which removes the particle); NaN "
+            "and +inf are errors in the program, never a silent loss of particles. Fix the "
+            "expression (e.g. guard a log of 0 or a division by 0, or clip it).")

@@ -63,6 +63,10 @@ class SteerProgram(Program):
             (self.twists if f.when == "twist" else self.potentials).append(f)
         for f in twists:
             self.twists.append(f if isinstance(f, Potential) else Potential(f, when="twist"))
+        if temperature is not None:
+            from ppl.dists import check_temperature
+
+            temperature = check_temperature(temperature)
         self.temperature = temperature
 
     def init(self, ctx: Context):
@@ -88,7 +92,7 @@ class SteerProgram(Program):
             if pred.incremental:  # prefix-closed: check every prefix
                 ctx.condition(ctx.text(pred, dtype=bool), name=pred.name)
         for g in self.twists:
-            ctx.twist(ctx.text(g))
+            ctx.twist(ctx.text(g), name=f"twist {g.name!r}")
         return state
 
     def _draw(self, ctx: Context, p, q):
@@ -109,7 +113,7 @@ class SteerProgram(Program):
         for pred in self.predicates:
             ctx.condition(ctx.text(pred, dtype=bool), name=pred.name)
         for f in self.potentials:
-            ctx.factor(ctx.text(f))
+            ctx.factor(ctx.text(f), name=f"potential {f.name!r}")
 
 
 def _is_eos(lm, tok):
@@ -138,7 +142,9 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
         max_tokens: the token budget; a sequence also ends at EOS.
         twists: ``str -> float`` heuristics applied to every prefix as twists (they guide
             resampling and cancel out of the final target).
-        temperature: optional LM temperature (changes the prior itself).
+        temperature: optional LM temperature (changes the prior itself); ``0`` is greedy
+            decoding (the limit: the prior puts all its mass on the most likely token at each
+            step, ties shared), negative values are refused.
         messages: a chat instead of ``prompt``: ``[{"role": "user", "content": ...}, ...]``,
             formatted with the checkpoint's chat template and the assistant's turn opened
             (see [ppl.chat][ppl.chat]); generation is the assistant's reply.
