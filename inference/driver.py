@@ -94,7 +94,7 @@ def estimate_bytes(setup: E.Setup, num_rows: int, step_rows: int | None = None) 
             "total": weights + kv + step + RUNTIME_BYTES}
 
 
-def _available_bytes() -> int | None:
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -103,6 +103,38 @@ def _available_bytes() -> int | None:
     except OSError:
         return None
     return None
+
+
+#: (limit, usage) files of the process's memory cgroup: v2, then v1.
+CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                 "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def _cgroup_available() -> int | None:
+    """What a container's memory limit leaves (``limit - usage``), or None without a limit."""
+    for limit_file, usage_file in CGROUP_FILES:
+        try:
+            with open(limit_file) as f:
+                text = f.read().strip()
+            if text == "max":
+                return None
+            limit = int(text)
+            if limit >= 2**60:  # cgroup v1's "no limit"
+                return None
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+            return max(limit - usage, 0)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _available_bytes() -> int | None:
+    """Host memory a run may use: the smaller of ``MemAvailable`` and what the container's
+    cgroup limit leaves (a container sees the host's ``/proc/meminfo``)."""
+    found = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
+    return min(found) if found else None
 
 
 def check_memory(setup: E.Setup, num_rows: int, step_rows: int | None = None,

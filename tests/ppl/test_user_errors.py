@@ -249,3 +249,29 @@ def test_nan_factor_in_device_code_names_the_line():
                        match=r"ctx.factor\(\) at .*test_user_errors.py:\d+ produced NaN or \+inf "
                              r"for \d+ of 16 particles"):
         ppl.infer(program(step, max_tokens=2), method="is", particles=16)
+
+
+# ---- memory: a container's limit counts ---------------------------------------------------
+
+def test_available_memory_reads_the_cgroup_limit(tmp_path, monkeypatch):
+    from ppl.inference import driver
+
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    limit.write_text(f"{2 * 2**30}\n")
+    usage.write_text(f"{2**29}\n")
+    monkeypatch.setattr(driver, "CGROUP_FILES", ((str(limit), str(usage)),))
+    monkeypatch.setattr(driver, "_meminfo_available", lambda: 64 * 2**30)
+    assert driver._available_bytes() == 2 * 2**30 - 2**29
+    limit.write_text("max\n")
+    assert driver._available_bytes() == 64 * 2**30
+
+
+def test_smc_steer_estimate_counts_every_beam(monkeypatch):
+    from ppl.inference import registry
+
+    backend = registry.get("smc_steer")
+    opts = backend.options.build("smc_steer", {"num_beams": 50})
+    from ppl.inference.base import RunConfig
+
+    cfg = RunConfig(8)
+    assert backend.step_rows(cfg, opts) == 8 * 50
