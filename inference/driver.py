@@ -40,11 +40,18 @@ __all__ = ["as_key", "bind_lm_params", "check_memory", "compile_and_run", "compi
 def as_key(seed) -> jax.Array:
     """A PRNG key from an int seed in ``[0, 2**63)`` or a key (typed, or raw ``uint32[2]``).
 
+    ``None`` is refused, not taken as "a fresh random seed": a run is a pure function of its
+    seed, so randomness between runs is asked for explicitly (``seed=secrets.randbits(63)``).
+
     Raises:
         TypeError: a seed of another type (a string, a float, a bool, None).
         ValueError: an int seed out of range.
     """
-    if isinstance(seed, bool) or seed is None or isinstance(seed, (str, bytes, float)):
+    if seed is None:
+        raise TypeError("seed=None is not a seed: a run is a pure function of its seed. Pass an "
+                        "int (e.g. seed=0, or seed=secrets.randbits(63) for a fresh random run) "
+                        "or a JAX PRNG key.")
+    if isinstance(seed, bool) or isinstance(seed, (str, bytes, float)):
         raise TypeError(f"seed must be an int or a JAX PRNG key, got {seed!r} "
                         f"({type(seed).__name__}); e.g. seed=0 or seed=jax.random.key(0).")
     if isinstance(seed, numbers.Integral):

@@ -43,6 +43,7 @@ class SteerProgram(Program):
             if isinstance(c, HostSampler):
                 self.host.append(c.bind(lm.vocab))
             elif isinstance(c, TokenAutomaton):
+                _check_automaton(c, lm)
                 self.automata.append(c)
             elif isinstance(c, Constraint):
                 self.automata.append(c.compile(lm.vocab))
@@ -114,6 +115,20 @@ class SteerProgram(Program):
             ctx.condition(ctx.text(pred, dtype=bool), name=pred.name)
         for f in self.potentials:
             ctx.factor(ctx.text(f), name=f"potential {f.name!r}")
+
+
+def _check_automaton(a: TokenAutomaton, lm) -> None:
+    """A compiled automaton must be the model's: same vocabulary size and EOS id."""
+    v = int(a.transitions.shape[-1])
+    fix = ("Pass the constraint itself (steer compiles it for the model) or compile it with "
+           "`constraint.compile(lm.vocab)` for this model.")
+    if v != int(lm.vocab_size):
+        raise ValueError(f"constraint {a.name!r} was compiled for a vocabulary of {v} tokens, but "
+                         f"{getattr(lm, 'name', 'the model')} has {lm.vocab_size}. {fix}")
+    if int(a.eos_token_id) != int(lm.eos_token_id):
+        raise ValueError(f"constraint {a.name!r} was compiled for a vocabulary whose EOS id is "
+                         f"{a.eos_token_id}, but {getattr(lm, 'name', 'the model')}'s is "
+                         f"{lm.eos_token_id}. {fix}")
 
 
 def _is_eos(lm, tok):

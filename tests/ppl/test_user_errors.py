@@ -170,7 +170,7 @@ def test_particles_must_be_a_positive_integer(bad):
                                        (-1, ValueError)])
 def test_seeds_are_ints_or_keys(bad, kind):
     # None is refused (not "a fresh random seed"): a run is a pure function of its seed.
-    with pytest.raises(kind, match="seed must be"):
+    with pytest.raises(kind, match=r"seed must be|seed=None is not a seed.*secrets.randbits"):
         ppl.infer(ppl.steer(LM, "", max_tokens=2), particles=2, seed=bad)
 
 
@@ -275,3 +275,22 @@ def test_smc_steer_estimate_counts_every_beam(monkeypatch):
 
     cfg = RunConfig(8)
     assert backend.step_rows(cfg, opts) == 8 * 50
+
+
+def test_an_automaton_compiled_for_another_vocabulary_is_refused():
+    other = make_bigram(0, v=6)
+    automaton = C.max_word_length(2).compile(other.vocab)
+    with pytest.raises(ValueError, match=r"compiled for a vocabulary of 6 tokens.*has 4.*compile\(lm.vocab\)"):
+        ppl.steer(LM, "", constraints=[automaton])
+    ppl.steer(LM, "", constraints=[C.max_word_length(2).compile(LM.vocab)])
+
+
+def test_an_exception_in_a_progress_callback_is_raised_as_itself():
+    class Boom(Exception):
+        pass
+
+    def progress(step, live, ess):
+        raise Boom("from the callback")
+
+    with pytest.raises(Boom, match="from the callback"):
+        ppl.infer(ppl.steer(LM, "", max_tokens=2), particles=2, progress=progress)
