@@ -40,11 +40,18 @@ __all__ = ["as_key", "bind_lm_params", "check_memory", "compile_and_run", "compi
 def as_key(seed) -> jax.Array:
     """A PRNG key from an int seed in ``[0, 2**63)`` or a key (typed, or raw ``uint32[2]``).
 
+    ``None`` is refused, not taken as "a fresh random seed": a run is a pure function of its
+    seed, so randomness between runs is asked for explicitly (``seed=secrets.randbits(63)``).
+
     Raises:
         TypeError: a seed of another type (a string, a float, a bool, None).
         ValueError: an int seed out of range.
     """
-    if isinstance(seed, bool) or seed is None or isinstance(seed, (str, bytes, float)):
+    if seed is None:
+        raise TypeError("seed=None is not a seed: a run is a pure function of its seed. Pass an "
+                        "int (e.g. seed=0, or seed=secrets.randbits(63) for a fresh random run) "
+                        "or a JAX PRNG key.")
+    if isinstance(seed, bool) or isinstance(seed, (str, bytes, float)):
         raise TypeError(f"seed must be an int or a JAX PRNG key, got {seed!r} "
                         f"({type(seed).__name__}); e.g. seed=0 or seed=jax.random.key(0).")
     if isinstance(seed, numbers.Integral):
@@ -100,7 +107,7 @@ def estimate_bytes(setup: E.Setup, num_rows: int, step_rows: int | None = None) 
             "total": weights + kv + step + RUNTIME_BYTES}
 
 
-def _available_bytes() -> int | None:
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -109,6 +116,38 @@ def _available_bytes() -> int | None:
     except OSError:
         return None
     return None
+
+
+#: (limit, usage) files of the process's memory cgroup: v2, then v1.
+CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                 "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def _cgroup_available() -> int | None:
+    """What a container's memory limit leaves (``limit - usage``), or None without a limit."""
+    for limit_file, usage_file in CGROUP_FILES:
+        try:
+            with open(limit_file) as f:
+                text = f.read().strip()
+            if text == "max":
+                return None
+            limit = int(text)
+            if limit >= 2**60:  # cgroup v1's "no limit"
+                return None
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+            return max(limit - usage, 0)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _available_bytes() -> int | None:
+    """Host memory a run may use: the smaller of ``MemAvailable`` and what the container's
+    cgroup limit leaves (a container sees the host's ``/proc/meminfo``)."""
+    found = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
+    return min(found) if found else None
 
 
 def check_memory(setup: E.Setup, num_rows: int, step_rows: int | None = None,
@@ -474,6 +513,7 @@ def raise_if_failed(setup: E.Setup, res: Result, nan: bool) -> None:
             "The language model produced NaN log-probabilities for a live particle. Check the "
             "checkpoint (weights with NaN/inf) or use dtype='float32' instead of a half type."
         )
+    _raise_if_user_nan(setup, res)
     log_z = res.log_evidence
     if log_z is None:
         log_z = res.extras.get("conditional_sweeps_log_mean_z", 0.0)
@@ -486,9 +526,29 @@ def raise_if_failed(setup: E.Setup, res: Result, nan: bool) -> None:
             detail = (f" The condition that killed most particles: {worst!r} "
                       f"({counts[worst]} of {res.num_particles}); all: {counts}.")
         else:
-            detail = " No condition failed: the weights themselves were zero (check factors/observes)."
+            detail = (" No condition failed: every weight became zero through a factor or an "
+                      "observe of -inf (e.g. an observed value the model gives probability 0).")
         raise InferenceError(
             f"No particle satisfied the program's constraints: all {res.num_particles} particles "
             f"have zero weight.{detail} Relax the constraints, raise max_tokens, or use more "
             "particles."
         )
+
+
+def _raise_if_user_nan(setup: E.Setup, res: Result) -> None:
+    """The rule for user log-weights: NaN or +inf from a factor, twist or observe is an error
+    naming it (the particle was removed when it happened; this reports it for every particle
+    still in the final population, e.g. all of them when none survived)."""
+    from ppl.context import NAN_CAUSE
+
+    causes = np.asarray(res.extras.get("causes", np.array([])))
+    names = setup.condition_names
+    bad = {names[c][len(NAN_CAUSE):]: int(np.sum(causes == c)) for c in range(len(names))
+           if names[c].startswith(NAN_CAUSE) and np.any(causes == c)}
+    if bad:
+        worst = max(bad, key=bad.get)
+        raise InferenceError(
+            f"{worst} produced NaN or +inf for {bad[worst]} of {res.num_particles} particles. "
+            "Rule: a log-weight is a finite number or -inf (which removes the particle); NaN "
+            "and +inf are errors in the program, never a silent loss of particles. Fix the "
+            "expression (e.g. guard a log of 0 or a division by 0, or clip it).")

@@ -203,25 +203,11 @@ def prepare(program, prompt_len: int | None = None,
 
 
 def _condition_names(program, lm, num_contexts: int, max_tokens: int) -> tuple[str, ...]:
-    """The names ``ctx.condition`` is called with, from an abstract trace of one particle."""
-    names: list[str] = []
-    decode = lm.vocab.decode
+    """The names ``ctx.condition`` is called with, from an abstract trace of one particle
+    (which also names tracer and state-shape mistakes: [ppl._tracing.check_program][])."""
+    from ppl._tracing import check_program
 
-    def one(key):
-        k_init, k_step, k_fin = jax.random.split(key, 3)
-        tokens = jnp.zeros((max_tokens,), jnp.int32)
-        length = jnp.zeros((), jnp.int32)
-        common = dict(tokens=tokens, length=length, max_tokens=max_tokens,
-                      condition_names=names, decode_fn=decode)
-        state = program.init(Context(k_init, **common))
-        lp = jnp.zeros((num_contexts, lm.vocab_size), jnp.float32)
-        state = program.step(Context(k_step, logprobs=lp, t=jnp.zeros((), jnp.int32), **common),
-                             state)
-        program.final(Context(k_fin, **common), state)
-        return jnp.zeros(())
-
-    jax.eval_shape(one, jax.random.key(0))
-    return tuple(names)
+    return check_program(program, lm, num_contexts, max_tokens)
 
 
 def context(setup: Setup, key, **kw) -> Context:

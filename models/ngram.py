@@ -96,7 +96,15 @@ class NGramLM(LanguageModel):
         self.tokenizer = _ListTokenizer(strings, {eos_token_id})
 
     def prompt_ids(self, prompt) -> list[int]:
-        ids = self.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        if isinstance(prompt, str):
+            ids = self.encode(prompt)
+        else:  # the virtual BOS id (vocab_size) may start a prompt given as ids
+            from ppl.models.base import _check_ids
+
+            ids = _check_ids([i if i != self.bos_token_id else 0 for i in prompt],
+                             self.vocab_size, self.name)
+            ids = [self.bos_token_id if i == self.bos_token_id else j
+                   for i, j in zip(prompt, ids)]
         return ids or [self.bos_token_id]
 
     def _row(self, params, last):

@@ -15,6 +15,7 @@ program again skips most of the compilation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import inspect
 import json
@@ -35,7 +36,13 @@ def _load_module(path: str):
     spec = importlib.util.spec_from_file_location(f"_ppl_program_{p.stem}", p)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    try:
+        spec.loader.exec_module(mod)
+    except SyntaxError as e:
+        raise SystemExit(f"ppl run: {e.filename or path}:{e.lineno}: syntax error: {e.msg}"
+                         + (f"\n    {e.text.rstrip()}" if e.text else "")) from None
+    except Exception as e:  # the program file's own code failed while loading
+        raise SystemExit(f"ppl run: loading {path} raised {_user_error(e, path)}") from None
     if not hasattr(mod, "make_program"):
         raise SystemExit(f"ppl run: {path} defines no make_program(lm) function.")
     return mod
@@ -45,16 +52,16 @@ def _add_run_args(ap: argparse.ArgumentParser, mod=None):
     d = lambda name, default: getattr(mod, name, default) if mod is not None else default  # noqa: E731
     ap.add_argument("--model", default=None, help="model name or local Hugging Face folder (default: the file's MODEL or 'tiny')")
     ap.add_argument("--method", default=None, help="inference method (default: the file's METHOD or smc)")
-    ap.add_argument("--particles", type=int, default=None, help="number of particles")
+    ap.add_argument("--particles", type=_positive_int, default=None, help="number of particles")
     ap.add_argument("--seed", type=int, default=0, help="PRNG seed (same seed, same result)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="backend option, e.g. --option resampling=systematic (repeatable)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     ap.add_argument("--trace", default=None, metavar="OUT.html", help="write an HTML trace of the run")
     ap.add_argument("--plot", default=None, metavar="OUT.png", help="write ESS and weight plots")
-    ap.add_argument("--max-tokens", type=int, default=None, dest="max_tokens",
+    ap.add_argument("--max-tokens", type=_positive_int, default=None, dest="max_tokens",
                     help="token budget, passed to make_program(lm, max_tokens=N) when it accepts it")
-    ap.add_argument("--top", type=int, default=10, help="outputs to show")
+    ap.add_argument("--top", type=_positive_int, default=10, help="outputs to show")
     ap.add_argument("--quiet", action="store_true", help="no progress display")
     ap.add_argument("--prompts", default=None, metavar="FILE",
                     help="run the program on every prompt of FILE (one per line, or JSON lines "
@@ -75,8 +82,23 @@ def _parse_value(v: str):
 
 def run_file(path: str, args) -> dict:
     """Loads a program file, runs it as the CLI arguments say, prints and returns a summary."""
-    mod = _load_module(path)
+    with _program_output(args):
+        mod = _load_module(path)
     return _run_module(mod, args)
+
+
+@contextlib.contextmanager
+def _program_output(args):
+    """With ``--json`` or ``--prompts`` (without ``--out``), the program's own prints go to
+    stderr while it loads and runs: stdout holds the machine-readable results only."""
+    _RESULTS[0] = sys.stdout
+    machine = getattr(args, "json", False) or (getattr(args, "prompts", None)
+                                                and not getattr(args, "out", None))
+    if not machine:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 
@@ -89,10 +111,71 @@ def build_program(mod, lm, max_tokens: int | None = None):
         if "max_tokens" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             raise SystemExit(f"--max-tokens: {mod.__name__}.make_program takes no max_tokens argument.")
         kwargs["max_tokens"] = int(max_tokens)
-    return mod.make_program(lm, **kwargs)
+    try:
+        return mod.make_program(lm, **kwargs)
+    except Exception as e:  # a mistake in the program file: its message and line, no traceback
+        raise SystemExit(f"ppl run: make_program raised "
+                         f"{_user_error(e, getattr(mod, '__file__', None))}") from None
+
+
+def _user_error(e: BaseException, path) -> str:
+    """``Type: message (at file:line)``, the line being the deepest one in the program file."""
+    import traceback
+
+    where = ""
+    if path is not None:
+        target = os.path.abspath(str(path))
+        frames = [f for f in traceback.extract_tb(e.__traceback__)
+                  if os.path.abspath(f.filename) == target]
+        if frames:
+            f = frames[-1]
+            where = f" (at {f.filename}:{f.lineno}: {(f.line or '').strip()})"
+    return f"{type(e).__name__}: {e}{where}"
+
+
+#: ``--option`` keys that are flags of ``ppl run`` (or arguments of ``ppl.infer``).
+_FLAG_OPTIONS = {"particles": "--particles N", "seed": "--seed N", "method": "--method NAME",
+                 "model": "--model NAME", "max_tokens": "--max-tokens N",
+                 "progress": "(the progress display: --quiet turns it off)",
+                 "devices": "(not settable from the command line)"}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _check_output_path(flag: str, path) -> None:
+    if path is None:
+        return
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise SystemExit(f"ppl run: {flag} {path}: the folder {folder} does not exist; create it "
+                         "first or write elsewhere.")
+
+
+#: Where results go (the real stdout): while a program runs under --json or --prompts its own
+#: prints go to stderr, so that stdout holds nothing but the results.
+_RESULTS = [sys.stdout]
 
 
 def _run_module(mod, args) -> dict:
+    with _program_output(args):
+        summary = _run_module_quietly(mod, args)
+    if summary.pop("_print", False):
+        if args.json:
+            print(json.dumps(summary, indent=2), file=_RESULTS[0])
+        else:
+            print_summary(summary)
+    return summary
+
+
+def _run_module_quietly(mod, args) -> dict:
     import ppl
 
     enable_compilation_cache()
@@ -104,10 +187,16 @@ def _run_module(mod, args) -> dict:
         if "=" not in kv:
             raise SystemExit(f"--option expects KEY=VALUE, got {kv!r}")
         k, v = kv.split("=", 1)
+        if k in _FLAG_OPTIONS:
+            raise SystemExit(f"ppl run: --option {kv}: {k} is not a backend option; use "
+                             f"{_FLAG_OPTIONS[k]}.")
         options[k] = _parse_value(v)
+    for flag, path in (("--trace", getattr(args, "trace", None)), ("--plot", getattr(args, "plot", None)),
+                       ("--out", getattr(args, "out", None))):
+        _check_output_path(flag, path)
     try:
         lm = ppl.models.load(model)
-    except ValueError as e:
+    except (ValueError, OSError, ppl.PPLError) as e:
         raise SystemExit(f"ppl: {e}") from None
     program = build_program(mod, lm, getattr(args, "max_tokens", None))
     check = getattr(mod, "check", None)
@@ -116,7 +205,7 @@ def _run_module(mod, args) -> dict:
     quiet = args.quiet or args.json
     try:
         result = _infer_with_progress(program, method, particles, args.seed, options, quiet=quiet)
-    except (ValueError, ppl.InferenceError) as e:
+    except (ppl.PPLError, ValueError, TypeError, MemoryError) as e:
         raise SystemExit(f"ppl: {e}") from None
     summary = summarize(result, check, top=args.top)
     if args.trace:
@@ -133,10 +222,7 @@ def _run_module(mod, args) -> dict:
     report = getattr(mod, "report", None)
     if report is not None:
         summary["report"] = _jsonable(report(lm, result))
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print_summary(summary)
+    summary["_print"] = True
     return summary
 
 
@@ -174,9 +260,9 @@ def _run_prompts(program, method, particles, options, args, check) -> dict:
     try:
         results = ppl.infer_many(program, prompts=prompts, method=method, particles=particles,
                                  seed=args.seed, **options)
-    except (ValueError, ppl.InferenceError, MemoryError) as e:
+    except (ppl.PPLError, ValueError, TypeError, MemoryError) as e:
         raise SystemExit(f"ppl: {e}") from None
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    out = open(args.out, "w", encoding="utf-8") if args.out else _RESULTS[0]
     try:
         for i, (prompt, res) in enumerate(zip(prompts, results)):
             if isinstance(res, Exception):
@@ -185,7 +271,7 @@ def _run_prompts(program, method, particles, options, args, check) -> dict:
                 row = {"prompt": prompt, "seed": args.seed + i, **summarize(res, check, args.top)}
             out.write(json.dumps(_jsonable(row)) + "\n")
     finally:
-        if out is not sys.stdout:
+        if out is not _RESULTS[0]:
             out.close()
     return {"problems": len(prompts)}
 
@@ -302,7 +388,11 @@ def example_main(make_program=None, argv=None, **defaults) -> dict:
     ap = argparse.ArgumentParser(description=(mod.__doc__ or "").strip().splitlines()[0] if mod and mod.__doc__ else None)
     _add_run_args(ap, mod)
     args = ap.parse_args(argv)
-    return _run_module(mod, args)
+    try:
+        return _run_module(mod, args)
+    except KeyboardInterrupt:
+        print("ppl: interrupted.", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def _cmd_models(args) -> int:
@@ -347,6 +437,14 @@ def main(argv=None) -> int:
     g.add_argument("--quiet", action="store_true", help="no progress lines")
     sub.add_parser("methods", help="list inference methods")
     args = ap.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:  # Ctrl-C: a clean exit with the conventional status, no traceback
+        print("ppl: interrupted.", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
     if args.cmd == "run":
         run_file(args.file, args)
         return 0

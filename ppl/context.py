@@ -22,6 +22,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import math
+import numbers
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,6 +146,7 @@ class Context:
                 self.logw = self.logw + d.log_weight
             if d.dead is not None:
                 self.done = self.done | d.dead
+                self._record_cause(d.dead, EMPTY_CAUSE)
         else:
             if self._handler.token_only:
                 raise ProgramError(self._handler.refusal(dist))
@@ -157,30 +161,49 @@ class Context:
 
     def observe(self, dist, value):
         """Conditions on ``value`` having been drawn from ``dist``: weight += log dist(value)."""
+        if getattr(dist, "lm_index", None) is not None:
+            _check_token_id("ctx.observe()", value, dist.logits.shape[-1])
         value = jnp.asarray(value)
-        self.logw = self.logw + dist.log_prob(value)
+        lp = dist.log_prob(value)
+        _check_scalar("ctx.observe()", lp, "the value observed (one value per particle)")
+        self.logw = self.logw + self._guard("ctx.observe()", lp, None)
         self._record_token(dist, None, value)
         return value
 
-    def factor(self, log_weight):
-        """Multiplies the particle's weight by ``exp(log_weight)``."""
-        self.logw = self.logw + jnp.asarray(log_weight, jnp.float32)
+    def factor(self, log_weight, name: str | None = None):
+        """Multiplies the particle's weight by ``exp(log_weight)``.
+
+        ``log_weight`` must be a number or ``-inf`` (which removes the particle); NaN and
+        ``+inf`` remove it too and are reported as an error naming this factor (``name``, or
+        the line that called it) when the run ends.
+        """
+        w = jnp.asarray(log_weight, jnp.float32)
+        _check_scalar("ctx.factor()", w, "the log-weight (reduce a vector first, e.g. jnp.sum(w))")
+        self.logw = self.logw + self._guard("ctx.factor()", w, name)
 
     def condition(self, predicate, name: str = "condition"):
         """Kills the particle (weight -inf, finished) unless ``predicate`` holds."""
         ok = jnp.asarray(predicate, bool)
+        _check_scalar("ctx.condition()", ok, "the predicate (reduce a vector first, e.g. jnp.all(b))")
         self.logw = jnp.where(ok, self.logw, -jnp.inf)
         code = self._cause_code(name)
         self.cause = jnp.where((~ok) & (self.cause < 0), code, self.cause)
         self.done = self.done | ~ok
 
-    def twist(self, log_weight):
-        """Adds ``log_weight`` now; it is removed at this particle's next step or finish."""
-        self.twist_amount = self.twist_amount + jnp.asarray(log_weight, jnp.float32)
+    def twist(self, log_weight, name: str | None = None):
+        """Adds ``log_weight`` now; it is removed at this particle's next step or finish.
+
+        NaN and ``+inf`` are errors, as for [factor][ppl.Context.factor].
+        """
+        w = jnp.asarray(log_weight, jnp.float32)
+        _check_scalar("ctx.twist()", w, "the log-weight (reduce a vector first, e.g. jnp.sum(w))")
+        self.twist_amount = self.twist_amount + self._guard("ctx.twist()", w, name)
 
     def finish_if(self, predicate):
         """Ends the particle after this step when ``predicate`` holds."""
-        self.done = self.done | jnp.asarray(predicate, bool)
+        b = jnp.asarray(predicate, bool)
+        _check_scalar("ctx.finish_if()", b, "the predicate (reduce a vector first, e.g. jnp.any(b))")
+        self.done = self.done | b
 
     def finish(self):
         self.done = jnp.ones((), bool)
@@ -207,9 +230,11 @@ class Context:
         if self.tokens is None or self._decode_fn is None:
             raise ProgramError("ctx.text() needs the particle's tokens; use it in step() or final().")
         decode = self._decode_fn
+        kind = np.dtype(dtype)
 
         def row(tokens, length):
-            return fn(decode(tokens[: int(length)]))
+            text = decode(tokens[: int(length)])
+            return _check_host_value(fn, fn(text), kind, text)
 
         tokens, length = self.tokens, self.length
         if self.token is not None:  # include the token this step drew
@@ -218,6 +243,18 @@ class Context:
         return host_map(row, jax.ShapeDtypeStruct((), np.dtype(dtype)), tokens, length)
 
     # ---- internals -----------------------------------------------------------------------
+    def _record_cause(self, bad, name: str) -> None:
+        code = self._cause_code(name)
+        self.cause = jnp.where(bad & (self.cause < 0), code, self.cause)
+
+    def _guard(self, what: str, w, name: str | None):
+        """``w`` with NaN/+inf turned into a dead particle whose cause names the culprit."""
+        bad = jnp.isnan(w) | (w == jnp.inf)
+        label = name if name else what + _caller_line()
+        self._record_cause(bad, NAN_CAUSE + label)
+        self.done = self.done | bad
+        return jnp.where(bad, -jnp.inf, w)
+
     def _cause_code(self, name: str) -> int:
         names = self._condition_names
         if isinstance(names, list) and name not in names:  # the collecting pass
@@ -240,3 +277,94 @@ class Context:
         if self.tokens is None:
             raise ProgramError("LM tokens can only be sampled in step().")
         self.token = jnp.asarray(x, jnp.int32)
+
+
+#: Cause-name prefix of a particle removed by a NaN or +inf log-weight from user code (the
+#: driver reports any such particle as an error naming the culprit).
+NAN_CAUSE = "NaN or +inf log-weight from "
+#: Cause name of a particle whose token was drawn from an empty distribution.
+EMPTY_CAUSE = "an empty next-token distribution (every token masked out or -inf)"
+
+
+def _caller_line() -> str:
+    """`` at file:line`` of the user code that called a primitive (empty when steerppl's own
+    code called it)."""
+    import sys
+
+    from ppl._tracing import _is_user, _library_dirs
+
+    f = sys._getframe(3)  # _caller_line <- _guard <- the primitive <- its caller
+    if f is not None and _is_user(f.f_code.co_filename, _library_dirs()):
+        return f" at {f.f_code.co_filename}:{f.f_lineno}"
+    return ""
+
+
+def _user_line() -> str:
+    import traceback
+
+    from ppl._tracing import user_location
+
+    loc = user_location(traceback.extract_stack())
+    return "" if loc is None else f" at {loc[0]}:{loc[1]}"
+
+
+def _check_scalar(what: str, value, meaning: str) -> None:
+    """Primitives take one value per particle (the program is written for one particle)."""
+    if jnp.shape(value) != ():
+        raise ProgramError(
+            f"{what}{_user_line()} got an array of shape {tuple(jnp.shape(value))}; it takes "
+            f"one scalar per particle: {meaning}. A program describes one particle, so its "
+            "values are scalars (the backend vmaps it over particles)."
+        )
+
+
+def _check_token_id(what: str, value, vocab_size: int) -> None:
+    """A concrete token id must lie in the vocabulary (a traced one is clamped by XLA)."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    arr = np.asarray(value)
+    if arr.shape != ():
+        raise ProgramError(f"{what}{_user_line()} needs one token id, got an array of shape "
+                           f"{arr.shape}.")
+    if not np.issubdtype(arr.dtype, np.integer) or isinstance(value, (bool, np.bool_)):
+        raise ProgramError(f"{what}{_user_line()} needs an integer token id, got {value!r}.")
+    if not 0 <= int(arr) < vocab_size:
+        raise ProgramError(f"{what}{_user_line()}: token id {int(arr)} is outside the "
+                           f"vocabulary (valid ids are 0..{vocab_size - 1}).")
+
+
+def _fn_name(fn) -> str:
+    return str(getattr(fn, "name", None) or getattr(fn, "__name__", None) or repr(fn))
+
+
+def _check_host_value(fn, value, kind: np.dtype, text: str):
+    """The value a host function returned, refused when it is not a number of ``kind``.
+
+    The rule for user numbers: a log-weight is a finite number or ``-inf`` (which removes the
+    particle, like a failed condition); NaN and ``+inf`` are errors naming the function,
+    never a silent loss of particles.
+    """
+    name = _fn_name(fn)
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    if kind == np.bool_:
+        ok = isinstance(value, (bool, np.bool_)) or (
+            isinstance(value, numbers.Integral) and value in (0, 1))
+        if not ok:
+            raise TypeError(f"{name!r} returned {value!r} ({type(value).__name__}) for the text "
+                            f"{shown!r}; a predicate must return True or False.")
+        return bool(value)
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, (str, bytes)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name!r} returned {value!r} ({type(value).__name__}) for the text "
+                        f"{shown!r}; it must return a number (a Python or NumPy scalar). "
+                        + ("Convert it with float(...)." if isinstance(value, str) else ""))
+    if np.issubdtype(kind, np.floating):
+        v = float(value)
+        if math.isnan(v) or v == math.inf:
+            raise ProgramError(
+                f"{name!r} returned {v} for the text {shown!r}. Rule: a potential, twist or "
+                "ctx.text log-weight must be a finite number or -inf (-inf removes the "
+                "particle, like a failed condition); NaN and +inf are errors, never a silent "
+                "loss of particles. Fix the function (e.g. guard a log of 0 or a division).")
+    return value

@@ -7,8 +7,12 @@ It follows the numpyro ``Distribution`` calling convention (``sample(key)``,
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
+
+from ppl.errors import ProgramError
 
 __all__ = ["TokenDist", "sample_logits"]
 
@@ -71,14 +75,57 @@ class TokenDist:
         return TokenDist(jnp.where(allowed, self.logits, -jnp.inf), self.lm_index)
 
     def temper(self, temperature) -> "TokenDist":
-        """``p(x) ∝ exp(logits[x] / temperature)`` (temperature > 0)."""
-        return TokenDist(self.logits / temperature, self.lm_index)
+        """``p(x) ∝ exp(logits[x] / temperature)``.
+
+        ``temperature=0`` is the limit ``temperature -> 0``: greedy decoding, all the mass
+        on the most likely token (shared uniformly among ties). A traced temperature must be
+        > 0 (it is not checked).
+
+        Raises:
+            ValueError: a negative or non-finite temperature.
+            TypeError: a temperature that is not a number.
+        """
+        if isinstance(temperature, jax.core.Tracer):
+            return TokenDist(self.logits / temperature, self.lm_index)
+        t = check_temperature(temperature)
+        if t == 0.0:
+            best = jnp.max(self.logits, axis=-1, keepdims=True)
+            return TokenDist(jnp.where((self.logits == best) & (best > -jnp.inf), 0.0, -jnp.inf),
+                             self.lm_index)
+        return TokenDist(self.logits / t, self.lm_index)
 
     def add(self, bias: jax.Array) -> "TokenDist":
         """``p(x) ∝ exp(logits[x] + bias[x])``: a logit bias, e.g. a learned proposal."""
         return TokenDist(self.logits + bias, self.lm_index)
 
     def top_k(self, k: int) -> "TokenDist":
-        """The ``k`` most likely tokens, renormalised."""
+        """The ``k`` most likely tokens, renormalised (``1 <= k <= V``; ties at the k-th
+        value are all kept)."""
+        v = self.logits.shape[-1]
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= int(k) <= v:
+            raise ProgramError(f"top_k(k) needs an integer k in 1..{v} (the vocabulary size), "
+                               f"got {k!r}.")
+        k = int(k)
         kth = jax.lax.top_k(self.logits, k)[0][..., -1]
         return TokenDist(jnp.where(self.logits >= kth, self.logits, -jnp.inf), self.lm_index)
+
+
+def check_temperature(temperature) -> float:
+    """``temperature`` as a float ``>= 0`` (0 means greedy, see [TokenDist.temper][ppl.TokenDist.temper]).
+
+    Raises:
+        TypeError: not a number (a string, a bool, None).
+        ValueError: negative, NaN or infinite.
+    """
+    import math
+
+    if hasattr(temperature, "shape") and temperature.shape == () and not isinstance(
+            temperature, jax.core.Tracer):
+        temperature = temperature.item()  # a concrete 0-d array
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a number >= 0, got {temperature!r} "
+                        f"({type(temperature).__name__}); e.g. temperature=0.7 (0 = greedy).")
+    t = float(temperature)
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}.")
+    return t

@@ -35,8 +35,8 @@ class Draw(NamedTuple):
 
     Attributes:
         token: the token (``int32``).
-        log_weight: the log-weight increment (``-inf`` when the proposal had no mass there;
-            ``None`` when it is zero by construction: the token was drawn from ``p`` itself).
+        log_weight: the log-weight increment (``-inf`` when the proposal had no mass there
+            or was empty; 0 for a token drawn from ``p`` itself; ``None``: no change).
         dead: the proposal's support was empty (the particle dies, never NaN), or ``None``.
         proposal_logprobs: normalised ``log q'`` the token was drawn from (``None`` when the
             token was not drawn from a proposal).
@@ -50,7 +50,10 @@ class Draw(NamedTuple):
 
 def _weighted(p, q, x, needs_weight: bool) -> Draw:
     if not needs_weight:
-        return Draw(x, None, None, q.logprobs)
+        # A draw from an empty distribution (every logit -inf, e.g. a mask that allows
+        # nothing) kills the particle instead of returning the sampler's fallback token.
+        empty = ~(jnp.max(q.logits, axis=-1) > -jnp.inf)
+        return Draw(x, jnp.where(empty, -jnp.inf, 0.0), empty, q.logprobs)
     lq = q.log_prob(x)
     lp = p.log_prob(x)
     # A draw the proposal gives no mass to only happens when its support is empty: the

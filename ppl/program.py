@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Sequence
 
 from ppl.context import Context
@@ -52,9 +53,13 @@ class Program:
             self.max_tokens = max_tokens
         if self.lm is None:
             raise ValueError(f"{type(self).__name__}: no language model; pass lm=...")
-        if int(self.max_tokens) < 1:
-            raise ValueError(f"{type(self).__name__}: max_tokens must be >= 1, got {self.max_tokens}.")
-        self.max_tokens = int(self.max_tokens)
+        mt = self.max_tokens
+        if isinstance(mt, bool) or not isinstance(mt, numbers.Integral):
+            raise TypeError(f"{type(self).__name__}: max_tokens must be an integer >= 1, got "
+                            f"{mt!r} ({type(mt).__name__}).")
+        if int(mt) < 1:
+            raise ValueError(f"{type(self).__name__}: max_tokens must be >= 1, got {mt}.")
+        self.max_tokens = int(mt)
 
     @property
     def prompts(self) -> list:

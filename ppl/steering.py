@@ -43,6 +43,7 @@ class SteerProgram(Program):
             if isinstance(c, HostSampler):
                 self.host.append(c.bind(lm.vocab))
             elif isinstance(c, TokenAutomaton):
+                _check_automaton(c, lm)
                 self.automata.append(c)
             elif isinstance(c, Constraint):
                 self.automata.append(c.compile(lm.vocab))
@@ -63,6 +64,10 @@ class SteerProgram(Program):
             (self.twists if f.when == "twist" else self.potentials).append(f)
         for f in twists:
             self.twists.append(f if isinstance(f, Potential) else Potential(f, when="twist"))
+        if temperature is not None:
+            from ppl.dists import check_temperature
+
+            temperature = check_temperature(temperature)
         self.temperature = temperature
 
     def init(self, ctx: Context):
@@ -88,7 +93,7 @@ class SteerProgram(Program):
             if pred.incremental:  # prefix-closed: check every prefix
                 ctx.condition(ctx.text(pred, dtype=bool), name=pred.name)
         for g in self.twists:
-            ctx.twist(ctx.text(g))
+            ctx.twist(ctx.text(g), name=f"twist {g.name!r}")
         return state
 
     def _draw(self, ctx: Context, p, q):
@@ -109,7 +114,21 @@ class SteerProgram(Program):
         for pred in self.predicates:
             ctx.condition(ctx.text(pred, dtype=bool), name=pred.name)
         for f in self.potentials:
-            ctx.factor(ctx.text(f))
+            ctx.factor(ctx.text(f), name=f"potential {f.name!r}")
+
+
+def _check_automaton(a: TokenAutomaton, lm) -> None:
+    """A compiled automaton must be the model's: same vocabulary size and EOS id."""
+    v = int(a.transitions.shape[-1])
+    fix = ("Pass the constraint itself (steer compiles it for the model) or compile it with "
+           "`constraint.compile(lm.vocab)` for this model.")
+    if v != int(lm.vocab_size):
+        raise ValueError(f"constraint {a.name!r} was compiled for a vocabulary of {v} tokens, but "
+                         f"{getattr(lm, 'name', 'the model')} has {lm.vocab_size}. {fix}")
+    if int(a.eos_token_id) != int(lm.eos_token_id):
+        raise ValueError(f"constraint {a.name!r} was compiled for a vocabulary whose EOS id is "
+                         f"{a.eos_token_id}, but {getattr(lm, 'name', 'the model')}'s is "
+                         f"{lm.eos_token_id}. {fix}")
 
 
 def _is_eos(lm, tok):
@@ -138,7 +157,9 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
         max_tokens: the token budget; a sequence also ends at EOS.
         twists: ``str -> float`` heuristics applied to every prefix as twists (they guide
             resampling and cancel out of the final target).
-        temperature: optional LM temperature (changes the prior itself).
+        temperature: optional LM temperature (changes the prior itself); ``0`` is greedy
+            decoding (the limit: the prior puts all its mass on the most likely token at each
+            step, ties shared), negative values are refused.
         messages: a chat instead of ``prompt``: ``[{"role": "user", "content": ...}, ...]``,
             formatted with the checkpoint's chat template and the assistant's turn opened
             (see [ppl.chat][ppl.chat]); generation is the assistant's reply.

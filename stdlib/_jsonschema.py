@@ -213,6 +213,13 @@ def schema_to_regex(schema: Any, separators=(", ", ": ")) -> str:
                 values = [v for v in values if any(_type_ok(v, t) for t in tlist)]
                 if not values:
                     raise _fail(path, "no enum/const value has the given type")
+            for v in values:
+                try:
+                    json.dumps(v, allow_nan=False)
+                except (TypeError, ValueError):
+                    raise _fail(path, f"enum/const value {v!r} is not a JSON value (NaN, "
+                                "infinities and non-JSON types cannot be generated as JSON)"
+                                ) from None
             return _alt([_json_literal(v, seps) for v in values])
         if "anyOf" in s:
             subs = s["anyOf"]

@@ -32,6 +32,8 @@ Exactness contract (what makes the posterior exact rather than merely "masked"):
 from __future__ import annotations
 
 import abc
+import math
+import numbers
 import dataclasses
 import hashlib
 import weakref
@@ -331,11 +333,20 @@ class Potential:
             raise TypeError(f"Potential needs a callable str -> float, got {fn!r}.")
         self.fn = fn
         self.when = when
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+            raise TypeError(f"Potential(scale=...) must be a finite number, got {scale!r}.")
         self.scale = float(scale)
         self.name = name or getattr(fn, "__name__", "potential")
 
     def __call__(self, text: str) -> float:
-        return self.scale * float(self.fn(text))
+        value = self.fn(text)
+        if isinstance(value, np.ndarray) and value.shape == ():
+            value = value[()]
+        if isinstance(value, (str, bytes)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"potential {self.name!r} returned {value!r} "
+                            f"({type(value).__name__}) for the text {text[:60]!r}; it must "
+                            "return a number (a Python or NumPy scalar).")
+        return self.scale * float(value)
 
 
 #: What ``steer(constraints=...)`` accepts, for error messages.

@@ -233,7 +233,7 @@ class MaxWordLength(_WordRule):
 
     def __init__(self, n: int, word_chars: str = DEFAULT_WORD_CHARS):
         super().__init__(word_chars)
-        if not isinstance(n, int) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"max_word_length: n must be a non-negative int, got {n!r}")
         self.n = n
         self.name = f"max_word_length({n})"
@@ -449,7 +449,7 @@ class MaxWords(_WordRule):
 
     def __init__(self, n: int, word_chars: str = DEFAULT_WORD_CHARS):
         super().__init__(word_chars)
-        if not isinstance(n, int) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"max_words: n must be a non-negative int, got {n!r}")
         self.n = n
         self.name = f"max_words({n})"
@@ -543,7 +543,7 @@ class MaxChars(ByteConstraint):
     """At most ``n`` characters (Unicode code points, counted as non-continuation bytes)."""
 
     def __init__(self, n: int):
-        if not isinstance(n, int) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"max_chars: n must be a non-negative int, got {n!r}")
         self.n = n
         self.name = f"max_chars({n})"
@@ -573,7 +573,7 @@ class MaxTokens(Constraint):
     """At most ``n`` text tokens (EOS not counted). A counter automaton over tokens."""
 
     def __init__(self, n: int):
-        if not isinstance(n, int) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"max_tokens: n must be a non-negative int, got {n!r}")
         self.n = n
         self.name = f"max_tokens({n})"
