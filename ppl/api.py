@@ -70,7 +70,28 @@ def infer(program: Program, method: str = "smc", particles: int = 32, seed: Any 
                           f"({mesh.size}).")
     enable_compilation_cache()
     setup = engine.prepare(program)
-    return driver.run(backend, setup, RunConfig(n, mesh, progress), opts, key)
+    result = driver.run(backend, setup, RunConfig(n, mesh, progress), opts, key)
+    return _record_run(result, seed, opts)
+
+
+def _record_run(result: Result, seed, opts) -> Result:
+    """Stores what reproduces the run (seed, options) on the result, for ``Result.save``."""
+    import numbers
+
+    import jax
+    import numpy as np
+
+    if isinstance(seed, numbers.Integral):
+        result.seed = int(seed)
+    else:
+        try:
+            data = jax.random.key_data(seed) if jax.dtypes.issubdtype(
+                seed.dtype, jax.dtypes.prng_key) else seed
+            result.seed = np.asarray(data).astype(int).tolist()
+        except (AttributeError, TypeError):
+            result.seed = repr(seed)
+    result.options = opts.to_dict() if hasattr(opts, "to_dict") else {}
+    return result
 
 
 def infer_many(programs: Program | Sequence[Program], method: str = "smc", particles: int = 32,
@@ -140,6 +161,11 @@ def infer_many(programs: Program | Sequence[Program], method: str = "smc", parti
         keys = [driver.as_key(s) for s in seeds]
     if batch_size is not None:
         batch_size = check_count("batch_size", batch_size)
+
+    def seed_of(i):
+        if seeds is not None:
+            return seeds[i]
+        return int(seed) + i if not isinstance(seed, jax.Array) else keys[i]
     enable_compilation_cache()
     config = RunConfig(n, None, progress)
     # Group the problems by compiled shape; the condition names are collected once a group.
@@ -157,7 +183,8 @@ def infer_many(programs: Program | Sequence[Program], method: str = "smc", parti
         if backend.run is not None or len(members) == 1:
             for i in members:
                 try:
-                    results[i] = driver.run(backend, setups[i], config, opts, keys[i])
+                    results[i] = _record_run(driver.run(backend, setups[i], config, opts,
+                                                        keys[i]), seed_of(i), opts)
                     results[i].timings["batch_size"] = 1
                 except InferenceError as e:
                     results[i] = e
@@ -169,7 +196,7 @@ def infer_many(programs: Program | Sequence[Program], method: str = "smc", parti
             outs = driver.execute_many(backend, [setups[i] for i in part], config, opts,
                                        [keys[i] for i in part], exact=exact)
             for i, r in zip(part, outs):
-                results[i] = r
+                results[i] = _record_run(r, seed_of(i), opts) if isinstance(r, Result) else r
     if all(isinstance(r, InferenceError) for r in results):
         raise results[0]
     return results

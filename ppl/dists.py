@@ -1,6 +1,6 @@
 """Distributions over next tokens.
 
-A :class:`TokenDist` is a categorical distribution over the vocabulary held as log-weights.
+A `TokenDist` is a categorical distribution over the vocabulary held as log-weights.
 It follows the numpyro ``Distribution`` calling convention (``sample(key)``,
 ``log_prob(x)``), so programs can pass either kind to ``ctx.sample``/``ctx.observe``.
 """
@@ -99,8 +99,12 @@ class TokenDist:
         return TokenDist(self.logits + bias, self.lm_index)
 
     def top_k(self, k: int) -> "TokenDist":
-        """The ``k`` most likely tokens, renormalised (``1 <= k <= V``; ties at the k-th
-        value are all kept)."""
+        """The ``k`` most likely tokens, renormalised (``1 <= k <= V``; ties with the k-th are kept).
+
+        Sampling from it changes the distribution itself: as the ``dist`` of ``ctx.sample``
+        it is the prior; as a ``proposal`` it never proposes the other tokens (see
+        [mix][ppl.TokenDist.mix] for a proposal that keeps the target exact).
+        """
         v = self.logits.shape[-1]
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= int(k) <= v:
             raise ProgramError(f"top_k(k) needs an integer k in 1..{v} (the vocabulary size), "
@@ -108,6 +112,60 @@ class TokenDist:
         k = int(k)
         kth = jax.lax.top_k(self.logits, k)[0][..., -1]
         return TokenDist(jnp.where(self.logits >= kth, self.logits, -jnp.inf), self.lm_index)
+
+    def top_p(self, p: float) -> "TokenDist":
+        """Nucleus truncation: the most likely tokens whose probabilities first sum to ``p`` or
+        more (at least one token; ties with the last kept token are kept), renormalised.
+
+        Like [top_k][ppl.TokenDist.top_k], this is a *different distribution*: sampling it as
+        the ``dist`` of ``ctx.sample`` changes the prior (the target becomes the truncated LM).
+        To keep the untruncated LM as the prior and use the nucleus only to guide the draws,
+        pass ``dist.top_p(p).mix(dist, floor)`` as the ``proposal``: the weight
+        ``log p(x) - log q(x)`` is exact and the mixture covers every token.
+
+        Args:
+            p: the kept probability mass, ``0 < p <= 1`` (1 keeps every possible token).
+        """
+        _check_fraction("top_p", p, low_open=True)
+        if isinstance(p, (int, float)) and p >= 1:  # float rounding must not drop a tail token
+            return self
+        lp = self.logprobs
+        srt = jnp.sort(lp, axis=-1)[..., ::-1]
+        mass_before = jnp.cumsum(jnp.exp(srt), axis=-1) - jnp.exp(srt)
+        # The smallest kept log-probability: the last sorted entry whose preceding mass is
+        # still below p (the first entry always qualifies).
+        kept = mass_before < p
+        threshold = jnp.min(jnp.where(kept, srt, jnp.inf), axis=-1, keepdims=True)
+        return TokenDist(jnp.where(lp >= threshold, self.logits, -jnp.inf), self.lm_index)
+
+    def min_p(self, p: float) -> "TokenDist":
+        """The tokens at least ``p`` times as likely as the most likely one, renormalised.
+
+        A change of the distribution as [top_p][ppl.TokenDist.top_p] is (the same notes on
+        prior and proposal apply).
+
+        Args:
+            p: the relative threshold, ``0 <= p <= 1`` (0 keeps every possible token, 1 only
+                the most likely ones).
+        """
+        _check_fraction("min_p", p, low_open=False)
+        top = jnp.max(self.logits, axis=-1, keepdims=True)
+        return TokenDist(jnp.where(self.logits >= top + jnp.log(p), self.logits, -jnp.inf),
+                         self.lm_index)
+
+    def mix(self, other: "TokenDist", weight: float) -> "TokenDist":
+        """The mixture ``(1 - weight) * self + weight * other`` of the two normalised
+        distributions (a *defensive* proposal: with ``other`` the prior and ``weight > 0`` it
+        proposes every token the prior allows, so importance weights stay bounded by
+        ``1 / weight`` and the target is unchanged).
+
+        Args:
+            other: a distribution over the same vocabulary.
+            weight: the mixture weight of ``other``, ``0 <= weight <= 1``.
+        """
+        _check_fraction("weight", weight, low_open=False)
+        logits = jnp.logaddexp(jnp.log1p(-weight) + self.logprobs, jnp.log(weight) + other.logprobs)
+        return TokenDist(logits, self.lm_index if self.lm_index is not None else other.lm_index)
 
 
 def check_temperature(temperature) -> float:
@@ -129,3 +187,17 @@ def check_temperature(temperature) -> float:
     if not math.isfinite(t) or t < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}.")
     return t
+
+
+def _check_fraction(name: str, value, low_open: bool) -> None:
+    """Refuses Python numbers outside the range (traced values are the caller's business)."""
+    import numbers
+
+    if isinstance(value, bool) or isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name} must be a number in {'(0, 1]' if low_open else '[0, 1]'}, "
+                        f"got {value!r}.")
+    if isinstance(value, numbers.Real):
+        v = float(value)
+        if not (0.0 < v <= 1.0 if low_open else 0.0 <= v <= 1.0):
+            raise ValueError(f"{name} must be in {'(0, 1]' if low_open else '[0, 1]'}, got "
+                             f"{value!r}" + ("; top_p=1 keeps every token." if low_open else "."))

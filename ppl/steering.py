@@ -34,7 +34,10 @@ class SteerProgram(Program):
     """
 
     def __init__(self, lm, prompt="", constraints: Sequence = (), potentials: Sequence = (),
-                 twists: Sequence = (), max_tokens: int = 32, temperature: float | None = None):
+                 twists: Sequence = (), max_tokens: int = 32, temperature: float | None = None,
+                 *, top_k: int | None = None, top_p: float | None = None,
+                 min_p: float | None = None, truncation: str = "prior",
+                 truncation_floor: float = 0.05):
         super().__init__(lm=lm, prompt=prompt, max_tokens=max_tokens)
         self.automata: list[TokenAutomaton] = []
         self.predicates: list[TextPredicate] = []
@@ -69,12 +72,39 @@ class SteerProgram(Program):
 
             temperature = check_temperature(temperature)
         self.temperature = temperature
+        self.top_k, self.top_p, self.min_p = _check_truncation(
+            lm, top_k, top_p, min_p, truncation, truncation_floor)
+        self.truncation = truncation
+        self.truncation_floor = float(truncation_floor)
+        if self.host and truncation == "proposal" and self._truncates:
+            raise ValueError("steer(truncation='proposal') does not combine with a grammar "
+                             "constraint (its sampler draws from the LM itself); use "
+                             "truncation='prior' or drop top_k/top_p/min_p.")
+
+    @property
+    def _truncates(self) -> bool:
+        return any(x is not None for x in (self.top_k, self.top_p, self.min_p))
+
+    def _truncated(self, p):
+        """``(prior, proposal or None)`` after top-k/top-p/min-p (see ``steer``)."""
+        if not self._truncates:
+            return p, None
+        t = p
+        if self.top_k is not None:
+            t = t.top_k(self.top_k)
+        if self.top_p is not None:
+            t = t.top_p(self.top_p)
+        if self.min_p is not None:
+            t = t.min_p(self.min_p)
+        if self.truncation == "prior":
+            return t, None
+        return p, t.mix(p, self.truncation_floor)
 
     def init(self, ctx: Context):
         return tuple(a.init_state() for a in self.automata)
 
     def step(self, ctx: Context, state):
-        p = ctx.lm.next_token(self.temperature)
+        p, q = self._truncated(ctx.lm.next_token(self.temperature))
         if self.automata:
             mask = jnp.ones((self.lm.vocab_size,), bool)
             # Tokens left after this one; only tokens from which every automaton can still
@@ -82,12 +112,12 @@ class SteerProgram(Program):
             remaining = self.max_tokens - (ctx.length + 1)
             for a, s in zip(self.automata, state):
                 mask = mask & a.allowed(s) & a.within_budget(s, remaining)
-            tok = self._draw(ctx, p, p.mask(mask))
+            tok = self._draw(ctx, p, (p if q is None else q).mask(mask))
             state = tuple(a.advance(s, tok) for a, s in zip(self.automata, state))
             for a, s in zip(self.automata, state):
                 ctx.condition(a.alive(s), name=a.name)
         else:
-            tok = self._draw(ctx, p, None)
+            tok = self._draw(ctx, p, q)
         ctx.finish_if(_is_eos(self.lm, tok))
         for pred in self.predicates:
             if pred.incremental:  # prefix-closed: check every prefix
@@ -131,6 +161,33 @@ def _check_automaton(a: TokenAutomaton, lm) -> None:
                          f"{lm.eos_token_id}. {fix}")
 
 
+_TRUNCATIONS = ("prior", "proposal")
+
+
+def _check_truncation(lm, top_k, top_p, min_p, truncation, floor):
+    import numbers
+
+    if truncation not in _TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {_TRUNCATIONS}, got {truncation!r}.")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+            raise TypeError(f"top_k must be an int >= 1, got {top_k!r}.")
+        if not 1 <= int(top_k):
+            raise ValueError(f"top_k must be >= 1, got {top_k}; top_k=None keeps every token.")
+        top_k = min(int(top_k), lm.vocab_size)
+    for name, v, lo_open in (("top_p", top_p, True), ("min_p", min_p, False)):
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"{name} must be a number, got {v!r}.")
+            if not (0 < float(v) <= 1 if lo_open else 0 <= float(v) <= 1):
+                raise ValueError(f"{name} must be in {'(0, 1]' if lo_open else '[0, 1]'}, got {v}.")
+    if isinstance(floor, bool) or not isinstance(floor, numbers.Real) or not 0 < float(floor) <= 1:
+        raise ValueError(f"truncation_floor must be in (0, 1] (the prior's share of the "
+                         f"proposal, which keeps every token proposable), got {floor!r}.")
+    return (top_k, None if top_p is None else float(top_p),
+            None if min_p is None else float(min_p))
+
+
 def _is_eos(lm, tok):
     """True where ``tok`` is one of the model's EOS ids (every one of them ends a sequence)."""
     ids = tuple(getattr(lm, "eos_token_ids", ()) or (lm.eos_token_id,))
@@ -141,8 +198,9 @@ def _is_eos(lm, tok):
 
 def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
           potentials: Sequence = (), max_tokens: int = 32, twists: Sequence = (),
-          temperature: float | None = None, *, messages: Sequence[dict] | None = None
-          ) -> SteerProgram:
+          temperature: float | None = None, *, messages: Sequence[dict] | None = None,
+          top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+          truncation: str = "prior", truncation_floor: float = 0.05) -> SteerProgram:
     """The common program without writing a class.
 
     Args:
@@ -160,6 +218,19 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
         temperature: optional LM temperature (changes the prior itself); ``0`` is greedy
             decoding (the limit: the prior puts all its mass on the most likely token at each
             step, ties shared), negative values are refused.
+        top_k: keep the ``k`` most likely next tokens (applied after ``temperature``).
+        top_p: keep the most likely next tokens whose probabilities first sum to ``top_p``
+            (nucleus sampling, ``0 < top_p <= 1``).
+        min_p: keep the next tokens at least ``min_p`` times as likely as the most likely one.
+        truncation: what ``top_k``/``top_p``/``min_p`` change. ``"prior"`` (default, what
+            other samplers do): the truncated, renormalised LM *is* the prior, so the
+            posterior and the evidence are those of the truncated model. ``"proposal"``: the
+            prior stays the untruncated LM and the truncated LM guides the draws, mixed with
+            the LM (share ``truncation_floor``) so that every token stays proposable; each
+            draw is weighted by the exact ``log p(x) - log q(x)``, so the posterior is that
+            of the untruncated program and only the variance changes.
+        truncation_floor: the LM's share of the ``"proposal"`` mixture, in ``(0, 1]``
+            (importance weights per token are at most ``1 / truncation_floor``).
         messages: a chat instead of ``prompt``: ``[{"role": "user", "content": ...}, ...]``,
             formatted with the checkpoint's chat template and the assistant's turn opened
             (see [ppl.chat][ppl.chat]); generation is the assistant's reply.
@@ -175,4 +246,6 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
         from ppl.models.chat import chat
 
         prompt = chat(lm, messages)
-    return SteerProgram(lm, prompt, constraints, potentials, twists, max_tokens, temperature)
+    return SteerProgram(lm, prompt, constraints, potentials, twists, max_tokens, temperature,
+                        top_k=top_k, top_p=top_p, min_p=min_p, truncation=truncation,
+                        truncation_floor=truncation_floor)
