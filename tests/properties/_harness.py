@@ -64,6 +64,10 @@ METHODS = [
     Method("smc", (("ess_threshold", 1.0), ("islands", 4), ("exchange_every", 2))),
     # resample-move: MH moves after every resampling keep the weights (still unbiased).
     Method("smc", (("ess_threshold", 1.0), ("rejuvenate", 1))),
+    # units: resampling only at unit boundaries (every 2 tokens; after tokens 'a' or 'c', so
+    # particles reach boundaries at different steps and are resampled among themselves).
+    Method("smc", (("ess_threshold", 1.0), ("unit", 2))),
+    Method("smc", (("resampling", "residual"), ("ess_threshold", 1.0), ("unit", (0, 2)))),
     # MCMC / VI: skipped unless ppl.methods() lists them.
     Method("pimh", (("steps", 10),), "mcmc"),
     Method("particle_gibbs", (("steps", 10),), "mcmc"),
