@@ -23,6 +23,8 @@ __all__ = [
     "RESAMPLERS",
     "Resampling",
     "adaptive",
+    "anneal_beta",
+    "tempered_weights",
     "ess",
     "log_mean_exp",
     "log_normalize",
@@ -232,24 +234,84 @@ def take_rows(x, rows, t=None):
     return jnp.take(x, rows, axis=0)
 
 
-def adaptive(scheme: str = DEFAULT_SCHEME, ess_threshold: float = DEFAULT_ESS_THRESHOLD
-             ) -> Resampling:
+def anneal_beta(anneal, log_weights, t, horizon: int):
+    """The selection exponent ``beta`` in ``(0, 1]`` of annealed resampling at step ``t``.
+
+    ``anneal``: a number (a fixed ``beta``) or ``"entropy"``: the schedule of entropic
+    annealing (Giannone et al. 2025, "Mitigating Premature Exploitation in Particle-based
+    Monte Carlo for Inference-Time Scaling"), ``1 / beta = N / ESS * (1 - t / T)`` clipped to
+    ``beta <= 1``: the more the weights have collapsed (low ESS, an order-2 entropy of the
+    weights), the flatter the selection, relaxing to plain resampling near the horizon ``T``.
+    """
+    if not isinstance(anneal, str):
+        return jnp.float32(anneal)
+    n = log_weights.shape[0]
+    frac = jnp.maximum(ess(log_weights), 1.0) / n
+    left = jnp.maximum(1.0 - (t + 1) / horizon, 1e-6)
+    return jnp.clip(frac / left, 1.0 / n, 1.0).astype(jnp.float32)
+
+
+def tempered_weights(log_weights, ancestors, beta, lz_beta, m):
+    """New log-weights after selecting ``ancestors`` with probabilities ``∝ w^beta``.
+
+    Slot ``i`` with ancestor ``a`` gets ``w_a / (m pi_a) = w_a^(1 - beta) Σ_j w_j^beta / m``
+    (``lz_beta = log Σ_j w_j^beta`` over the ``m`` candidates): an importance correction for
+    having selected with ``pi`` instead of ``w``, so the resampled population stays properly
+    weighted and the evidence estimate unbiased. ``beta = 1`` is the usual mean weight.
+    """
+    lw_a = log_weights[ancestors]
+    kept = jnp.where(jnp.isfinite(lw_a), (1.0 - beta) * lw_a, -jnp.inf)
+    return (kept + lz_beta - jnp.log(jnp.maximum(m, 1).astype(jnp.float32))).astype(
+        log_weights.dtype)
+
+
+def adaptive(scheme: str = DEFAULT_SCHEME, ess_threshold: float = DEFAULT_ESS_THRESHOLD,
+             anneal=None, horizon: int = 1) -> Resampling:
     """Global adaptive resampling with ``scheme``: ancestors drawn from all ``N`` weights,
     every new weight set to the mean weight (survivors keep their slots).
 
     With units (``Candidates.eligible``) only the eligible particles are resampled, among
     themselves, and their new weight is *their* mean weight; the others keep slot and weight
-    ([masked_ancestors][ppl.inference.resampling.masked_ancestors])."""
+    ([masked_ancestors][ppl.inference.resampling.masked_ancestors]).
+
+    With ``anneal`` (a number in ``(0, 1]`` or ``"entropy"``, see
+    [anneal_beta][ppl.inference.resampling.anneal_beta]; ``horizon``: the token budget) the
+    ancestors are selected with probabilities ``∝ w^beta`` and each keeps the correction
+    ``w^(1 - beta)`` ([tempered_weights][ppl.inference.resampling.tempered_weights]):
+    selection is flatter (more diversity), the population stays properly weighted."""
     resample_fn = RESAMPLERS[scheme]
 
     def select(k_res, k_anc, t, cand: Candidates):
         lw = cand.particles.logw
+        if anneal is not None:
+            return _annealed(scheme, k_res, lw, cand.eligible, t, anneal, horizon)
         if cand.eligible is not None:
             return masked_ancestors(scheme, k_res, lw, cand.eligible)
         idx = stable_ancestors(resample_fn(k_res, lw, lw.shape[0]))
         return idx, jnp.full_like(lw, log_mean_exp(lw))
 
     return Resampling(float(ess_threshold), select, take_rows, True, units=True)
+
+
+def _annealed(scheme, key, lw, eligible, t, anneal, horizon):
+    """Annealed selection over all particles, or over the eligible ones (units)."""
+    n = lw.shape[0]
+    elig = jnp.ones((n,), bool) if eligible is None else eligible
+    lw_e = jnp.where(elig, lw, -jnp.inf)
+    beta = anneal_beta(anneal, lw_e, t, horizon)
+    sel = beta * lw_e
+    m = jnp.sum(elig.astype(jnp.int32))
+    lz = jax.nn.logsumexp(sel)
+    ok = jnp.isfinite(lz)
+    if eligible is None:
+        anc = RESAMPLERS[scheme](key, sel, n)
+    else:
+        rank = jnp.clip(jnp.cumsum(elig.astype(jnp.int32)) - 1, 0, n - 1)
+        anc = jnp.where(elig, _masked_draws(scheme, key, sel, m)[rank], jnp.arange(n, dtype=jnp.int32))
+    own = jnp.arange(n, dtype=jnp.int32)
+    anc = stable_ancestors(jnp.where(elig & ok, anc, own))
+    new_lw = jnp.where(elig & ok, tempered_weights(lw, anc, beta, lz, m), lw[anc])
+    return anc, new_lw
 
 
 def _masked_draws(scheme: str, key, log_weights, m):

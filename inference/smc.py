@@ -411,6 +411,11 @@ class SMCOptions(ResamplingOptions):
             token ids (after any of them, e.g. a newline's id). Particles at a boundary are
             resampled among themselves; the others keep their weights (exact for every
             choice, see docs/backends.md).
+        anneal: annealed resampling: None (plain), a number ``beta`` in ``(0, 1]`` (select
+            ancestors with probabilities ``∝ w^beta``) or ``"entropy"`` (entropic annealing:
+            ``beta`` from the ESS at each resampling,
+            [anneal_beta][ppl.inference.resampling.anneal_beta]); each selected particle
+            keeps the weight ``w^(1 - beta)`` (times a constant), so results stay exact.
     """
 
     islands: int = option(1, check_count, 1)
@@ -419,6 +424,18 @@ class SMCOptions(ResamplingOptions):
     rejuvenate_at: str = option("resample", check_choice, ("resample", "end"))
     proposal_params: Any = None
     unit: Any = option(None, lambda name, v: check_unit(name, v))
+    anneal: Any = option(None, lambda name, v: check_anneal(name, v))
+
+
+def check_anneal(name: str, value):
+    """``anneal=``: None, ``"entropy"`` or a number in ``(0, 1]``."""
+    if value is None or value == "entropy":
+        return value
+    if isinstance(value, str):
+        raise OptionError(f"{name}={value!r}: give 'entropy', a number in (0, 1] or None.")
+    from ppl.inference.base import check_number
+
+    return check_number(name, value, 0.0, 1.0, open_low=True)
 
 
 def check_unit(name: str, value):
@@ -453,12 +470,15 @@ def _params(setup: E.Setup, options):
     return setup.lm.params if kind is None else (setup.lm.params, phi)
 
 
-def _strategy(options, config: RunConfig) -> R.Resampling:
+def _strategy(options, config: RunConfig, setup: E.Setup | None = None) -> R.Resampling:
     if isinstance(options, SMCOptions) and options.islands > 1:
         from ppl.inference.sharding import islands
 
         return islands(options.resampling, options.ess_threshold, options.islands,
                        options.exchange_every)
+    if isinstance(options, SMCOptions) and options.anneal is not None:
+        return R.adaptive(options.resampling, options.ess_threshold, options.anneal,
+                          1 if setup is None else setup.max_tokens)
     if isinstance(options, ResamplingOptions):
         return R.adaptive(options.resampling, options.ess_threshold)
     return R.adaptive(ess_threshold=0.0)  # importance sampling: never resample
@@ -476,7 +496,7 @@ def make_runner(setup: E.Setup, config: RunConfig, options) -> Phases:
     from ppl.inference import proposal, rejuvenation
 
     kind, _ = _proposal(setup, options)
-    strategy = _strategy(options, config)
+    strategy = _strategy(options, config, setup)
     moves = getattr(options, "rejuvenate", 0)
     at_resample = getattr(options, "rejuvenate_at", "resample") == "resample"
     # The plain sweep uses the run's key itself; with a proposal or moves it is split in two
@@ -532,6 +552,10 @@ def _validate(setup: E.Setup, config: RunConfig, options) -> None:
             getattr(options, "islands", 1) > 1 or getattr(options, "rejuvenate", 0)):
         raise OptionError("unit= cannot be combined with islands or rejuvenate yet (their "
                           "resampling and moves assume every particle is at a boundary).")
+    if getattr(options, "anneal", None) is not None and (
+            getattr(options, "islands", 1) > 1 or getattr(options, "rejuvenate", 0)):
+        raise OptionError("anneal= cannot be combined with islands or rejuvenate yet (their "
+                          "moves assume equally weighted particles after a resampling).")
     if getattr(options, "rejuvenate", 0):
         from ppl.inference._chain import require_token_only
 
