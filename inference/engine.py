@@ -44,6 +44,9 @@ class Particles(NamedTuple):
         twist: ``float32[N]`` the twist currently included in ``logw``.
         done: ``bool[N]`` finished (ended, conditioned away or out of budget).
         cause: ``int32[N]`` index of the first condition that killed the particle, or -1.
+        boundary: ``bool[N]`` or None: the particle ended a unit at the step just proposed
+            ([Context.boundary][ppl.Context.boundary]); only ``propose(..., boundaries=True)``
+            returns it (never carried between steps), None when the program marks no units.
     """
 
     state: Any
@@ -53,6 +56,7 @@ class Particles(NamedTuple):
     twist: jax.Array
     done: jax.Array
     cause: jax.Array
+    boundary: Any = None
 
 
 class KVState(NamedTuple):
@@ -311,6 +315,9 @@ def apply_step(setup: Setup, ctx: Context, state, tokens, length, logw, twist, d
     def keep(old, new):
         return jax.tree.map(lambda o, nw: jnp.where(done, o, nw), old, new)
 
+    # A finished particle is complete: always at a boundary.
+    boundary = None if ctx.at_boundary is None else (done | fin | ctx.at_boundary)
+
     out = Particles(
         keep(state, new_state),
         jnp.where(done, tokens, new_tokens),
@@ -319,12 +326,13 @@ def apply_step(setup: Setup, ctx: Context, state, tokens, length, logw, twist, d
         jnp.where(done, twist, new_twist).astype(jnp.float32),
         done | fin,
         jnp.where(done, cause, new_cause),
+        boundary,
     )
     return out, jnp.where(done, setup.lm.eos_token_id, tok)
 
 
 def propose(key, setup: Setup, parts: Particles, logprobs, t, *, bias=None, force=None,
-            record: bool = False):
+            record: bool = False, boundaries: bool = False):
     """Runs the program's ``step`` for every particle (vmapped).
 
     Args:
@@ -335,6 +343,9 @@ def propose(key, setup: Setup, parts: Particles, logprobs, t, *, bias=None, forc
             ([Force][ppl.handlers.Force]).
         record: also return the normalised proposal log-probabilities ``float32[N, V]`` of
             each particle's token draw (for variational gradients).
+        boundaries: keep ``Particles.boundary`` (the units the program marked this step);
+            otherwise it is dropped (None), so a backend that ignores units carries the
+            same state structure whether or not the program marks them.
 
     Returns:
         ``(particles, tokens[N])`` (plus the proposal log-probabilities when ``record``). A
@@ -351,9 +362,12 @@ def propose(key, setup: Setup, parts: Particles, logprobs, t, *, bias=None, forc
     def fn(*a, bias=None, force=None):
         return _step_one(setup, *a, t, bias=bias, force=force, record=record)
 
-    return jax.vmap(lambda *a: fn(*a[:-2], bias=a[-2], force=a[-1]))(
+    out = jax.vmap(lambda *a: fn(*a[:-2], bias=a[-2], force=a[-1]))(
         keys, parts.state, parts.tokens, parts.length, parts.logw, parts.twist, parts.done,
         parts.cause, logprobs, bias, force)
+    if not boundaries:
+        out = (out[0]._replace(boundary=None),) + tuple(out[1:])
+    return out
 
 
 def advance_lm(setup: Setup, params, kv: KVState, tokens, old_length, active) -> KVState:

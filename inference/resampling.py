@@ -23,10 +23,13 @@ __all__ = [
     "RESAMPLERS",
     "Resampling",
     "adaptive",
+    "anneal_beta",
+    "tempered_weights",
     "ess",
     "log_mean_exp",
     "log_normalize",
     "iid_multinomial",
+    "masked_ancestors",
     "multinomial",
     "optimal",
     "residual",
@@ -187,12 +190,15 @@ class Candidates(NamedTuple):
         kv: the LM state before step ``t``'s tokens are fed.
         tokens: ``int32[N]`` step ``t``'s tokens.
         old_length: ``int32[N]`` the lengths before step ``t``.
+        eligible: ``bool[N]`` or None: the particles at a unit boundary (or finished), the
+            only ones a unit-aware strategy may resample; None: all of them.
     """
 
     particles: Any
     kv: Any
     tokens: jax.Array
     old_length: jax.Array
+    eligible: Any = None
 
 
 class Resampling(NamedTuple):
@@ -211,12 +217,16 @@ class Resampling(NamedTuple):
         stable: ``select``'s ancestors keep every survivor in its own slot
             ([stable_ancestors][ppl.inference.resampling.stable_ancestors]), so the KV cache
             can be updated in place, copying only the slots that changed.
+        units: ``select`` honours ``Candidates.eligible`` (resamples only the particles at a
+            unit boundary, among themselves); a strategy without it refuses programs and
+            options that declare units.
     """
 
     ess_threshold: float
     select: Callable
     take: Callable
     stable: bool
+    units: bool = False
 
 
 def take_rows(x, rows, t=None):
@@ -224,15 +234,136 @@ def take_rows(x, rows, t=None):
     return jnp.take(x, rows, axis=0)
 
 
-def adaptive(scheme: str = DEFAULT_SCHEME, ess_threshold: float = DEFAULT_ESS_THRESHOLD
-             ) -> Resampling:
+def anneal_beta(anneal, log_weights, t, horizon: int):
+    """The selection exponent ``beta`` in ``(0, 1]`` of annealed resampling at step ``t``.
+
+    ``anneal``: a number (a fixed ``beta``) or ``"entropy"``: the schedule of entropic
+    annealing (Giannone et al. 2025, "Mitigating Premature Exploitation in Particle-based
+    Monte Carlo for Inference-Time Scaling"), ``1 / beta = N / ESS * (1 - t / T)`` clipped to
+    ``beta <= 1``: the more the weights have collapsed (low ESS, an order-2 entropy of the
+    weights), the flatter the selection, relaxing to plain resampling near the horizon ``T``.
+    """
+    if not isinstance(anneal, str):
+        return jnp.float32(anneal)
+    n = log_weights.shape[0]
+    frac = jnp.maximum(ess(log_weights), 1.0) / n
+    left = jnp.maximum(1.0 - (t + 1) / horizon, 1e-6)
+    return jnp.clip(frac / left, 1.0 / n, 1.0).astype(jnp.float32)
+
+
+def tempered_weights(log_weights, ancestors, beta, lz_beta, m):
+    """New log-weights after selecting ``ancestors`` with probabilities ``∝ w^beta``.
+
+    Slot ``i`` with ancestor ``a`` gets ``w_a / (m pi_a) = w_a^(1 - beta) Σ_j w_j^beta / m``
+    (``lz_beta = log Σ_j w_j^beta`` over the ``m`` candidates): an importance correction for
+    having selected with ``pi`` instead of ``w``, so the resampled population stays properly
+    weighted and the evidence estimate unbiased. ``beta = 1`` is the usual mean weight.
+    """
+    lw_a = log_weights[ancestors]
+    kept = jnp.where(jnp.isfinite(lw_a), (1.0 - beta) * lw_a, -jnp.inf)
+    return (kept + lz_beta - jnp.log(jnp.maximum(m, 1).astype(jnp.float32))).astype(
+        log_weights.dtype)
+
+
+def adaptive(scheme: str = DEFAULT_SCHEME, ess_threshold: float = DEFAULT_ESS_THRESHOLD,
+             anneal=None, horizon: int = 1) -> Resampling:
     """Global adaptive resampling with ``scheme``: ancestors drawn from all ``N`` weights,
-    every new weight set to the mean weight (survivors keep their slots)."""
+    every new weight set to the mean weight (survivors keep their slots).
+
+    With units (``Candidates.eligible``) only the eligible particles are resampled, among
+    themselves, and their new weight is *their* mean weight; the others keep slot and weight
+    ([masked_ancestors][ppl.inference.resampling.masked_ancestors]).
+
+    With ``anneal`` (a number in ``(0, 1]`` or ``"entropy"``, see
+    [anneal_beta][ppl.inference.resampling.anneal_beta]; ``horizon``: the token budget) the
+    ancestors are selected with probabilities ``∝ w^beta`` and each keeps the correction
+    ``w^(1 - beta)`` ([tempered_weights][ppl.inference.resampling.tempered_weights]):
+    selection is flatter (more diversity), the population stays properly weighted."""
     resample_fn = RESAMPLERS[scheme]
 
     def select(k_res, k_anc, t, cand: Candidates):
         lw = cand.particles.logw
+        if anneal is not None:
+            return _annealed(scheme, k_res, lw, cand.eligible, t, anneal, horizon)
+        if cand.eligible is not None:
+            return masked_ancestors(scheme, k_res, lw, cand.eligible)
         idx = stable_ancestors(resample_fn(k_res, lw, lw.shape[0]))
         return idx, jnp.full_like(lw, log_mean_exp(lw))
 
-    return Resampling(float(ess_threshold), select, take_rows, True)
+    return Resampling(float(ess_threshold), select, take_rows, True, units=True)
+
+
+def _annealed(scheme, key, lw, eligible, t, anneal, horizon):
+    """Annealed selection over all particles, or over the eligible ones (units)."""
+    n = lw.shape[0]
+    elig = jnp.ones((n,), bool) if eligible is None else eligible
+    lw_e = jnp.where(elig, lw, -jnp.inf)
+    beta = anneal_beta(anneal, lw_e, t, horizon)
+    sel = beta * lw_e
+    m = jnp.sum(elig.astype(jnp.int32))
+    lz = jax.nn.logsumexp(sel)
+    ok = jnp.isfinite(lz)
+    if eligible is None:
+        anc = RESAMPLERS[scheme](key, sel, n)
+    else:
+        rank = jnp.clip(jnp.cumsum(elig.astype(jnp.int32)) - 1, 0, n - 1)
+        anc = jnp.where(elig, _masked_draws(scheme, key, sel, m)[rank], jnp.arange(n, dtype=jnp.int32))
+    own = jnp.arange(n, dtype=jnp.int32)
+    anc = stable_ancestors(jnp.where(elig & ok, anc, own))
+    new_lw = jnp.where(elig & ok, tempered_weights(lw, anc, beta, lz, m), lw[anc])
+    return anc, new_lw
+
+
+def _masked_draws(scheme: str, key, log_weights, m):
+    """``int32[N]`` whose first ``m`` entries (``m`` traced, ``<= N``) are ``scheme``'s draws of
+    ``m`` ancestors from ``log_weights`` (the rest is unused)."""
+    n = log_weights.shape[0]
+    j = jnp.arange(n)
+    mf = jnp.maximum(m, 1).astype(jnp.float32)
+    if scheme == "stratified":
+        return _from_points(log_weights, (j + jax.random.uniform(key, (n,))) / mf)
+    if scheme == "systematic":
+        return _from_points(log_weights, (j + jax.random.uniform(key, ())) / mf)
+    if scheme == "multinomial":  # i.i.d., so any m of them are m independent draws
+        return _from_points(log_weights, jax.random.uniform(key, (n,)))
+    if scheme == "residual":
+        w = jnp.exp(log_normalize(log_weights))
+        scaled = mf * w
+        counts = jnp.floor(scaled).astype(jnp.int32)
+        n_det = jnp.sum(counts)
+        det = jnp.repeat(jnp.arange(n, dtype=jnp.int32), counts, total_repeat_length=n)
+        resid = scaled - counts
+        resid_log = jnp.where(resid > 0, jnp.log(jnp.maximum(resid, 1e-38)), -jnp.inf)
+        resid_log = jnp.where(jnp.any(resid > 0), resid_log, jnp.zeros_like(resid_log))
+        extra = _from_points(resid_log, jax.random.uniform(key, (n,)))
+        return jnp.where(j < n_det, det, extra[jnp.clip(j - n_det, 0, n - 1)]).astype(jnp.int32)
+    raise ValueError(f"unknown resampling scheme {scheme!r}")
+
+
+def masked_ancestors(scheme: str, key, log_weights, eligible):
+    """Resamples only the ``eligible`` particles, among themselves (units).
+
+    The ``m`` eligible slots get ``m`` ancestors drawn by ``scheme`` from the eligible
+    particles' weights, and each the eligible particles' mean weight; every other slot keeps
+    its particle and weight. This is resampling within a group chosen as a function of the
+    current population (the particles that ended a unit): given the population, the new
+    weighted population has the old one's expectation for every test function and the same
+    total weight, so the final weights stay proper and ``log mean exp`` stays an unbiased
+    evidence estimate (the argument of island resampling, with data-dependent groups).
+    When the eligible weights are all ``-inf`` nothing moves.
+
+    Returns:
+        ``(ancestors int32[N], log_weights float32[N])``, survivors in their own slots.
+    """
+    n = log_weights.shape[0]
+    lw_e = jnp.where(eligible, log_weights, -jnp.inf)
+    m = jnp.sum(eligible.astype(jnp.int32))
+    lz = jax.nn.logsumexp(lw_e)
+    ok = jnp.isfinite(lz)
+    draws = _masked_draws(scheme, key, lw_e, m)
+    rank = jnp.clip(jnp.cumsum(eligible.astype(jnp.int32)) - 1, 0, n - 1)
+    own = jnp.arange(n, dtype=jnp.int32)
+    anc = jnp.where(eligible & ok, draws[rank], own)
+    mean = lz - jnp.log(jnp.maximum(m, 1).astype(jnp.float32))
+    new_lw = jnp.where(eligible & ok, mean, log_weights)
+    return stable_ancestors(anc), new_lw.astype(log_weights.dtype)

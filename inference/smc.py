@@ -31,6 +31,7 @@ from ppl.inference import engine as E
 from ppl.inference import resampling as R
 from ppl.inference.base import (Backend, Options, Phases, RunConfig, check_choice,
                                 check_count, check_fraction, option)
+from ppl.errors import OptionError
 from ppl.result import Result, normalized
 
 __all__ = ["SMCState", "SMCInfo", "LoopCarry", "PopulationInfo", "ProposalHooks",
@@ -126,11 +127,20 @@ def init(key, setup: E.Setup, params, num_particles: int) -> SMCState:
 
 
 def build_kernel(setup: E.Setup, config: RunConfig, params, resampling: R.Resampling,
-                 hooks: ProposalHooks = ProposalHooks(), move_fn: Callable | None = None):
+                 hooks: ProposalHooks = ProposalHooks(), move_fn: Callable | None = None,
+                 units: bool = False, unit=None):
     """Returns ``step(key, state) -> (state, info)``: one token for every particle.
 
     Args:
         resampling: the strategy ``R_t`` (threshold, ancestor draw, row gather).
+        units: honour the units the program marks ([Context.boundary][ppl.Context.boundary])
+            and ``unit``: at each step only the particles that ended a unit (or finished) may
+            be resampled, among themselves, when *their* ESS falls below the threshold times
+            their number ([masked_ancestors][ppl.inference.resampling.masked_ancestors]).
+            False: every token is a boundary (the program's marks are ignored).
+        unit: the ``unit=`` option of ``method="smc"``: None, an int ``k`` (a boundary when a
+            particle's length is a multiple of ``k``) or a tuple of token ids (a boundary
+            after any of them); combined with the program's marks by *and*.
         hooks: bias / forced replay of the program's token draws.
         move_fn: resample-move: ``move_fn(key, t, particles, kv, tokens, old_length) ->
             (particles, kv, tokens, old_length, accept_rate, fed)`` applied after every
@@ -149,12 +159,22 @@ def build_kernel(setup: E.Setup, config: RunConfig, params, resampling: R.Resamp
         parts0 = state.particles
         bias, force = hooks.inputs(parts0, state.kv)
         parts, tokens = E.propose(k_prop, setup, parts0, state.kv.logprobs, state.t,
-                                  bias=bias, force=force)
+                                  bias=bias, force=force, boundaries=units)
+        eligible = _eligible(parts, unit) if units else None
+        parts = parts._replace(boundary=None)
+        if eligible is not None and not resampling.units:
+            raise OptionError("This resampling strategy (islands, conditional SMC) does not "
+                              "support units; drop unit= / ctx.boundary() or use islands=1.")
         n = parts.logw.shape[0]
         ess = R.ess(parts.logw)
         all_done = jnp.all(parts.done)
         # Never resample after the last step: it only adds variance.
-        do_res = (ess < thr * n) & ~all_done & (thr > 0)
+        if eligible is None:
+            do_res = (ess < thr * n) & ~all_done & (thr > 0)
+        else:
+            m = jnp.sum(eligible.astype(jnp.int32))
+            ess_e = R.ess(jnp.where(eligible, parts.logw, -jnp.inf))
+            do_res = (ess_e < thr * m) & (ess_e > 0) & ~all_done & (thr > 0)
 
         def take(x, rows):
             return resampling.take(x, rows, state.t)
@@ -162,7 +182,8 @@ def build_kernel(setup: E.Setup, config: RunConfig, params, resampling: R.Resamp
         def resample(args):
             parts, kv, tokens, old_len = args
             idx, logw = resampling.select(k_res, k_anc, state.t,
-                                          R.Candidates(parts, state.kv, tokens, old_len))
+                                          R.Candidates(parts, state.kv, tokens, old_len,
+                                                       eligible))
             parts, kv = E.gather(setup, parts, kv, idx, take=take)
             parts = parts._replace(logw=logw)
             return parts, kv, tokens[idx], old_len[idx], idx
@@ -215,6 +236,23 @@ def build_kernel(setup: E.Setup, config: RunConfig, params, resampling: R.Resamp
         return new, SMCInfo(ess, do_res, idx)
 
     return step
+
+
+def _eligible(parts: E.Particles, unit):
+    """``bool[N]``: the particles at a unit boundary after this step (finished ones always),
+    or None when neither the program nor ``unit`` declares units."""
+    if parts.boundary is None and unit is None:
+        return None
+    b = parts.done if parts.boundary is None else parts.boundary
+    if unit is None:
+        return b | parts.done
+    if isinstance(unit, int):
+        at = (parts.length % unit) == 0
+    else:
+        last = jnp.take_along_axis(parts.tokens, jnp.maximum(parts.length - 1, 0)[:, None], 1)[:, 0]
+        at = jnp.isin(last, jnp.asarray(unit, jnp.int32))
+    prog = jnp.ones_like(at) if parts.boundary is None else parts.boundary
+    return (at & prog) | parts.done
 
 
 class LoopCarry(NamedTuple):
@@ -367,6 +405,17 @@ class SMCOptions(ResamplingOptions):
         rejuvenate: MH moves per particle after every resampling and at the end (0: none).
         rejuvenate_at: ``"resample"`` (after every resampling and at the end) or ``"end"``.
         proposal_params: a learned proposal (``extras["vi_params"]`` of ``method="vi"``).
+        unit: where resampling may happen (units), on top of the boundaries the program marks
+            with [Context.boundary][ppl.Context.boundary]: None (every token, or the
+            program's marks), an int ``k`` (every ``k`` tokens of a particle) or a tuple of
+            token ids (after any of them, e.g. a newline's id). Particles at a boundary are
+            resampled among themselves; the others keep their weights (exact for every
+            choice, see docs/backends.md).
+        anneal: annealed resampling: None (plain), a number ``beta`` in ``(0, 1]`` (select
+            ancestors with probabilities ``∝ w^beta``) or ``"entropy"`` (entropic annealing:
+            ``beta`` from the ESS at each resampling,
+            [anneal_beta][ppl.inference.resampling.anneal_beta]); each selected particle
+            keeps the weight ``w^(1 - beta)`` (times a constant), so results stay exact.
     """
 
     islands: int = option(1, check_count, 1)
@@ -374,6 +423,37 @@ class SMCOptions(ResamplingOptions):
     rejuvenate: int = option(0, check_count, 0)
     rejuvenate_at: str = option("resample", check_choice, ("resample", "end"))
     proposal_params: Any = None
+    unit: Any = option(None, lambda name, v: check_unit(name, v))
+    anneal: Any = option(None, lambda name, v: check_anneal(name, v))
+
+
+def check_anneal(name: str, value):
+    """``anneal=``: None, ``"entropy"`` or a number in ``(0, 1]``."""
+    if value is None or value == "entropy":
+        return value
+    if isinstance(value, str):
+        raise OptionError(f"{name}={value!r}: give 'entropy', a number in (0, 1] or None.")
+    from ppl.inference.base import check_number
+
+    return check_number(name, value, 0.0, 1.0, open_low=True)
+
+
+def check_unit(name: str, value):
+    """``unit=``: None, an int >= 1, or a non-empty tuple of token ids (lists accepted)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        ids = tuple(value)
+        if not ids or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0
+                          for i in ids):
+            raise OptionError(f"{name} as token ids must be a non-empty list of ids >= 0, got "
+                              f"{value!r}.")
+        return tuple(int(i) for i in ids)
+    if isinstance(value, str):
+        raise OptionError(f"{name}={value!r}: text units (word, line, sentence, ...) are "
+                          f"ppl.steer(unit=...)'s; here give an int k (every k tokens) or a "
+                          f"tuple of token ids.")
+    return check_count(name, value, 1)
 
 
 def _proposal(setup: E.Setup, options):
@@ -390,12 +470,15 @@ def _params(setup: E.Setup, options):
     return setup.lm.params if kind is None else (setup.lm.params, phi)
 
 
-def _strategy(options, config: RunConfig) -> R.Resampling:
+def _strategy(options, config: RunConfig, setup: E.Setup | None = None) -> R.Resampling:
     if isinstance(options, SMCOptions) and options.islands > 1:
         from ppl.inference.sharding import islands
 
         return islands(options.resampling, options.ess_threshold, options.islands,
                        options.exchange_every)
+    if isinstance(options, SMCOptions) and options.anneal is not None:
+        return R.adaptive(options.resampling, options.ess_threshold, options.anneal,
+                          1 if setup is None else setup.max_tokens)
     if isinstance(options, ResamplingOptions):
         return R.adaptive(options.resampling, options.ess_threshold)
     return R.adaptive(ess_threshold=0.0)  # importance sampling: never resample
@@ -413,7 +496,7 @@ def make_runner(setup: E.Setup, config: RunConfig, options) -> Phases:
     from ppl.inference import proposal, rejuvenation
 
     kind, _ = _proposal(setup, options)
-    strategy = _strategy(options, config)
+    strategy = _strategy(options, config, setup)
     moves = getattr(options, "rejuvenate", 0)
     at_resample = getattr(options, "rejuvenate_at", "resample") == "resample"
     # The plain sweep uses the run's key itself; with a proposal or moves it is split in two
@@ -433,7 +516,8 @@ def make_runner(setup: E.Setup, config: RunConfig, options) -> Phases:
         move_fn = None
         if moves and at_resample and strategy.ess_threshold > 0:
             move_fn = rejuvenation.build_intermediate_move(setup, config, lm_p, moves, bfn)
-        kernel = build_kernel(setup, config, lm_p, strategy, ProposalHooks(bias_fn=bfn), move_fn)
+        kernel = build_kernel(setup, config, lm_p, strategy, ProposalHooks(bias_fn=bfn), move_fn,
+                              units=move_fn is None, unit=getattr(options, "unit", None))
         return loop_advance(carry, setup, config, kernel, until)
 
     def finish(carry, p):
@@ -462,10 +546,16 @@ def _finish(state: SMCState, extras: dict | None = None):
 def _validate(setup: E.Setup, config: RunConfig, options) -> None:
     islands = getattr(options, "islands", 1)
     if config.num_particles % islands:
-        from ppl.errors import OptionError
-
         raise OptionError(f"particles ({config.num_particles}) must be a multiple of islands "
                           f"({islands}).")
+    if getattr(options, "unit", None) is not None and (
+            getattr(options, "islands", 1) > 1 or getattr(options, "rejuvenate", 0)):
+        raise OptionError("unit= cannot be combined with islands or rejuvenate yet (their "
+                          "resampling and moves assume every particle is at a boundary).")
+    if getattr(options, "anneal", None) is not None and (
+            getattr(options, "islands", 1) > 1 or getattr(options, "rejuvenate", 0)):
+        raise OptionError("anneal= cannot be combined with islands or rejuvenate yet (their "
+                          "moves assume equally weighted particles after a resampling).")
     if getattr(options, "rejuvenate", 0):
         from ppl.inference._chain import require_token_only
 

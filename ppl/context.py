@@ -10,6 +10,9 @@ Every primitive updates the particle's log-weight by an exact log ratio:
 * ``twist(w)``: adds ``w`` now and subtracts it at the particle's next step (or when it
   finishes), so twists steer intermediate resampling without changing the final target.
 * ``finish_if(b)`` / ``finish()``: the particle stops after this step.
+* ``boundary(b)``: no weight change; says whether this step ended a *unit* (a word, a line,
+  a reasoning step). SMC resamples a particle only at steps where it ended a unit or
+  finished; a program that never calls it has a unit boundary after every token.
 
 Backends change *how* an LM token is drawn without touching programs through one mechanism:
 the context's [DrawHandler][ppl.handlers.DrawHandler] (a learned proposal's logit bias, a
@@ -97,6 +100,7 @@ class Context:
         self.done = jnp.zeros((), bool)
         self.cause = jnp.full((), -1, jnp.int32)
         self.token = None
+        self.at_boundary = None  # None: the program does not mark units (every token is one)
         self.tokens = tokens
         self.length = length
         self.max_tokens = max_tokens
@@ -207,6 +211,18 @@ class Context:
 
     def finish(self):
         self.done = jnp.ones((), bool)
+
+    def boundary(self, predicate=True):
+        """Marks whether the text after this step ends a *unit* (no weight change).
+
+        SMC ([ppl.infer][] with ``method="smc"``) resamples a particle only at steps where it
+        ended a unit (or finished): at step ``t`` the particles at a boundary are resampled
+        among themselves, the others keep their weights (exact: see docs/backends.md, "Units").
+        Several calls in one step combine with *and*. A program that never calls it has a
+        boundary after every token. Backends other than SMC ignore it.
+        """
+        b = jnp.asarray(predicate, bool)
+        self.at_boundary = b if self.at_boundary is None else (self.at_boundary & b)
 
     def extend(self, dist, token, log_weight):
         """Extends the LM context by ``token`` chosen by other means (e.g. a host-side

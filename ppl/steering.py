@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax.numpy as jnp
+import numpy as np
 
 from ppl.context import Context
 from ppl.program import Program
@@ -30,15 +31,20 @@ class SteerProgram(Program):
     keep the text acceptable as the proposal; the weight increment is the log mass the
     mask kept, ``log Σ_{y allowed} p(y | x_<t)``, which makes the result exact. Python
     predicates and potentials run on the host when a particle finishes. Twist potentials
-    ``g`` are applied at every step as ``twist(g(text so far))``.
+    ``g`` are applied as ``twist(g(text so far))`` at every unit boundary (every token by
+    default) and held fixed in between; SMC resamples a particle only at its boundaries
+    ([Context.boundary][ppl.Context.boundary]). Neither changes the target.
     """
 
     def __init__(self, lm, prompt="", constraints: Sequence = (), potentials: Sequence = (),
                  twists: Sequence = (), max_tokens: int = 32, temperature: float | None = None,
                  *, top_k: int | None = None, top_p: float | None = None,
                  min_p: float | None = None, truncation: str = "prior",
-                 truncation_floor: float = 0.05):
+                 truncation_floor: float = 0.05,
+                 unit="token"):
         super().__init__(lm=lm, prompt=prompt, max_tokens=max_tokens)
+        self.unit = unit
+        self._unit_tables = unit_tables(lm, unit)
         self.automata: list[TokenAutomaton] = []
         self.predicates: list[TextPredicate] = []
         self.host: list[BoundSampler] = []
@@ -101,9 +107,32 @@ class SteerProgram(Program):
         return p, t.mix(p, self.truncation_floor)
 
     def init(self, ctx: Context):
-        return tuple(a.init_state() for a in self.automata)
+        states = tuple(a.init_state() for a in self.automata)
+        if self.unit == "token":
+            return states
+        # With units the state also holds the twist of the last boundary (kept in between).
+        return states, jnp.zeros((len(self.twists),), jnp.float32)
 
     def step(self, ctx: Context, state):
+        if self.unit == "token":
+            return self._step(ctx, state, None)
+        return self._step(ctx, *state)
+
+    def _boundary(self, ctx: Context, tok):
+        """Whether the text after ``tok`` ends a unit (EOS always does: the particle ends)."""
+        u, tabs = self.unit, self._unit_tables
+        if isinstance(u, int):
+            return (ctx.length + 1) % u == 0
+        if callable(u):
+            return ctx.text(lambda t: bool(u(t)), dtype=bool)
+        b = jnp.asarray(tabs["ends"])[tok]
+        if "starts_nl" in tabs:  # blank line split over two tokens: "...\n" then "\n..."
+            prev = ctx.tokens[jnp.maximum(ctx.length - 1, 0)]
+            b = b | ((ctx.length > 0) & jnp.asarray(tabs["ends_nl"])[prev]
+                     & jnp.asarray(tabs["starts_nl"])[tok])
+        return b
+
+    def _step(self, ctx: Context, state, held=None):
         p, q = self._truncated(ctx.lm.next_token(self.temperature))
         if self.automata:
             mask = jnp.ones((self.lm.vocab_size,), bool)
@@ -122,9 +151,18 @@ class SteerProgram(Program):
         for pred in self.predicates:
             if pred.incremental:  # prefix-closed: check every prefix
                 ctx.condition(ctx.text(pred, dtype=bool), name=pred.name)
-        for g in self.twists:
-            ctx.twist(ctx.text(g), name=f"twist {g.name!r}")
-        return state
+        if held is None:
+            for g in self.twists:
+                ctx.twist(ctx.text(g), name=f"twist {g.name!r}")
+            return state
+        at = self._boundary(ctx, tok) | _is_eos(self.lm, tok)
+        ctx.boundary(at)
+        new = []
+        for i, g in enumerate(self.twists):
+            v = jnp.where(at, ctx.text(g), held[i])
+            ctx.twist(v, name=f"twist {g.name!r}")
+            new.append(v)
+        return state, jnp.asarray(new, jnp.float32).reshape((len(self.twists),))
 
     def _draw(self, ctx: Context, p, q):
         if not self.host:
@@ -137,6 +175,8 @@ class SteerProgram(Program):
         return ctx.extend(p, tok, lz_dev + lz_host)
 
     def final(self, ctx: Context, state):
+        if self.unit != "token":
+            state = state[0]
         for h in self.host:
             ctx.condition(ctx.text(h.check, dtype=bool), name=h.name)
         for a, s in zip(self.automata, state):
@@ -188,6 +228,49 @@ def _check_truncation(lm, top_k, top_p, min_p, truncation, floor):
             None if min_p is None else float(min_p))
 
 
+#: The text units ``steer(unit=...)`` names (besides ``"token"``, an int and a predicate).
+UNITS = ("token", "word", "line", "sentence", "blank_line")
+
+
+def unit_tables(lm, unit) -> dict:
+    """Per-token tables (numpy ``bool[V]``) that detect the end of a text ``unit``.
+
+    ``"word"``: the token contains whitespace (in space-prefixed vocabularies a word has
+    ended when the next one starts); ``"line"``: it contains a newline; ``"sentence"``: it
+    contains ``.``, ``!`` or ``?``; ``"blank_line"``: the text now ends a paragraph (the token
+    contains a blank line, or the previous token ends with a newline and this one
+    starts with one).
+
+    Raises:
+        ValueError: an unknown unit (naming the choices), or an int below 1.
+    """
+    if unit == "token" or callable(unit):
+        return {}
+    if isinstance(unit, bool) or not isinstance(unit, (int, str)):
+        raise ValueError(f"steer: unit={unit!r} is not a unit; give one of {list(UNITS)}, an "
+                         f"int k (every k tokens) or a function text -> bool.")
+    if isinstance(unit, int):
+        if unit < 1:
+            raise ValueError(f"steer: unit={unit} tokens must be >= 1.")
+        return {}
+    if unit not in UNITS:
+        raise ValueError(f"steer: unknown unit {unit!r}; choose one of {list(UNITS)}, an int k "
+                         f"(every k tokens) or a function text -> bool.")
+    strings = list(lm.vocab.token_strings)
+
+    def table(f):
+        return np.array([bool(f(t)) for t in strings], bool)
+
+    if unit == "word":
+        return {"ends": table(lambda t: any(c.isspace() for c in t))}
+    if unit == "line":
+        return {"ends": table(lambda t: "\n" in t)}
+    if unit == "sentence":
+        return {"ends": table(lambda t: any(c in t for c in ".!?"))}
+    return {"ends": table(lambda t: "\n\n" in t), "ends_nl": table(lambda t: t.endswith("\n")),
+            "starts_nl": table(lambda t: t.startswith("\n"))}
+
+
 def _is_eos(lm, tok):
     """True where ``tok`` is one of the model's EOS ids (every one of them ends a sequence)."""
     ids = tuple(getattr(lm, "eos_token_ids", ()) or (lm.eos_token_id,))
@@ -200,7 +283,8 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
           potentials: Sequence = (), max_tokens: int = 32, twists: Sequence = (),
           temperature: float | None = None, *, messages: Sequence[dict] | None = None,
           top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-          truncation: str = "prior", truncation_floor: float = 0.05) -> SteerProgram:
+          truncation: str = "prior", truncation_floor: float = 0.05,
+          unit="token") -> SteerProgram:
     """The common program without writing a class.
 
     Args:
@@ -234,6 +318,11 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
         messages: a chat instead of ``prompt``: ``[{"role": "user", "content": ...}, ...]``,
             formatted with the checkpoint's chat template and the assistant's turn opened
             (see [ppl.chat][ppl.chat]); generation is the assistant's reply.
+        unit: the granularity at which twists are applied and SMC resamples: ``"token"``
+            (every token), ``"word"``, ``"line"``, ``"sentence"``, ``"blank_line"``
+            (reasoning steps separated by blank lines), an int ``k`` (every ``k`` tokens) or
+            a function ``text -> bool`` (host-side, called on every prefix). Particles
+            between boundaries keep their weights; the target is the same for every unit.
 
     Raises:
         ValueError: both ``prompt`` and ``messages``, or ``messages`` for a model without a
@@ -248,4 +337,5 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
         prompt = chat(lm, messages)
     return SteerProgram(lm, prompt, constraints, potentials, twists, max_tokens, temperature,
                         top_k=top_k, top_p=top_p, min_p=min_p, truncation=truncation,
-                        truncation_floor=truncation_floor)
+                        truncation_floor=truncation_floor,
+                        unit=unit)

@@ -64,6 +64,15 @@ METHODS = [
     Method("smc", (("ess_threshold", 1.0), ("islands", 4), ("exchange_every", 2))),
     # resample-move: MH moves after every resampling keep the weights (still unbiased).
     Method("smc", (("ess_threshold", 1.0), ("rejuvenate", 1))),
+    # units: resampling only at unit boundaries (every 2 tokens; after tokens 'a' or 'c', so
+    # particles reach boundaries at different steps and are resampled among themselves).
+    Method("smc", (("ess_threshold", 1.0), ("unit", 2))),
+    Method("smc", (("resampling", "residual"), ("ess_threshold", 1.0), ("unit", (0, 2)))),
+    # annealed resampling: selection with w^beta, the selected keep w^(1 - beta) (exact);
+    # the entropic (ESS-driven) schedule, and a fixed beta combined with units.
+    Method("smc", (("ess_threshold", 1.0), ("anneal", "entropy"))),
+    Method("smc", (("resampling", "multinomial"), ("ess_threshold", 1.0), ("unit", (0, 2)),
+                   ("anneal", 0.5))),
     # MCMC / VI: skipped unless ppl.methods() lists them.
     Method("pimh", (("steps", 10),), "mcmc"),
     Method("particle_gibbs", (("steps", 10),), "mcmc"),
