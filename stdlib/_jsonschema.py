@@ -1,167 +1,925 @@
-"""JSON schema (a regular subset) -> regex over the canonical JSON text.
+"""JSON Schema (draft 2020-12) -> language expression over the canonical JSON text.
 
-The regex describes the exact serialised text: separators are fixed (default ``", "`` and
-``": "``, Python's ``json.dumps`` default), there is no other whitespace, and object
-properties appear in the order the schema lists them. See docs/constraints.md.
+The language is a set of *texts*: a document is accepted in its canonical serialisation
+(``json.dumps(doc, ensure_ascii=False, separators=seps)`` with object members in schema
+order: declared ``properties`` first, in the order the schema lists them, then any other
+members), or, with ``whitespace=True``, with any JSON whitespace between tokens.
+
+How keywords compile (all exact unless listed under approximations):
+
+* Every schema is split by JSON type into *slots* (null, boolean, number, string, array,
+  object); a keyword narrows only its own slot, so a schema without ``type`` accepts every
+  other type unconstrained, as the specification says.
+* ``allOf`` / ``anyOf`` / ``oneOf`` / ``not`` / ``if``-``then``-``else`` are intersection,
+  union and complement of automata, slot by slot; complements are taken within the
+  *universe*: every canonical JSON value nested at most ``max_depth`` deep, numbers without
+  exponent.
+* Arrays and objects are sequences of elements/members driven by a small counting automaton
+  (positions for ``prefixItems``, counts for ``minItems``/``maxItems``/``contains``/
+  ``minContains``/``maxContains``/``minProperties``/``maxProperties``, the declared-member
+  order and ``required``).
+* ``$ref`` into the same document (``#``, ``#/$defs/...``, JSON pointers, ``$anchor``);
+  recursion is unrolled until the nesting depth ``max_depth`` is used up.
+
+Approximations are *sound*: each sub-schema is compiled either as a subset (positive
+position) or a superset (under ``not``, in the condition of ``if``, in the other branches of
+``oneOf``), so an accepted document is always valid. They are: ``uniqueItems: true`` (as a
+subset: at most one item; as a superset: ignored), ``format`` (as a subset: enforced as
+described in :data:`FORMATS`; as a superset: ignored, which is the specification's default
+annotation behaviour), recursion deeper than ``max_depth``.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import re
+import urllib.parse
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
-import interegular
+from ppl.stdlib import _fa as F
+from ppl.stdlib._regex import ecma_search_node
 
-from ppl.stdlib._regex import escape_literal, preprocess
-
-__all__ = ["schema_to_regex", "ANNOTATIONS"]
+__all__ = ["compile_schema", "ANNOTATIONS", "FORMATS", "DEFAULT_DEPTH", "canonical_text"]
 
 #: Keywords that carry no constraint and are ignored.
 ANNOTATIONS = frozenset(
     {"title", "description", "$schema", "$id", "$comment", "examples", "default",
-     "deprecated", "readOnly", "writeOnly"}
+     "deprecated", "readOnly", "writeOnly", "$vocabulary", "$anchor", "$dynamicAnchor",
+     "contentMediaType", "contentEncoding", "contentSchema", "$defs", "definitions"}
 )
+#: Keywords of draft 2020-12 that are not implemented: refused with a message naming them.
+UNSUPPORTED = frozenset(
+    {"unevaluatedItems", "unevaluatedProperties", "dependentSchemas", "$dynamicRef",
+     "$recursiveRef", "dependencies"}
+)
+DEFAULT_DEPTH = 3
 
-_BY_TYPE = {
-    "object": {"properties", "required", "additionalProperties"},
-    "array": {"items", "minItems", "maxItems"},
-    "string": {"minLength", "maxLength", "pattern"},
-    "integer": set(),
-    "number": set(),
-    "boolean": set(),
-    "null": set(),
+_DIG = F.CharSet.range("0", "9")
+_D19 = F.CharSet.range("1", "9")
+_HEX = _DIG | F.CharSet.range("a", "f") | F.CharSet.range("A", "F")
+
+
+def _s(cs: F.CharSet) -> F.Node:
+    return F.cset(cs)
+
+
+_DIGITS = F.plus(_s(_DIG))
+_INT_TEXT = F.cat(F.opt(F.lit("-")), F.alt(F.lit("0"), F.cat(_s(_D19), F.star(_s(_DIG)))))
+#: canonical numbers: no exponent (json.dumps writes 1e+100; those are outside the universe)
+_NUMBER_TEXT = F.cat(_INT_TEXT, F.opt(F.cat(F.lit("."), _DIGITS)))
+#: integers in the JSON Schema sense: a number with zero fractional part ("1.0")
+_INTEGER_TEXT = F.cat(_INT_TEXT, F.opt(F.cat(F.lit("."), F.plus(F.lit("0")))))
+
+
+def _ws_node(ws: bool) -> F.Node:
+    return F.star(_s(F.CharSet.of(" \t\n\r"))) if ws else F.EPS
+
+
+# ---- formats -----------------------------------------------------------------------------
+
+def _rx(p: str) -> F.Node:
+    from ppl.stdlib._regex import to_node
+    return to_node(p)
+
+
+_DATE = r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+_TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?(?:[zZ]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_H16 = r"[0-9A-Fa-f]{1,4}"
+#: Formats enforced (as a subset of the valid strings: dates allow day 31 in every month
+#: only as far as the regex says; see docs/constraints.md).
+FORMATS = {
+    "date": r"[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))",
+    "time": r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?(?:[zZ]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])",
+    "date-time": None,  # filled below
+    "uuid": r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+    "ipv4": rf"{_OCTET}(?:\.{_OCTET}){{3}}",
+    "ipv6": rf"(?:{_H16}:){{7}}{_H16}",
+    "hostname": rf"{_LABEL}(?:\.{_LABEL})*",
+    "email": r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+",
+    "uri": r"[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+",
+    "duration": r"P(?:[0-9]+W|(?:[0-9]+Y)?(?:[0-9]+M)?(?:[0-9]+D)?(?:T(?:[0-9]+H)?(?:[0-9]+M)?(?:[0-9]+S)?)?)",
 }
-_GENERIC = {"type", "enum", "const", "anyOf"}
-
-INTEGER = r"-?(?:0|[1-9][0-9]*)"
-NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+\-]?[0-9]+)?"
-# One JSON string character: an unescaped char, a short escape, or a \uXXXX escape.
-STRING_CHAR = r'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})'
-# Characters a raw (unescaped) JSON string body may contain.
-_SAFE_CHAR = r'[^"\\\x00-\x1f]'
+FORMATS["date-time"] = FORMATS["date"] + "[Tt]" + FORMATS["time"]
 
 
-def _fail(path: str, msg: str) -> ValueError:
-    return ValueError(f"json_schema: {msg} (at {path or '#'})")
+class SchemaError(ValueError):
+    pass
 
 
-def _json_literal(value: Any, seps) -> str:
-    return escape_literal(json.dumps(value, separators=seps, ensure_ascii=False))
+def _fail(path: str, msg: str) -> SchemaError:
+    return SchemaError(f"json_schema: {msg} (at {path or '#'})")
 
 
-def _type_ok(value: Any, t: str) -> bool:
-    return {
-        "object": isinstance(value, dict),
-        "array": isinstance(value, list),
-        "string": isinstance(value, str),
-        "integer": isinstance(value, int) and not isinstance(value, bool),
-        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "boolean": isinstance(value, bool),
-        "null": value is None,
-    }[t]
+# ---- JSON strings ------------------------------------------------------------------------
+
+_SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_RAW = (F.CharSet.range(0x20, F.MAX_CP) - F.CharSet.of('"\\'))
 
 
-def _alt(options: list[str]) -> str:
-    if not options:
-        raise AssertionError("empty alternation")
-    return options[0] if len(options) == 1 else "(?:" + "|".join(options) + ")"
+def _escape_of(cp: int) -> str:
+    ch = chr(cp)
+    return _SHORT.get(ch) or f"\\u{cp:04x}"
 
 
-def _nonneg_int(schema: dict, kw: str, path: str) -> int | None:
-    v = schema.get(kw)
+_HEXV = {c: int(c, 16) for c in "0123456789abcdefABCDEF"}
+
+
+def encode_string(value: F.CharDFA, quote: bool = True, escapes: bool = True) -> F.Node:
+    """Texts ``"..."`` of the strings in ``value``, each character written raw (when JSON
+    allows it) or escaped: ``\\"``, ``\\\\``, ``\\/``, ``\\b\\f\\n\\r\\t``, and, with
+    ``escapes``, ``\\uXXXX`` for any character (a surrogate pair for those above U+FFFF),
+    so ``json.dumps`` output with or without ``ensure_ascii`` is accepted and lengths count
+    code points (``"\\ud83d\\udca9"`` is one character)."""
+    bounds = [int(x) for x in value.bounds]
+    n = value.num_states
+    trans = value.trans
+    extra: list[dict] = []  # intermediate states: {char: target}
+    memo: dict = {}
+
+    def new_state(row: dict) -> int:
+        extra.append(row)
+        return n + len(extra) - 1
+
+    def atom(cp):
+        return bisect.bisect_right(bounds, cp) - 1
+
+    def key_of(s, lo, size):
+        a, b = atom(lo), atom(lo + size - 1)
+        return (tuple(int(x) for x in trans[s, a : b + 1]),
+                tuple(bounds[j] - lo for j in range(a + 1, b + 1)))
+
+    def hex_row(children: list) -> dict:
+        row = {}
+        for c, v in _HEXV.items():
+            if children[v]:
+                row[c] = children[v]
+        return row
+
+    def bmp(s, lo, k):
+        """After reading some hex digits of a BMP escape: k digits remain."""
+        size = 16 ** k
+        if k == 0:
+            if SURR_LO <= lo <= SURR_HI:
+                return 0
+            return int(trans[s, atom(lo)])
+        if SURR_LO <= lo and lo + size - 1 <= SURR_HI:
+            if lo >= 0xDC00 or k > 2:
+                return 0  # a lone low surrogate is not a character
+            return hi_sur(s, lo, k)
+        key = ("b", k) + key_of(s, lo, size) + ((lo,) if lo <= SURR_HI and lo + size > SURR_LO else ())
+        if key not in memo:
+            kids = [bmp(s, lo + v * 16 ** (k - 1), k - 1) for v in range(16)]
+            memo[key] = new_state(hex_row(kids)) if any(kids) else 0
+        return memo[key]
+
+    def hi_sur(s, lo, k):
+        """Inside a high surrogate ``\\uD8xx``-``\\uDBxx``; k hex digits remain."""
+        if k == 0:
+            base = 0x10000 + ((lo - 0xD800) << 10)
+            return low_part(s, base)
+        size = 16 ** k
+        base = 0x10000 + ((lo - 0xD800) << 10)
+        key = ("h", k) + key_of(s, base, size * 1024)
+        if key not in memo:
+            kids = [hi_sur(s, lo + v * 16 ** (k - 1), k - 1) for v in range(16)]
+            memo[key] = new_state(hex_row(kids)) if any(kids) else 0
+        return memo[key]
+
+    def low_part(s, base):
+        key = ("l",) + key_of(s, base, 1024)
+        if key not in memo:
+            # \\ u [dD] [c-fC-F] h h : 0xDC00 + 10 bits
+            def low(lo, k):
+                if k == 0:
+                    return int(trans[s, atom(base + lo - 0xDC00)])
+                kk = ("lo", k, lo) + key_of(s, base + lo - 0xDC00, 16 ** k)
+                if kk not in memo:
+                    kids = [low(lo + v * 16 ** (k - 1), k - 1) for v in range(16)]
+                    memo[kk] = new_state(hex_row(kids)) if any(kids) else 0
+                return memo[kk]
+
+            kids = [0] * 16
+            for v in range(0xC, 0x10):
+                kids[v] = low(0xD000 + v * 256, 2)
+            third = new_state(hex_row(kids)) if any(kids) else 0
+            if not third:
+                memo[key] = 0
+            else:
+                d_state = new_state({"d": third, "D": third})
+                u_state = new_state({"u": d_state})
+                memo[key] = new_state({"\\": u_state})
+        return memo[key]
+
+    rows: list[dict] = [dict() for _ in range(n)]
+    short = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+    for s in range(1, n):
+        esc = {}
+        for c, ch in short.items():
+            t = int(trans[s, atom(ord(ch))])
+            if t:
+                esc[c] = t
+        if escapes:
+            u = bmp(s, 0, 4)
+            if u:
+                esc["u"] = u
+        if esc:
+            rows[s]["\\"] = new_state(esc)
+    # assemble: raw transitions from the value table, the rest from the sparse rows
+    pts = set(bounds) | {0x20, 0x22, 0x23, 0x5C, 0x5D}
+    for row in rows + extra:
+        for c in row:
+            pts.add(ord(c))
+            pts.add(ord(c) + 1)
+    nb = np.asarray(sorted(pts), np.int64)
+    total = n + len(extra)
+    table = np.zeros((total, len(nb) - 1), np.int32)
+    base_tab = value.refine(nb)
+    lo = nb[:-1]
+    raw = (lo >= 0x20) & (lo != 0x22) & (lo != 0x5C)
+    table[:n] = np.where(raw[None, :], base_tab, 0)
+    for sid, row in enumerate(rows + extra):
+        if sid >= n:
+            table[sid] = 0
+        for c, t in row.items():
+            table[sid, int(np.searchsorted(nb, ord(c), side="right") - 1)] = t
+    acc = np.zeros(total, bool)
+    acc[:n] = value.accepting
+    body = F.minimize(F.CharDFA(nb, table, acc, value.start))
+    node = F.from_dfa(body)
+    return F.cat(F.lit('"'), node, F.lit('"')) if quote else node
+
+
+SURR_LO, SURR_HI = F.SURR
+
+
+import numpy as np  # noqa: E402  (used above, kept near its use for readability)
+
+
+def canonical_text(value: Any, seps=(", ", ": ")) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=seps)
+
+
+# ---- numbers -----------------------------------------------------------------------------
+
+
+def _dec(x) -> Decimal:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ValueError(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        raise ValueError(x)
+    return Decimal(repr(x)) if isinstance(x, float) else Decimal(x)
+
+
+class _Cmp:
+    """Magnitude comparison of a canonical decimal text with a constant ``|c|``."""
+
+    def __init__(self, c: Decimal):
+        c = abs(c)
+        ip, _, fp = f"{c:f}".partition(".")
+        self.ci = ip.lstrip("0") or "0"
+        self.cf = fp.rstrip("0")
+
+    def start(self):
+        return ("i", 0, 0)
+
+    def int_digit(self, st, d: str):
+        _, n, pc = st
+        L = len(self.ci)
+        if n < L:
+            if pc == 0:
+                pc = (d > self.ci[n]) - (d < self.ci[n])
+            return ("i", n + 1, pc)
+        return ("i", L + 1, pc)
+
+    def end_int(self, st):
+        _, n, pc = st
+        L = len(self.ci)
+        r = -1 if n < L else (1 if n > L else pc)
+        return ("f", 0, r)
+
+    def frac_digit(self, st, d: str):
+        _, k, r = st
+        if r != 0:
+            return st
+        cd = self.cf[k] if k < len(self.cf) else "0"
+        r = (d > cd) - (d < cd)
+        return ("f", min(k + 1, len(self.cf)), r)
+
+    def result(self, st) -> int:
+        if st[0] == "i":
+            st = self.end_int(st)
+        _, k, r = st
+        if r == 0 and k < len(self.cf):
+            return -1  # |c| has more (nonzero) fraction digits
+        return r
+
+
+def number_dfa(integer: bool, bounds: list, multiple: Decimal | None, max_states: int,
+               what: str) -> F.CharDFA:
+    """Canonical number texts (integers when ``integer``) within ``bounds`` (a list of
+    ``(c, op)`` with op in ``>= > <= <``) and a multiple of ``multiple``."""
+    cmps = [(_Cmp(c), c, op) for c, op in bounds]
+    if multiple is not None:
+        sign, digits, exp = multiple.normalize().as_tuple()
+        p = int("".join(map(str, digits)))
+        q = -exp if exp < 0 else 0
+        if exp > 0:
+            p *= 10 ** exp
+    else:
+        p, q = 1, 0
+    # state: (phase, neg, zero, cmp states, rem, fdigits)
+    # phase: 'S' start, '-' after minus, 'Z' int "0", 'I' int digits, '.' dot, 'F' frac
+    start = ("S", False, True, tuple(c.start() for c, _, _ in cmps), 0, 0)
+
+    def step(st, ch):
+        ph, neg, zero, cs, rem, f = st
+        if ch == "-":
+            return ("-", True, zero, cs, rem, f) if ph == "S" else None
+        if ch == ".":
+            if ph not in ("Z", "I"):
+                return None
+            return (".", neg, zero, tuple(c.end_int(s) for (c, _, _), s in zip(cmps, cs)), rem, 0)
+        d = ch
+        if ph in ("S", "-"):
+            nph = "Z" if d == "0" else "I"
+        elif ph == "I":
+            nph = "I"
+        elif ph in (".", "F"):
+            nph = "F"
+        else:
+            return None  # digit after a leading "0"
+        if nph in ("Z", "I"):
+            cs = tuple(c.int_digit(s, d) for (c, _, _), s in zip(cmps, cs))
+            rem = (rem * 10 + int(d)) % p
+        else:
+            if integer and d != "0":
+                return None
+            cs = tuple(c.frac_digit(s, d) for (c, _, _), s in zip(cmps, cs))
+            if f < q:
+                rem = (rem * 10 + int(d)) % p
+                f += 1
+            elif multiple is not None and d != "0":
+                return None  # not a multiple: more fraction digits than the step has
+        return (nph, neg, zero and d == "0", cs, rem, f)
+
+    def accept(st):
+        ph, neg, zero, cs, rem, f = st
+        if ph not in ("Z", "I", "F"):
+            return False
+        if (rem * pow(10, q - f, p)) % p:
+            return False
+        for (c, cval, op), s in zip(cmps, cs):
+            r = c.result(s)
+            if zero:
+                v = -((cval > 0) - (cval < 0))
+            elif neg:
+                v = -1 if cval >= 0 else -r
+            else:
+                v = 1 if cval < 0 else r
+            ok = {">=": v >= 0, ">": v > 0, "<=": v <= 0, "<": v < 0}[op]
+            if not ok:
+                return False
+        return True
+
+    return F.dfa_from_char_step(start, step, accept, "0123456789-.", max_states=max_states,
+                                what=what)
+
+
+# ---- the compiler ------------------------------------------------------------------------
+
+SLOTS = ("null", "boolean", "number", "string", "array", "object")
+
+
+class _Compiler:
+    def __init__(self, root, seps, max_depth: int, max_states: int, whitespace: bool):
+        self.root = root
+        self.item_sep, self.key_sep = seps
+        self.max_depth = max_depth
+        self.max_states = max_states
+        self.ws = whitespace
+        self.anchors = {}
+        self._index(root, "")
+        self._universe: dict = {}
+        self._ref_chain = 0
+
+    # -- references --
+    def _index(self, s, path):
+        if isinstance(s, dict):
+            if isinstance(s.get("$anchor"), str):
+                self.anchors[s["$anchor"]] = s
+            for k, v in s.items():
+                if k in ("enum", "const", "examples", "default"):
+                    continue
+                self._index(v, f"{path}/{k}")
+        elif isinstance(s, list):
+            for i, v in enumerate(s):
+                self._index(v, f"{path}/{i}")
+
+    def resolve(self, ref: str, path: str):
+        if not isinstance(ref, str):
+            raise _fail(path, f"'$ref' must be a string, got {ref!r}")
+        base, _, frag = ref.partition("#")
+        if base and not (isinstance(self.root, dict) and self.root.get("$id") == base):
+            raise _fail(path, f"'$ref' {ref!r} points outside this schema (only '#...' "
+                        "references into the same document are supported)")
+        frag = urllib.parse.unquote(frag)
+        if frag and not frag.startswith("/"):
+            if frag in self.anchors:
+                return self.anchors[frag]
+            raise _fail(path, f"'$ref' {ref!r}: no $anchor {frag!r}")
+        node = self.root
+        for part in frag.split("/")[1:]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise _fail(path, f"'$ref' {ref!r} does not resolve in this schema")
+        return node
+
+    # -- universes --
+    def sep(self, ch: str) -> F.Node:
+        if self.ws:
+            w = _ws_node(True)
+            return F.cat(w, F.lit(ch), w)
+        return F.lit(self.item_sep if ch == "," else self.key_sep)
+
+    def universe(self, slot: str, d: int) -> F.Node:
+        key = (slot, d)
+        got = self._universe.get(key)
+        if got is not None:
+            return got
+        if slot == "null":
+            n = F.lit("null")
+        elif slot == "boolean":
+            n = F.alt(F.lit("true"), F.lit("false"))
+        elif slot == "number":
+            n = _NUMBER_TEXT
+        elif slot == "string":
+            n = self.string_text(F.compile_dfa(F.star(F.ANY)))
+        elif d <= 0:
+            n = F.EMPTY
+        elif slot == "array":
+            n = self.list_node("[", "]", [self.value_universe(d - 1)], _loop, _yes, 0)
+        else:
+            member = F.cat(self.universe("string", d), self.sep(":"), self.value_universe(d - 1))
+            n = self.list_node("{", "}", [member], _loop, _yes, 0)
+        if n.op != "empty":
+            n = F.from_dfa(F.compile_dfa(n, self.max_states, "json_schema"))
+        self._universe[key] = n
+        return n
+
+    def value_universe(self, d: int) -> F.Node:
+        return F.alt(*[self.universe(t, d) for t in SLOTS])
+
+    def empty_list(self, o: str, c: str) -> F.Node:
+        return F.cat(F.lit(o), _ws_node(self.ws), F.lit(c))
+
+    def string_text(self, value: F.CharDFA) -> F.Node:
+        return encode_string(value)
+
+    def list_node(self, o, c, elems, delta, accept, start) -> F.Node:
+        """``o e1 , e2 , ... c`` driven by an automaton over element kinds: ``delta(q, a)``
+        is the next state after an element of kind ``a`` (None: not allowed), ``accept(q)``
+        whether the list may end in ``q``."""
+        return F.Node("list", (o, c, tuple(elems), delta, accept, start, self.sep(","),
+                               _ws_node(self.ws)))
+
+    # -- schemas --
+    def compile(self, s, path: str, d: int, pol: bool) -> dict:
+        """Slot -> Node. ``pol`` True: a subset of the valid texts; False: a superset."""
+        if s is True:
+            return {t: self.universe(t, d) for t in SLOTS}
+        if s is False:
+            return {t: F.EMPTY for t in SLOTS}
+        if not isinstance(s, dict):
+            raise _fail(path, f"a schema must be an object or a boolean, got {s!r}")
+        for kw in s:
+            if kw in UNSUPPORTED:
+                raise _fail(path, f"unsupported keyword {kw!r}")
+        # None: the slot is the universe (materialised only when something needs it, so an
+        # unconstrained slot costs no product automaton)
+        slots: dict = {t: None for t in SLOTS}
+
+        def narrow(t, node, inside=True):
+            """Intersects slot ``t`` with ``node``; ``inside``: node is within the universe."""
+            cur = slots[t]
+            if cur is not None and cur.op == "empty":
+                return
+            if node.op == "empty":
+                slots[t] = F.EMPTY
+            elif cur is None:
+                slots[t] = node if inside else F.inter(self.universe(t, d), node)
+            else:
+                slots[t] = F.inter(cur, node)
+
+        if "$ref" in s:
+            target = self.resolve(s["$ref"], path + "/$ref")
+            self._ref_chain += 1
+            try:
+                if self._ref_chain > 24:
+                    # a reference cycle that does not descend into the document
+                    sub = {t: (F.EMPTY if pol else self.universe(t, d)) for t in SLOTS}
+                else:
+                    sub = self.compile(target, path + "/$ref", d, pol)
+            finally:
+                self._ref_chain -= 1
+            for t in SLOTS:
+                narrow(t, sub[t])
+        types = s.get("type")
+        if types is not None:
+            tl = [types] if isinstance(types, str) else types
+            if not isinstance(tl, list) or not tl:
+                raise _fail(path, f"'type' must be a string or a non-empty list, got {types!r}")
+            for t in tl:
+                if t not in SLOTS and t != "integer":
+                    raise _fail(path, f"unknown type {t!r}")
+            for t in SLOTS:
+                if t not in tl and not (t == "number" and "integer" in tl):
+                    slots[t] = F.EMPTY
+            if "integer" in tl and "number" not in tl:
+                narrow("number", _INTEGER_TEXT)
+        if "const" in s or "enum" in s:
+            values = []
+            if "const" in s:
+                values.append(s["const"])
+            if "enum" in s:
+                if not isinstance(s["enum"], list):
+                    raise _fail(path, f"'enum' must be a list, got {s['enum']!r}")
+                values.extend(s["enum"]) if "const" not in s else None
+                if "const" in s:
+                    values = [v for v in s["enum"] if _json_eq(v, s["const"])]
+            by_slot = {t: [] for t in SLOTS}
+            for v in values:
+                by_slot[_slot_of(v)].extend(self.literal_texts(v))
+            for t in SLOTS:
+                narrow(t, F.alt(*[F.lit(x) for x in dict.fromkeys(by_slot[t])]))
+        for kw, op in (("allOf", "all"), ("anyOf", "any"), ("oneOf", "one")):
+            if kw in s:
+                subs = s[kw]
+                if not isinstance(subs, list) or not subs:
+                    raise _fail(path, f"'{kw}' must be a non-empty list")
+                if op == "all":
+                    for k, sub in enumerate(subs):
+                        c = self.compile(sub, f"{path}/{kw}/{k}", d, pol)
+                        for t in SLOTS:
+                            narrow(t, c[t])
+                elif op == "any":
+                    cs = [self.compile(sub, f"{path}/{kw}/{k}", d, pol) for k, sub in enumerate(subs)]
+                    for t in SLOTS:
+                        narrow(t, F.alt(*[c[t] for c in cs]))
+                else:
+                    same = [self.compile(sub, f"{path}/{kw}/{k}", d, pol) for k, sub in enumerate(subs)]
+                    other = [self.compile(sub, f"{path}/{kw}/{k}", d, not pol) for k, sub in enumerate(subs)]
+                    for t in SLOTS:
+                        branches = []
+                        for i in range(len(subs)):
+                            rest = F.alt(*[other[j][t] for j in range(len(subs)) if j != i])
+                            branches.append(F.inter(same[i][t], F.neg(rest)) if rest.op != "empty"
+                                            else same[i][t])
+                        narrow(t, F.alt(*branches))
+        if "not" in s:
+            c = self.compile(s["not"], path + "/not", d, not pol)
+            for t in SLOTS:
+                if c[t].op != "empty":
+                    narrow(t, F.neg(c[t]), inside=False)
+        if "if" in s and ("then" in s or "else" in s):
+            ci_same = self.compile(s["if"], path + "/if", d, pol)
+            ci_other = self.compile(s["if"], path + "/if", d, not pol)
+            ct = self.compile(s.get("then", True), path + "/then", d, pol)
+            ce = self.compile(s.get("else", True), path + "/else", d, pol)
+            for t in SLOTS:
+                a = F.inter(ci_same[t], ct[t])
+                b = F.inter(ce[t], F.neg(ci_other[t])) if ci_other[t].op != "empty" else ce[t]
+                narrow(t, F.alt(a, b))
+        def live(t):
+            return slots[t] is None or slots[t].op != "empty"
+
+        if live("number"):
+            num = self.number_keywords(s, path, pol)
+            if num is not None:
+                narrow("number", num)
+        if live("string"):
+            st = self.string_keywords(s, path, pol)
+            if st is not None:
+                narrow("string", st)
+        if live("array") and _has(s, _ARRAY_KW):
+            narrow("array", self.array_node(s, path, d, pol))
+        if live("object") and _has(s, _OBJECT_KW):
+            narrow("object", self.object_node(s, path, d, pol))
+        return {t: (self.universe(t, d) if n is None else n) for t, n in slots.items()}
+
+    def literal_texts(self, v) -> list[str]:
+        seps = (self.item_sep, self.key_sep)
+        if isinstance(v, float) and v.is_integer() and abs(v) < 1e16:
+            return [str(int(v)), f"{int(v)}.0"]
+        if isinstance(v, int) and not isinstance(v, bool):
+            return [str(v), f"{v}.0"]
+        if isinstance(v, (dict, list)) and self.ws:
+            raise SchemaError("json_schema: object/array enum values with whitespace=True are "
+                              "not supported")
+        return [canonical_text(v, seps)]
+
+    def number_keywords(self, s, path, pol):
+        bounds = []
+        for kw, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
+                       ("exclusiveMaximum", "<")):
+            if kw in s:
+                try:
+                    bounds.append((_dec(s[kw]), op))
+                except ValueError:
+                    raise _fail(path, f"{kw!r} must be a number, got {s[kw]!r}") from None
+        mult = None
+        if "multipleOf" in s:
+            try:
+                mult = _dec(s["multipleOf"])
+            except ValueError:
+                raise _fail(path, f"'multipleOf' must be a number, got {s['multipleOf']!r}") from None
+            if mult <= 0:
+                raise _fail(path, "'multipleOf' must be > 0")
+            _, digits, exp = mult.normalize().as_tuple()
+            if len(digits) > 7:
+                if pol:
+                    return F.EMPTY if False else self._refuse(path, "multipleOf", mult)
+                mult = None
+        if not bounds and mult is None:
+            return None
+        return F.from_dfa(number_dfa(False, bounds, mult, self.max_states,
+                                     f"json_schema number at {path or '#'}"))
+
+    def _refuse(self, path, kw, v):
+        raise _fail(path, f"{kw!r} {v} needs too many states")
+
+    def string_keywords(self, s, path, pol):
+        parts = []
+        lo = s.get("minLength")
+        hi = s.get("maxLength")
+        for kw, v in (("minLength", lo), ("maxLength", hi)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                if isinstance(v, float) and v.is_integer() and v >= 0:
+                    continue
+                raise _fail(path, f"{kw!r} must be a non-negative integer, got {v!r}")
+        lo = int(lo) if lo is not None else None
+        hi = int(hi) if hi is not None else None
+        if lo is not None or hi is not None:
+            if hi is not None and lo is not None and hi < lo:
+                raise _fail(path, f"minLength {lo} exceeds maxLength {hi}")
+            parts.append(F.rep(F.ANY, lo or 0, hi))
+        if "pattern" in s:
+            try:
+                parts.append(ecma_search_node(s["pattern"]))
+            except ValueError as e:
+                raise _fail(path + "/pattern", f"bad 'pattern': {e}") from None
+        if "format" in s and pol:
+            fmt = s["format"]
+            if fmt in FORMATS:
+                parts.append(_rx(FORMATS[fmt]))
+            # unknown formats are annotations (the specification's default): no constraint
+        if not parts:
+            return None
+        what = f"json_schema string at {path or '#'}"
+        value = F.compile_dfa(F.inter(*parts) if len(parts) > 1 else parts[0], self.max_states, what)
+        return self.string_text(value)
+
+    def sub_value(self, s, path, d, pol) -> F.Node:
+        c = self.compile(s, path, d, pol)
+        return F.alt(*[c[t] for t in SLOTS])
+
+    def array_node(self, s, path, d, pol) -> F.Node:
+        if d <= 0:
+            return F.EMPTY
+        prefix = s.get("prefixItems", [])
+        if not isinstance(prefix, list):
+            raise _fail(path, "'prefixItems' must be a list of schemas")
+        items = s.get("items", True)
+        if isinstance(items, list):
+            raise _fail(path, "'items' as a list is the old tuple form; use 'prefixItems'")
+        lo = _count(s, "minItems", path) or 0
+        hi = _count(s, "maxItems", path)
+        if s.get("uniqueItems") is True and pol:
+            hi = 1 if hi is None else min(hi, 1)  # a subset: lists of at most one item
+        k = len(prefix)
+        pos_schemas = list(prefix) + [items]
+        has_contains = "contains" in s
+        cmin = _count(s, "minContains", path) if has_contains else None
+        cmax = _count(s, "maxContains", path) if has_contains else None
+        if cmin is None:
+            cmin = 1
+        elems = []
+        kinds = []  # (position class, matches contains)
+        for i, sch in enumerate(pos_schemas):
+            e = self.sub_value(sch, f"{path}/{'prefixItems/' + str(i) if i < k else 'items'}",
+                               d - 1, pol)
+            if has_contains:
+                cs = self.sub_value(s["contains"], path + "/contains", d - 1, pol)
+                co = self.sub_value(s["contains"], path + "/contains", d - 1, not pol)
+                elems.append(F.inter(e, cs))
+                kinds.append((i, True))
+                elems.append(F.inter(e, F.neg(co)))
+                kinds.append((i, False))
+            else:
+                elems.append(e)
+                kinds.append((i, False))
+        if has_contains and cmin == 0 and cmax is None:
+            pass
+        ccap = max(cmin, (cmax + 1) if cmax is not None else 0)
+        lcap = max(lo, (hi + 1) if hi is not None else 0, k)
+
+        def delta(q, a):
+            n, c = q
+            pos, hit = kinds[a]
+            if pos != min(n, k):
+                return None
+            n2 = min(n + 1, lcap)
+            if hi is not None and n + 1 > hi:
+                return None
+            c2 = min(c + 1, ccap) if hit else c
+            if cmax is not None and c2 > cmax:
+                return None
+            return (n2, c2)
+
+        def accept(q):
+            n, c = q
+            return n >= lo and (not has_contains or c >= cmin)
+
+        return self.list_node("[", "]", elems, delta, accept, (0, 0))
+
+    def object_node(self, s, path, d, pol) -> F.Node:
+        if d <= 0:
+            return F.EMPTY
+        props = s.get("properties", {})
+        if not isinstance(props, dict):
+            raise _fail(path, "'properties' must be an object")
+        req = s.get("required", [])
+        if not isinstance(req, list) or not all(isinstance(r, str) for r in req):
+            raise _fail(path, "'required' must be a list of strings")
+        pprops = s.get("patternProperties", {})
+        if not isinstance(pprops, dict):
+            raise _fail(path, "'patternProperties' must be an object")
+        if len(pprops) > 4:
+            raise _fail(path, "more than 4 patternProperties are not supported")
+        addl = s.get("additionalProperties", True)
+        pnames = s.get("propertyNames", True)
+        dep = s.get("dependentRequired", {})
+        lo = _count(s, "minProperties", path) or 0
+        hi = _count(s, "maxProperties", path)
+        # declared members: required ones not in properties are declared with schema true
+        names = list(props) + [r for r in dict.fromkeys(req) if r not in props]
+        for a, bs in dep.items():
+            for b in [a, *bs]:
+                if b not in names:
+                    names.append(b)
+        if len(names) > 48:
+            raise _fail(path, f"{len(names)} declared properties exceed the limit of 48")
+        pats = []
+        for p in pprops:
+            try:
+                node = ecma_search_node(p)
+            except ValueError as e:
+                raise _fail(path + "/patternProperties", str(e)) from None
+            pats.append((p, node, F.compile_dfa(node, self.max_states, "patternProperties")))
+        what = f"json_schema object at {path or '#'}"
+        name_ok = self.compile(pnames, path + "/propertyNames", 0, pol)["string"]
+        name_dfa = F.compile_dfa(name_ok, self.max_states, what) if name_ok.op != "empty" else None
+        elems, kinds = [], []
+        for j, name in enumerate(names):
+            sch = [props.get(name, True)]
+            for p, node, pd in pats:
+                if pd.accepts(name):
+                    sch.append(pprops[p])
+            key_text = canonical_text(name)
+            if name_dfa is None or not _accepts_text(name_dfa, key_text):
+                continue  # propertyNames rejects this name: the member never occurs
+            vals = [self.sub_value(x, f"{path}/properties/{name}", d - 1, pol) for x in sch]
+            elems.append(F.cat(F.lit(key_text), self.sep(":"), F.inter(*vals)))
+            kinds.append(("decl", j))
+        declared = F.alt(*[F.lit(n) for n in names]) if names else F.EMPTY
+        req_idx = {names.index(r) for r in req}
+        # extra members: regions by the set of patterns their key matches
+        if name_dfa is not None:
+            for mask in range(1 << len(pats)):
+                key_parts = [F.neg(declared)] if names else []
+                vals = []
+                for b, (p, node, _) in enumerate(pats):
+                    if mask >> b & 1:
+                        key_parts.append(node)
+                        vals.append(self.sub_value(pprops[p], f"{path}/patternProperties/{p}", d - 1, pol))
+                    else:
+                        key_parts.append(F.neg(node))
+                if not mask:
+                    if addl is False:
+                        continue
+                    vals.append(self.sub_value(addl, path + "/additionalProperties", d - 1, pol))
+                key_val = F.compile_dfa(F.inter(F.star(F.ANY), *key_parts), self.max_states, what)
+                if key_val.is_empty():
+                    continue
+                key_node = F.inter(self.string_text(key_val), F.from_dfa(name_dfa))
+                value = F.inter(*vals) if len(vals) > 1 else vals[0]
+                if value.op == "empty":
+                    continue
+                elems.append(F.cat(key_node, self.sep(":"), value))
+                kinds.append(("extra", mask))
+        n = len(names)
+        cap = max(lo, (hi + 1) if hi is not None else 0)
+        dep_sets = {names.index(a): {names.index(b) for b in bs} for a, bs in dep.items()}
+        track = sorted({a for a in dep_sets} | {b for v in dep_sets.values() for b in v})
+        if len(track) > 10:
+            raise _fail(path, "dependentRequired over more than 10 properties is not supported")
+
+        def delta(q, a):
+            i, c, seen = q
+            kind, j = kinds[a]
+            if hi is not None and c + 1 > hi:
+                return None
+            c2 = min(c + 1, cap)
+            if kind == "decl":
+                if j < i or any(r in req_idx for r in range(i, j)):
+                    return None
+                seen2 = seen | ({j} & set(track))
+                return (j + 1, c2, frozenset(seen2))
+            if any(r in req_idx for r in range(i, n)):
+                return None  # extras come after every declared member (canonical order)
+            return (n, c2, seen)
+
+        def accept(q):
+            i, c, seen = q
+            if any(r in req_idx for r in range(i, n)):
+                return False
+            for a_, bs in dep_sets.items():
+                if a_ in seen and not bs <= seen:
+                    return False
+            return c >= lo
+
+        return self.list_node("{", "}", elems, delta, accept, (0, 0, frozenset()))
+
+
+_ARRAY_KW = {"items", "prefixItems", "contains", "minItems", "maxItems", "uniqueItems",
+             "minContains", "maxContains"}
+_OBJECT_KW = {"properties", "required", "additionalProperties", "patternProperties",
+              "propertyNames", "minProperties", "maxProperties", "dependentRequired"}
+
+
+def _has(s: dict, kws) -> bool:
+    return any(k in s for k in kws)
+
+
+def _count(s, kw, path):
+    v = s.get(kw)
     if v is None:
         return None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
         raise _fail(path, f"{kw!r} must be a non-negative integer, got {v!r}")
     return v
 
 
-def _bounds(lo: int | None, hi: int | None, path: str, what: str) -> tuple[int, int | None]:
-    lo = lo or 0
-    if hi is not None and hi < lo:
-        raise _fail(path, f"min{what} {lo} exceeds max{what} {hi}")
-    return lo, hi
+def _slot_of(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    return "object"
 
 
-def _rep(lo: int, hi: int | None) -> str:
-    if hi is None:
-        return f"{{{lo},}}"
-    return f"{{{lo}}}" if lo == hi else f"{{{lo},{hi}}}"
+def _json_eq(a, b) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
 
 
-def _pattern_body(pattern: Any, path: str) -> str:
-    """Regex of a raw string body for a JSON-Schema ``pattern`` (search semantics).
-
-    The pattern is matched against the raw body (no escapes are generated inside a patterned
-    string): ``.`` and negated classes are narrowed to characters that need no escaping, and
-    any remaining way for the pattern to produce ``"``, ``\\`` or a control character is an
-    error, so every generated string is valid JSON and its value matches the pattern.
-    """
-    if not isinstance(pattern, str):
-        raise _fail(path, f"'pattern' must be a string, got {pattern!r}")
-    try:
-        core = preprocess(pattern)
-    except ValueError as e:
-        raise _fail(path, f"bad 'pattern': {e}") from None
-    anchored_start = pattern.startswith("^")
-    head = pattern[:-1]
-    anchored_end = pattern.endswith("$") and (len(head) - len(head.rstrip("\\"))) % 2 == 0
-    core = _narrow(core)
-    try:
-        fsm = interegular.parse_pattern(core).to_fsm()
-        bad = interegular.parse_pattern(r'(?s:.*["\\\x00-\x1f].*)').to_fsm()
-        unsafe = not (fsm & bad).empty()
-    except Exception as e:
-        raise _fail(path, f"unsupported 'pattern' {pattern!r}: {e}") from None
-    if unsafe:
-        raise _fail(path, f"'pattern' {pattern!r} can match '\"', '\\\\' or a control character, "
-                    "which would need escaping inside a JSON string; exclude them from the pattern")
-    body = "(?:" + core + ")"
-    if not anchored_start:
-        body = _SAFE_CHAR + "*" + body
-    if not anchored_end:
-        body = body + _SAFE_CHAR + "*"
-    return body
+def _loop(q, a):
+    return 0
 
 
-def _narrow(p: str) -> str:
-    """Rewrites '.', negated classes and \\S/\\W/\\D outside classes to exclude unsafe chars."""
-    out, i, n = [], 0, len(p)
-    while i < n:
-        c = p[i]
-        if c == "\\":
-            d = p[i + 1]
-            if d in "SWD":
-                out.append("[^" + {"S": r"\s", "W": r"\w", "D": r"\d"}[d] + r'"\\\x00-\x1f]')
-            else:
-                out.append(p[i : i + 2])
-            i += 2
-        elif c == "[":
-            j = i + 1
-            neg = j < n and p[j] == "^"
-            j += 1 if neg else 0
-            start = j
-            while j < n and not (p[j] == "]" and j != start):
-                j += 2 if p[j] == "\\" else 1
-            body = p[i + 1 : j]
-            out.append("[" + body + r'"\\\x00-\x1f]' if neg else p[i : j + 1])
-            i = j + 1
-        elif c == ".":
-            out.append(_SAFE_CHAR)
-            i += 1
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
+def _yes(q):
+    return True
 
 
-def schema_to_regex(schema: Any, separators=(", ", ": ")) -> str:
-    """Regex matching exactly the canonical serialisations of documents valid under ``schema``.
+def _accepts_text(d: F.CharDFA, text: str) -> bool:
+    return d.accepts(text)
+
+
+def compile_schema(schema: Any, separators=(", ", ": "), max_depth: int = DEFAULT_DEPTH,
+                   max_states: int = F.DEFAULT_MAX_STATES, whitespace: bool = False) -> F.CharDFA:
+    """Character DFA of the accepted JSON texts (see the module docstring).
 
     Raises:
-        ValueError: on any unsupported keyword (named, with its JSON pointer path) or invalid
-            keyword value.
+        ValueError: an unsupported keyword (named, with its JSON pointer path), an invalid
+            keyword value, or an automaton over ``max_states``.
     """
     if not (isinstance(separators, (tuple, list)) and len(separators) == 2):
         raise ValueError("json_schema: separators must be a pair (item_sep, key_sep)")
@@ -170,141 +928,48 @@ def schema_to_regex(schema: Any, separators=(", ", ": ")) -> str:
         raise ValueError(f"json_schema: item separator must be ',' padded with spaces, got {item_sep!r}")
     if not (isinstance(key_sep, str) and re.fullmatch(r" *: *", key_sep)):
         raise ValueError(f"json_schema: key separator must be ':' padded with spaces, got {key_sep!r}")
-    seps = (item_sep, key_sep)
+    comp = _Compiler(schema, (item_sep, key_sep), max_depth, max_states, whitespace)
+    slots = comp.compile(schema, "", max_depth, True)
+    node = F.alt(*[slots[t] for t in SLOTS])
+    if whitespace:
+        node = F.cat(_ws_node(True), node, _ws_node(True))
+    dfa = F.compile_dfa(node, max_states, "json_schema")
+    if dfa.is_empty():
+        raise ValueError("json_schema: the schema accepts no document (in canonical form, "
+                         f"nested at most max_depth={max_depth} deep)")
+    return dfa
 
-    def rx(s: Any, path: str) -> str:
-        if s is True:
-            raise _fail(path, "the schema 'true' (any JSON value) is not regular; give a type")
-        if s is False:
-            raise _fail(path, "the schema 'false' accepts nothing")
-        if not isinstance(s, dict):
-            raise _fail(path, f"a schema must be an object, got {s!r}")
-        keys = set(s) - ANNOTATIONS
-        types = s.get("type")
-        if types is not None:
-            tlist = [types] if isinstance(types, str) else types
-            if not isinstance(tlist, list) or not tlist:
-                raise _fail(path, f"'type' must be a string or a non-empty list, got {types!r}")
-            for t in tlist:
-                if t not in _BY_TYPE:
-                    raise _fail(path, f"unknown type {t!r}")
-        else:
-            tlist = None
-        allowed = set(_GENERIC)
-        for t in tlist or _BY_TYPE:
-            allowed |= _BY_TYPE[t]
-        unknown = sorted(keys - allowed)
-        if unknown:
-            kw = unknown[0]
-            if any(kw in v for v in _BY_TYPE.values()):
-                raise _fail(path, f"keyword {kw!r} does not apply to type {types!r}")
-            raise _fail(path, f"unsupported keyword {kw!r}")
-        if "const" in s or "enum" in s:
-            if "const" in s and "enum" in s:
-                raise _fail(path, "both 'const' and 'enum' given")
-            values = [s["const"]] if "const" in s else s["enum"]
-            if not isinstance(values, list) or not values:
-                raise _fail(path, f"'enum' must be a non-empty list, got {values!r}")
-            extra = keys - {"const", "enum", "type"}
-            if extra:
-                raise _fail(path, f"keyword {sorted(extra)[0]!r} together with enum/const is not "
-                            "supported")
-            if tlist is not None:
-                values = [v for v in values if any(_type_ok(v, t) for t in tlist)]
-                if not values:
-                    raise _fail(path, "no enum/const value has the given type")
-            for v in values:
-                try:
-                    json.dumps(v, allow_nan=False)
-                except (TypeError, ValueError):
-                    raise _fail(path, f"enum/const value {v!r} is not a JSON value (NaN, "
-                                "infinities and non-JSON types cannot be generated as JSON)"
-                                ) from None
-            return _alt([_json_literal(v, seps) for v in values])
-        if "anyOf" in s:
-            subs = s["anyOf"]
-            if keys - {"anyOf"}:
-                raise _fail(path, f"keyword {sorted(keys - {'anyOf'})[0]!r} beside 'anyOf' is "
-                            "not supported; move it into each branch")
-            if not isinstance(subs, list) or not subs:
-                raise _fail(path, "'anyOf' must be a non-empty list")
-            return _alt([rx(sub, f"{path}/anyOf/{k}") for k, sub in enumerate(subs)])
-        if tlist is None:
-            raise _fail(path, "a schema needs 'type', 'enum', 'const' or 'anyOf' (an "
-                        "unconstrained JSON value is not regular)")
-        return _alt([by_type(s, t, path) for t in tlist])
 
-    def by_type(s: dict, t: str, path: str) -> str:
-        if t == "null":
-            return "null"
-        if t == "boolean":
-            return "(?:true|false)"
-        if t == "integer":
-            return INTEGER
-        if t == "number":
-            return NUMBER
-        if t == "string":
-            lo, hi = _bounds(_nonneg_int(s, "minLength", path), _nonneg_int(s, "maxLength", path),
-                             path, "Length")
-            if "pattern" in s:
-                if "minLength" in s or "maxLength" in s:
-                    raise _fail(path, "'pattern' together with minLength/maxLength is not "
-                                "supported")
-                return '"' + _pattern_body(s["pattern"], path + "/pattern") + '"'
-            if lo == 0 and hi is None:
-                return '"' + STRING_CHAR + '*"'
-            return '"' + STRING_CHAR + _rep(lo, hi) + '"'
-        if t == "array":
-            if "items" not in s:
-                raise _fail(path, "an array needs 'items' (arbitrary JSON values are not regular)")
-            if not isinstance(s["items"], dict):
-                raise _fail(path, "'items' must be a single schema (tuple form is not supported)")
-            item = rx(s["items"], path + "/items")
-            lo, hi = _bounds(_nonneg_int(s, "minItems", path), _nonneg_int(s, "maxItems", path),
-                             path, "Items")
-            sep = escape_literal(item_sep)
-            if hi == 0:
-                return r"\[\]"
-            more = "(?:" + sep + item + ")" + _rep(max(lo - 1, 0), None if hi is None else hi - 1)
-            inner = item + more
-            return r"\[" + (inner if lo >= 1 else "(?:" + inner + ")?") + r"\]"
-        if t == "object":
-            ap = s.get("additionalProperties", False)
-            if ap is not False:
-                raise _fail(path, "additionalProperties other than false is not supported "
-                            "(arbitrary extra members are not regular); objects are closed")
-            props = s.get("properties", {})
-            if not isinstance(props, dict):
-                raise _fail(path, "'properties' must be an object")
-            req = s.get("required", [])
-            if not isinstance(req, list) or not all(isinstance(r, str) for r in req):
-                raise _fail(path, "'required' must be a list of strings")
-            missing = [r for r in req if r not in props]
-            if missing:
-                raise _fail(path, f"required property {missing[0]!r} is not in 'properties'")
-            members = [
-                (_json_literal(k, seps) + escape_literal(key_sep)
-                 + rx(v, f"{path}/properties/{k}"), k in req)
-                for k, v in props.items()
-            ]
-            sep = escape_literal(item_sep)
-            # after[i]: members i.. when some member was already written (each needs a sep);
-            # first[i]: members i.. when none was written yet. Linear-size construction.
-            n = len(members)
-            after = [""] * (n + 1)
-            for i in range(n - 1, -1, -1):
-                m, r = members[i]
-                piece = sep + m
-                after[i] = (piece if r else "(?:" + piece + ")?") + after[i + 1]
-            first_opts = []
-            for i, (m, r) in enumerate(members):
-                first_opts.append(m + after[i + 1])
-                if r:
-                    break
-            else:
-                first_opts.append("")
-            body = first_opts[0] if len(first_opts) == 1 else "(?:" + "|".join(first_opts) + ")"
-            return r"\{" + body + r"\}"
-        raise AssertionError(t)
-
-    return rx(schema, "")
+def reorder(doc: Any, schema: Any, root: Any = None, _depth: int = 0) -> Any:
+    """``doc`` with object members in the canonical order of ``schema`` (declared
+    ``properties`` first, as listed; other members after, in their order). Best effort
+    through ``$ref``/``allOf``; used to serialise documents for checks."""
+    root = schema if root is None else root
+    if _depth > 64 or not isinstance(schema, dict):
+        return doc
+    if "$ref" in schema and isinstance(schema["$ref"], str) and schema["$ref"].startswith("#"):
+        try:
+            target = _Compiler.__new__(_Compiler)
+            target.root, target.anchors = root, {}
+            target._index(root, "")
+            schema = {**_Compiler.resolve(target, schema["$ref"], ""), **{k: v for k, v in schema.items() if k != "$ref"}}
+        except ValueError:
+            pass
+    props = dict(schema.get("properties", {})) if isinstance(schema.get("properties"), dict) else {}
+    for r in schema.get("required", []) if isinstance(schema.get("required"), list) else []:
+        props.setdefault(r, True)
+    if isinstance(doc, dict):
+        out = {}
+        for k in props:
+            if k in doc:
+                out[k] = reorder(doc[k], props[k], root, _depth + 1)
+        for k, v in doc.items():
+            if k not in out:
+                out[k] = v
+        return out
+    if isinstance(doc, list):
+        prefix = schema.get("prefixItems", []) if isinstance(schema.get("prefixItems"), list) else []
+        items = schema.get("items", True)
+        return [reorder(v, prefix[i] if i < len(prefix) else items, root, _depth + 1)
+                for i, v in enumerate(doc)]
+    return doc

@@ -1,36 +1,40 @@
-"""Regex -> character FSM (interegular) -> byte DFA (UTF-8 expanded).
+"""Regex -> language expression (:mod:`ppl.stdlib._fa`), with Python ``re`` or ECMA-262 semantics.
 
-Validation happens in three passes so that every error names the problem and its position:
+Parsing is Python's own (``re._parser``), so the syntax accepted and the tree built are
+exactly ``re``'s: comments ``(?#...)``, ``\\0`` and octal escapes, ``\\N{...}``, scoped flags,
+verbose mode. Character classes get their exact code-point sets:
 
-1. Python's ``re`` parser (syntax errors carry ``pos``);
-2. a scanner for constructs that are valid Python but not regular or not supported by
-   interegular (anchors inside the pattern, ``\\b``, lookarounds, backreferences, ...); it also
-   rewrites ``\\uXXXX``/``\\UXXXXXXXX``/``\\N{...}`` into literal characters (interegular lacks
-   them) and strips a leading ``^`` / trailing ``$`` (no-ops under full-match semantics);
-3. interegular's own parser/compiler, whose errors are wrapped.
+* Python dialect (``C.regex``): every class or literal under ``IGNORECASE``, and the
+  shorthand categories ``\\d \\w \\s`` (Unicode unless ``(?a)``), are evaluated by ``re``
+  itself over all code points once (cached), so a class such as ``[^\\S\\W]`` (a character
+  that is a space and not a word character: none) means exactly what ``re`` means.
+* ECMA-262 dialect (JSON Schema ``pattern``): ``\\d``/``\\w`` are ASCII, ``\\s`` is
+  ECMA's Unicode WhiteSpace and LineTerminator set, ``.`` excludes the four line
+  terminators; the pattern is *searched* for (matches anywhere) unless anchored.
+
+Validation happens before parsing so that every error names the construct and its position
+(anchors inside a Python pattern, ``\\b``, lookarounds, backreferences, possessive
+quantifiers ...).
 """
 
 from __future__ import annotations
 
-import bisect
+import functools
 import re
-import unicodedata
+import re._constants as K
+import re._parser as P
 
-import interegular
 import numpy as np
-from interegular.fsm import anything_else
 
-from ppl.stdlib._automata import ByteDFA
+from ppl.stdlib import _fa as F
 
-__all__ = ["preprocess", "compile_fsm", "fsm_to_byte_dfa", "escape_literal"]
+__all__ = ["validate", "to_node", "ecma_search_node", "escape_literal"]
 
-_REDUCE_MAX_STATES = 600
 _SPECIAL = set(".^$*+?{}[]|()\\")
-_FLAG_OK = set("is")  # inline flags interegular implements (case-insensitive, dotall)
 
 
 def escape_literal(text: str) -> str:
-    """Escapes ``text`` as a regex literal understood by both ``re`` and interegular."""
+    """Escapes ``text`` as a Python regex literal."""
     out = []
     for ch in text:
         if ch in _SPECIAL:
@@ -47,18 +51,8 @@ def _err(pattern: str, pos: int, msg: str) -> ValueError:
     return ValueError(f"invalid regex at position {pos}: {msg}\n  {pattern}\n  {caret}")
 
 
-def _literal_for(ch: str, in_class: bool) -> str:
-    if in_class and ch in "]\\-^":
-        return "\\" + ch
-    if not in_class and ch in _SPECIAL:
-        return "\\" + ch
-    if ord(ch) < 0x100 and (ord(ch) < 0x20 or ord(ch) == 0x7F):
-        return f"\\x{ord(ch):02x}"
-    return ch
-
-
-def preprocess(pattern: str) -> str:
-    """Validates ``pattern`` and rewrites it for interegular (see module docstring).
+def validate(pattern: str) -> None:
+    """Checks that ``pattern`` is valid Python and inside the regular subset we support.
 
     Raises:
         ValueError: naming the problem and its position in ``pattern``.
@@ -76,25 +70,12 @@ def preprocess(pattern: str) -> str:
         bs = len(pattern[:-1]) - len(pattern[:-1].rstrip("\\"))
         if bs % 2 == 0:
             end = n - 1
-    out: list[str] = []
     in_class = False
     class_first = -1
     while i < end:
         c = pattern[i]
         if c == "\\":
             d = pattern[i + 1] if i + 1 < n else ""
-            if d in ("u", "U"):
-                width = 4 if d == "u" else 8
-                ch = chr(int(pattern[i + 2 : i + 2 + width], 16))  # re validated the digits
-                out.append(_literal_for(ch, in_class))
-                i += 2 + width
-                continue
-            if d == "N":
-                close = pattern.index("}", i)
-                ch = unicodedata.lookup(pattern[i + 3 : close])
-                out.append(_literal_for(ch, in_class))
-                i = close + 1
-                continue
             if not in_class:
                 if d in "bB":
                     raise _err(pattern, i, f"\\{d} (word boundary) is not supported; "
@@ -105,34 +86,25 @@ def preprocess(pattern: str) -> str:
                 if d in "123456789":
                     if not re.match(r"[0-3][0-7]{2}", pattern[i + 1 : i + 4]):
                         raise _err(pattern, i, "backreferences are not regular and not supported")
-            if d in "pP":
-                raise _err(pattern, i, "unicode property classes \\p/\\P are not supported")
-            out.append(pattern[i : i + 2])
             i += 2
-            if in_class and i - 2 == class_first:
-                class_first = -1
             continue
         if in_class:
             if c == "]" and i != class_first:
                 in_class = False
-                out.append(c)
-            elif c == "]":
-                out.append("\\]")  # a leading ']' is literal in re; interegular needs it escaped
-            else:
-                out.append(c)
             i += 1
             continue
         if c == "[":
             in_class = True
-            out.append(c)
             i += 1
             if i < n and pattern[i] == "^":
-                out.append("^")
                 i += 1
             class_first = i
             continue
         if c == "(" and pattern.startswith("(?", i):
             rest = pattern[i + 2 : i + 4]
+            if rest[:1] == "#":  # a comment: skip to its ')'
+                i = pattern.index(")", i) + 1
+                continue
             if rest[:1] in ("=", "!") or rest in ("<=", "<!"):
                 raise _err(pattern, i, "lookaround assertions are not supported")
             if rest[:1] == "(":
@@ -141,135 +113,180 @@ def preprocess(pattern: str) -> str:
                 raise _err(pattern, i, "atomic groups are not supported")
             if rest == "P=":
                 raise _err(pattern, i, "backreferences are not regular and not supported")
-            m = re.match(r"\(\?([a-zA-Z]+)(-[a-zA-Z]+)?[:)]", pattern[i:])
-            if m:
-                bad = set(m.group(1) + (m.group(2) or "")[1:]) - _FLAG_OK
-                if bad:
-                    raise _err(pattern, i, f"inline flag(s) {''.join(sorted(bad))!r} are not "
-                               "supported (only 'i' and 's')")
         if c in "^$":
             raise _err(pattern, i, f"anchor {c!r} inside the pattern is not supported; the "
                        "pattern always matches the whole text (a leading '^' / trailing '$' "
                        "is accepted and ignored)")
-        if c == "{" and not re.match(r"\{\d*(,\d*)?\}", pattern[i:]) or pattern.startswith("{}", i):
-            out.append("\\{")  # re reads a '{' that opens no quantifier as a literal
-            i += 1
-            continue
         if c in "*+?}" and pattern[i + 1 : i + 2] == "+":
             raise _err(pattern, i + 1, "possessive quantifiers are not supported")
-        out.append(c)
         i += 1
-    return "".join(out)
 
 
-def compile_fsm(original: str, pattern: str):
-    """interegular FSM (reduced) of a preprocessed pattern, errors wrapped as ValueError."""
+# ---- exact character sets ------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _all_chars() -> str:
+    return np.arange(F.MAX_CP + 1, dtype="<u4").tobytes().decode("utf-32-le", "surrogatepass")
+
+
+@functools.lru_cache(maxsize=512)
+def _by_re(cls_text: str, flags: int) -> F.CharSet:
+    """The code points the one-character regex ``cls_text`` matches under ``flags`` (by
+    running ``re`` over every code point: exact by construction)."""
+    rx = re.compile(f"(?:{cls_text})+", flags)
+    return F.CharSet((m.start(), m.end() - 1) for m in rx.finditer(_all_chars()))
+
+
+_CAT_TEXT = {K.CATEGORY_DIGIT: r"\d", K.CATEGORY_NOT_DIGIT: r"\D", K.CATEGORY_SPACE: r"\s",
+             K.CATEGORY_NOT_SPACE: r"\S", K.CATEGORY_WORD: r"\w", K.CATEGORY_NOT_WORD: r"\W"}
+
+_ECMA_SPACE = F.CharSet.of("\t\n\v\f\r \xa0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff") | \
+    F.CharSet.range(0x2000, 0x200A)
+_ECMA_DIGIT = F.CharSet.range("0", "9")
+_ECMA_WORD = F.CharSet.range("a", "z") | F.CharSet.range("A", "Z") | _ECMA_DIGIT | F.CharSet.of("_")
+_ECMA_CAT = {K.CATEGORY_DIGIT: _ECMA_DIGIT, K.CATEGORY_NOT_DIGIT: _ECMA_DIGIT.complement(),
+             K.CATEGORY_SPACE: _ECMA_SPACE, K.CATEGORY_NOT_SPACE: _ECMA_SPACE.complement(),
+             K.CATEGORY_WORD: _ECMA_WORD, K.CATEGORY_NOT_WORD: _ECMA_WORD.complement()}
+_ECMA_LINE_TERM = F.CharSet.of("\n\r\u2028\u2029")
+
+_CLASS_FLAGS = re.IGNORECASE | re.ASCII | re.UNICODE
+
+
+def _class_text(items) -> str:
+    out = []
+    for op, av in items:
+        if op is K.NEGATE:
+            out.insert(0, "^")
+        elif op is K.LITERAL:
+            out.append(f"\\U{av:08x}")
+        elif op is K.RANGE:
+            out.append(f"\\U{av[0]:08x}-\\U{av[1]:08x}")
+        elif op is K.CATEGORY:
+            out.append(_CAT_TEXT[av])
+        else:
+            raise ValueError(f"unsupported item {op} in a character class")
+    return "[" + "".join(out) + "]"
+
+
+def _cset(op, av, flags: int, dialect: str) -> F.CharSet:
+    """The exact set of a one-character node."""
+    ic = bool(flags & re.IGNORECASE) and dialect == "python"
+    cflags = flags & _CLASS_FLAGS
+    if cflags & re.ASCII:
+        cflags &= ~re.UNICODE  # (?a) inside a str pattern whose default is Unicode
+    if op is K.LITERAL:
+        return _by_re(f"\\U{av:08x}", cflags) if ic else F.CharSet([(av, av)])
+    if op is K.NOT_LITERAL:
+        base = _by_re(f"\\U{av:08x}", cflags) if ic else F.CharSet([(av, av)])
+        return base.complement()
+    if op is K.ANY:
+        if dialect == "ecma":
+            return _ECMA_LINE_TERM.complement()
+        return F.ALL_CHARS if flags & re.DOTALL else F.CharSet.of("\n").complement()
+    if op is K.IN:
+        if ic:
+            return _by_re(_class_text(av), cflags)
+        out = F.CharSet()
+        negate = False
+        for iop, iav in av:
+            if iop is K.NEGATE:
+                negate = True
+            elif iop is K.LITERAL:
+                out = out | F.CharSet([(iav, iav)])
+            elif iop is K.RANGE:
+                out = out | F.CharSet([iav])
+            elif iop is K.CATEGORY:
+                out = out | (_ECMA_CAT[iav] if dialect == "ecma"
+                             else _by_re(_CAT_TEXT[iav], cflags))
+            else:
+                raise ValueError(f"unsupported item {iop} in a character class")
+        return out.complement() if negate else out
+    raise AssertionError(op)
+
+
+# ---- tree -> language expression -----------------------------------------------------------
+
+
+class _Unsupported(ValueError):
+    pass
+
+
+def _seq(items, flags: int, dialect: str) -> F.Node:
+    return F.cat(*[_item(op, av, flags, dialect) for op, av in items])
+
+
+def _item(op, av, flags: int, dialect: str) -> F.Node:
+    if op in (K.LITERAL, K.NOT_LITERAL, K.ANY, K.IN):
+        return F.cset(_cset(op, av, flags, dialect))
+    if op is K.BRANCH:
+        return F.alt(*[_seq(b, flags, dialect) for b in av[1]])
+    if op is K.SUBPATTERN:
+        _group, add, dele, sub = av
+        return _seq(sub, (flags | add) & ~dele, dialect)
+    if op in (K.MAX_REPEAT, K.MIN_REPEAT):
+        lo, hi, sub = av
+        return F.rep(_seq(sub, flags, dialect), lo, None if hi is K.MAXREPEAT else hi)
+    if op is K.POSSESSIVE_REPEAT:
+        raise _Unsupported("possessive quantifiers are not supported")
+    if op is K.ATOMIC_GROUP:
+        raise _Unsupported("atomic groups are not supported")
+    if op is K.AT:
+        raise _Unsupported(f"anchor {str(av).lower()} is only supported at the start/end")
+    if op in (K.GROUPREF, K.GROUPREF_EXISTS):
+        raise _Unsupported("backreferences are not regular and not supported")
+    if op in (K.ASSERT, K.ASSERT_NOT):
+        raise _Unsupported("lookaround assertions are not supported")
+    raise _Unsupported(f"unsupported regex construct {op}")
+
+
+_STARTS = (K.AT_BEGINNING, K.AT_BEGINNING_STRING)
+_ENDS = (K.AT_END, K.AT_END_STRING)
+
+
+def to_node(pattern: str) -> F.Node:
+    """Full-match language of a Python ``pattern`` (validate it first)."""
+    tree = P.parse(pattern, 0)
+    flags = tree.state.flags
+    items = list(tree)
+    # Under full-match semantics a leading '^'/'\\A' and a trailing '$'/'\\Z' change nothing.
+    while items and items[0][0] is K.AT and items[0][1] in _STARTS:
+        items.pop(0)
+    while items and items[-1][0] is K.AT and items[-1][1] in _ENDS:
+        items.pop()
     try:
-        fsm = interegular.parse_pattern(pattern).to_fsm()
-    except Exception as e:  # interegular raises assorted types, some without positions
-        pos = getattr(e, "index", None)
-        where = f" near position {pos} of the rewritten pattern {pattern!r}" if pos is not None else ""
-        raise ValueError(
-            f"invalid or unsupported regex {original!r}: {type(e).__name__}: {e}{where}"
-        ) from None
-    if len(fsm.states) <= _REDUCE_MAX_STATES:
-        # A minimal character DFA gives fewer token states. interegular's reduce() is
-        # Brzozowski's (double reversal): ~0.5 s at 480 states but ~5 s at 1600, so large
-        # machines (long counted repeats) are kept as built; they are correct, only bigger.
-        fsm = fsm.reduce()
-    return fsm
+        return _seq(items, flags, "python")
+    except _Unsupported as e:
+        raise ValueError(f"invalid regex {pattern!r}: {e}") from None
 
 
-# ---- character FSM -> byte DFA ----------------------------------------------------------
+def ecma_search_node(pattern: str) -> F.Node:
+    """Language of strings in which an ECMA-262 ``pattern`` finds a match (JSON Schema
+    ``pattern``: not anchored unless it says ``^``/``$``).
 
-_MAX_CP = 0x10FFFF
-_SURR_LO, _SURR_HI = 0xD800, 0xDFFF
-
-
-def fsm_to_byte_dfa(fsm) -> ByteDFA:
-    """Expands a character FSM into a DFA over UTF-8 bytes.
-
-    Each character state keeps its id; multi-byte characters go through intermediate states
-    that are hash-consed, so "anything else" (every code point outside the FSM's explicit
-    alphabet) costs three shared intermediate states per target instead of a trie over a
-    million code points. Overlong encodings, surrogates and code points above U+10FFFF are
-    rejected (dead), so every accepted byte string is valid UTF-8.
+    Raises:
+        ValueError: syntax Python's parser rejects, or a construct that is not regular.
     """
-    mapping = dict(fsm.alphabet._symbol_mapping)
-    ae_key = mapping.pop(anything_else, None)
-    explicit = sorted((ord(c), k) for c, k in mapping.items() if isinstance(c, str) and len(c) == 1)
-    cps = [cp for cp, _ in explicit]
-    keys = [k for _, k in explicit]
-    char_states = sorted(fsm.states, key=lambda s: (s != fsm.initial, str(s)))
-    sid = {s: i + 1 for i, s in enumerate(char_states)}
-    rows: list[np.ndarray] = [np.zeros(256, np.int32)] + [None] * len(char_states)
-    memo: dict = {}
-
-    def new_state(cont: np.ndarray) -> int:
-        row = np.zeros(256, np.int32)
-        row[0x80:0xC0] = cont
-        rows.append(row)
-        return len(rows) - 1
-
-    for q in char_states:
-        m = fsm.map.get(q, {})
-
-        def target(key, m=m):
-            t = m.get(key) if key is not None else None
-            return 0 if t is None else sid[t]
-
-        default = target(ae_key)
-        key_of = dict(zip(cps, keys))
-
-        def lookup(cp, key_of=key_of, default=default, target=target):
-            k = key_of.get(cp)
-            return default if k is None else target(k)
-
-        def uniform(k: int, t: int) -> int:
-            if t == 0:
-                return 0
-            key = ("u", k, t)
-            if key not in memo:
-                child = t if k == 1 else uniform(k - 1, t)
-                memo[key] = new_state(np.full(64, child, np.int32))
-            return memo[key]
-
-        def node(lo: int, k: int, minv: int, lookup=lookup, default=default, uniform=uniform) -> int:
-            size = 64**k
-            hi = lo + size - 1
-            if hi < minv or lo > _MAX_CP or (lo >= _SURR_LO and hi <= _SURR_HI):
-                return 0
-            valid = lo >= minv and hi <= _MAX_CP and (hi < _SURR_LO or lo > _SURR_HI)
-            a = bisect.bisect_left(cps, lo)
-            has_explicit = a < len(cps) and cps[a] <= hi
-            if valid and not has_explicit:
-                return uniform(k, default)
-            sub = size // 64
-            children = []
-            for c in range(64):
-                slo = lo + c * sub
-                if k == 1:
-                    ok = slo >= minv and slo <= _MAX_CP and not (_SURR_LO <= slo <= _SURR_HI)
-                    children.append(lookup(slo) if ok else 0)
-                else:
-                    children.append(node(slo, k - 1, minv))
-            key = ("m", tuple(children))
-            if key not in memo:
-                memo[key] = new_state(np.asarray(children, np.int32))
-            return memo[key]
-
-        row = np.zeros(256, np.int32)
-        for b in range(0x80):
-            row[b] = lookup(b)
-        for b in range(0xC2, 0xE0):
-            row[b] = node((b & 0x1F) << 6, 1, 0x80)
-        for b in range(0xE0, 0xF0):
-            row[b] = node((b & 0x0F) << 12, 2, 0x800)
-        for b in range(0xF0, 0xF5):
-            row[b] = node((b & 0x07) << 18, 3, 0x10000)
-        rows[sid[q]] = row
-    trans = np.stack(rows).astype(np.int32)
-    acc = np.zeros(len(rows), bool)
-    for q in fsm.finals:
-        acc[sid[q]] = True
-    return ByteDFA(trans, acc, sid[fsm.initial])
+    if not isinstance(pattern, str):
+        raise ValueError(f"'pattern' must be a string, got {pattern!r}")
+    src = pattern.replace("(?<", "(?P<").replace("(?P<=", "(?<=").replace("(?P<!", "(?<!")
+    try:
+        tree = P.parse(src, 0)
+    except re.error as e:
+        raise _err(pattern, e.pos or 0, e.msg) from None
+    items = list(tree)
+    branches = [items]
+    if len(items) == 1 and items[0][0] is K.BRANCH:
+        branches = [list(b) for b in items[0][1][1]]
+    anything = F.star(F.ANY)
+    out = []
+    try:
+        for b in branches:
+            head = bool(b) and b[0][0] is K.AT and b[0][1] in _STARTS
+            tail = bool(b) and b[-1][0] is K.AT and b[-1][1] in _ENDS
+            core = b[1 if head else 0 : len(b) - 1 if tail else len(b)]
+            node = _seq(core, 0, "ecma")
+            out.append(F.cat(F.EPS if head else anything, node, F.EPS if tail else anything))
+    except _Unsupported as e:
+        raise ValueError(f"pattern {pattern!r}: {e}") from None
+    return F.alt(*out)

@@ -228,6 +228,14 @@ class Constraint(abc.ABC):
     def _compile(self, vocab: Vocab) -> TokenAutomaton:
         raise NotImplementedError(f"{type(self).__name__} does not implement compile().")
 
+    def accepts(self, text: str) -> bool:
+        """Whether a finished ``text`` satisfies the constraint, without running inference.
+
+        Constraints built on a byte automaton answer with that automaton (exactly what
+        inference enforces); others with their reference check.
+        """
+        return self.check(text)
+
     def check(self, text: str) -> bool:
         """Host-side reference check of a finished text (used by tests and final checks)."""
         return self.check_bytes(text.encode("utf-8"))

@@ -39,8 +39,9 @@ import numpy as np
 
 from ppl.models.base import Vocab
 from ppl.stdlib import _automata as A
-from ppl.stdlib._jsonschema import schema_to_regex
-from ppl.stdlib._regex import compile_fsm, fsm_to_byte_dfa, preprocess
+from ppl.stdlib import _fa
+from ppl.stdlib import _jsonschema as _js
+from ppl.stdlib._regex import to_node, validate
 from ppl.stdlib.base import Constraint, TextPredicate, TokenAutomaton
 
 __all__ = [
@@ -97,6 +98,15 @@ class ByteConstraint(Constraint):
     def _build_byte_dfa(self) -> A.ByteDFA:
         raise NotImplementedError
 
+    def accepts(self, text: str) -> bool:
+        """Whether the automaton this constraint compiles to accepts ``text`` (no model needed;
+        this is what inference enforces, token boundaries aside)."""
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates are not text
+            return False
+        return self.byte_dfa().accepts(data)
+
     def _compile(self, vocab: Vocab) -> TokenAutomaton:
         table, acc, start, columns = A.lift(self.byte_dfa(), vocab, self.name)
         return A.to_automaton(table, acc, start, vocab, self.name, columns)
@@ -109,28 +119,33 @@ class ByteConstraint(Constraint):
 
 
 class Regex(ByteConstraint):
-    """The whole generated text matches ``pattern`` (full-match semantics).
+    """The whole generated text matches ``pattern`` (full-match semantics, as ``re.fullmatch``).
 
     Args:
-        pattern: a Python regular expression restricted to its regular subset: literals,
-            classes (``\\d \\w \\s`` are ASCII, as with ``re.ASCII``), ``.``, groups,
-            alternation, ``* + ? {m,n}`` (lazy variants behave like greedy ones), inline flags
-            ``(?i)``/``(?s)``, ``\\xNN``, ``\\uXXXX``, ``\\N{NAME}``. A leading ``^`` and a
-            trailing ``$`` are accepted and ignored.
+        pattern: a Python regular expression restricted to its regular subset, with Python
+            ``re``'s own semantics: literals, classes (``\\d \\w \\s`` are Unicode as in
+            ``re``, ASCII under ``(?a)``), ``.``, groups, alternation, ``* + ? {m,n}`` (lazy
+            variants behave like greedy ones under full match), inline and scoped flags
+            ``i s a u x m``, comments ``(?#...)``, ``\\0``/octal, ``\\xNN``, ``\\uXXXX``,
+            ``\\N{NAME}``. A leading ``^``/``\\A`` and a trailing ``$`` are accepted and ignored.
+        max_states: refuse (``ValueError`` naming the bound) when the character automaton
+            needs more states; checked while it is built, so it fails fast.
 
     Raises:
-        ValueError: invalid or unsupported syntax, with the position in the pattern.
+        ValueError: invalid or unsupported syntax, with the position in the pattern, or an
+            automaton over ``max_states``.
     """
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, max_states: int = _fa.DEFAULT_MAX_STATES):
+        validate(pattern)
         self.pattern = pattern
-        self._rewritten = preprocess(pattern)
-        self._fsm = compile_fsm(pattern, self._rewritten)
-        self._re = re.compile(self._rewritten, re.ASCII)
         self.name = f"regex({pattern!r})"
+        self.max_states = int(max_states)
+        self._dfa = _fa.compile_dfa(to_node(pattern), self.max_states, self.name)
+        self._re = re.compile(pattern)
 
     def _build_byte_dfa(self) -> A.ByteDFA:
-        return fsm_to_byte_dfa(self._fsm)
+        return _fa.to_byte_dfa(self._dfa)
 
     def check_bytes(self, data: bytes) -> bool:
         # Reference: Python's re on the decoded text; bytes that are not valid UTF-8 never match.
@@ -141,54 +156,76 @@ class Regex(ByteConstraint):
         return self._re.fullmatch(text) is not None
 
 
-def regex(pattern: str) -> Regex:
+def regex(pattern: str, max_states: int = _fa.DEFAULT_MAX_STATES) -> Regex:
     """The whole text matches ``pattern``; see :class:`Regex`."""
-    return Regex(pattern)
+    return Regex(pattern, max_states)
 
 
-class JsonSchema(Regex):
-    """The text is the canonical JSON serialisation of a document valid under ``schema``.
+class JsonSchema(ByteConstraint):
+    """The text is a JSON document valid under ``schema`` (JSON Schema draft 2020-12).
 
-    Canonical form: no whitespace except the separators (default ``", "`` between items and
-    ``": "`` after keys, i.e. ``json.dumps(doc)``), object members in the order of
-    ``properties``, objects closed (only declared properties). Supported keywords: ``type``
-    (one or a list), ``properties``, ``required``, ``additionalProperties: false``, ``enum``,
-    ``const``, ``anyOf``, ``items``, ``minItems``/``maxItems``, ``minLength``/``maxLength``,
-    ``pattern``; annotations (``title``, ``description``, ``$schema``, ``$id``, ``$comment``,
-    ``examples``, ``default``, ``deprecated``, ``readOnly``, ``writeOnly``) are ignored.
+    By default the text is the *canonical* serialisation: ``json.dumps(doc,
+    ensure_ascii=False)`` with the given separators, object members in schema order
+    (declared ``properties`` as listed, then other members), numbers without exponent.
+    With ``whitespace=True`` any JSON whitespace is accepted between tokens. The supported
+    keywords, and the few sound approximations, are listed in docs/constraints.md;
+    an unsupported keyword raises naming it.
 
     Args:
-        schema: a dict (or a JSON string) of the schema.
+        schema: a dict, a JSON string, or a Pydantic model class.
         separators: ``(item_sep, key_sep)`` as for ``json.dumps``, spaces around ``,``/``:`` only.
+        max_depth: free-form JSON values (``true`` schemas, schemas without ``type``, extra
+            members) and recursive ``$ref`` are expanded to this many nested arrays/objects.
+        max_states: refuse when an automaton needs more states (checked while building).
+        whitespace: accept any JSON whitespace around structural tokens.
 
     Raises:
-        ValueError: naming the first unsupported keyword and its location.
+        ValueError: naming the first unsupported keyword and its location, or the state bound.
     """
 
-    def __init__(self, schema: Any, separators: Sequence[str] = (", ", ": ")):
-        if isinstance(schema, str):
-            try:
-                schema = json.loads(schema)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"json_schema: the schema is not valid JSON: {e}") from None
+    def __init__(self, schema: Any, separators: Sequence[str] = (", ", ": "),
+                 max_depth: int = _js.DEFAULT_DEPTH, max_states: int = _fa.DEFAULT_MAX_STATES,
+                 whitespace: bool = False):
+        schema = _schema_of(schema)
         self.schema = schema
         self.separators = tuple(separators)
-        super().__init__(schema_to_regex(schema, self.separators))
+        self.whitespace = bool(whitespace)
         self.name = f"json_schema({json.dumps(schema)[:60]})"
+        self._dfa = _js.compile_schema(schema, self.separators, max_depth, max_states,
+                                       self.whitespace)
+
+    def _build_byte_dfa(self) -> A.ByteDFA:
+        return _fa.to_byte_dfa(self._dfa)
 
     def check_bytes(self, data: bytes) -> bool:
-        if not super().check_bytes(data):
-            return False
-        try:  # belt and braces: the canonical regex only admits parseable JSON
-            json.loads(data.decode("utf-8"))
+        try:
+            text = data.decode("utf-8")
+            json.loads(text)
         except ValueError:
             return False
-        return True
+        return self._dfa.accepts(text)
+
+    def canonical(self, doc: Any) -> str:
+        """``doc`` serialised in the form this constraint accepts (members in schema order)."""
+        return _js.canonical_text(_js.reorder(doc, self.schema), self.separators)
 
 
-def json_schema(schema: Any, separators: Sequence[str] = (", ", ": ")) -> JsonSchema:
-    """Canonical JSON valid under ``schema``; see :class:`JsonSchema`."""
-    return JsonSchema(schema, separators)
+def _schema_of(schema: Any) -> Any:
+    if isinstance(schema, str):
+        try:
+            return json.loads(schema)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"json_schema: the schema is not valid JSON: {e}") from None
+    if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
+        return schema.model_json_schema()  # a Pydantic v2 model class
+    return schema
+
+
+def json_schema(schema: Any, separators: Sequence[str] = (", ", ": "),
+                max_depth: int = _js.DEFAULT_DEPTH, max_states: int = _fa.DEFAULT_MAX_STATES,
+                whitespace: bool = False) -> JsonSchema:
+    """JSON valid under ``schema``; see :class:`JsonSchema`."""
+    return JsonSchema(schema, separators, max_depth, max_states, whitespace)
 
 
 # ---- word rules ---------------------------------------------------------------------------
@@ -645,6 +682,9 @@ class AllOf(Constraint):
 
     def check(self, text: str) -> bool:
         return all(p.check(text) for p in self.parts)
+
+    def accepts(self, text: str) -> bool:
+        return all(p.accepts(text) for p in self.parts)
 
     def check_ids(self, ids, vocab: Vocab) -> bool:
         return all(p.check_ids(ids, vocab) for p in self.parts)

@@ -223,7 +223,7 @@ def test_reference_checks_on_text():
         ("(a)\\1", 3, "backreference"),
         ("a**", 2, "multiple repeat"),
         ("\\p{L}", 0, "bad escape"),
-        ("(?m)a", 0, "inline flag"),
+        ("(a)(?(1)a|b)", 3, "conditional"),
         ("a\\Z", 1, "anchor"),
         ("a*+", 2, "possessive"),
     ],
