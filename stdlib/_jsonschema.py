@@ -556,6 +556,13 @@ class _Compiler:
                 values.extend(s["enum"]) if "const" not in s else None
                 if "const" in s:
                     values = [v for v in s["enum"] if _json_eq(v, s["const"])]
+            for v in values:
+                try:
+                    json.dumps(v, allow_nan=False)
+                except (TypeError, ValueError):
+                    raise _fail(path, f"enum/const value {v!r} is not a JSON value (NaN, "
+                                "infinities and non-JSON types cannot be generated as JSON)"
+                                ) from None
             by_slot = {t: [] for t in SLOTS}
             for v in values:
                 by_slot[_slot_of(v)].extend(self.literal_texts(v))
