@@ -397,7 +397,9 @@ SLOTS = ("null", "boolean", "number", "string", "array", "object")
 
 
 class _Compiler:
-    def __init__(self, root, seps, max_depth: int, max_states: int, whitespace: bool):
+    def __init__(self, root, seps, max_depth: int, max_states: int, whitespace: bool,
+                 any_order: bool = False):
+        self.any_order = any_order
         self.root = root
         self.item_sep, self.key_sep = seps
         self.max_depth = max_depth
@@ -833,12 +835,28 @@ class _Compiler:
         if len(track) > 10:
             raise _fail(path, "dependentRequired over more than 10 properties is not supported")
 
+        # Member order: the canonical order (declared members as listed, then the others) is
+        # a subset of the valid texts, right for a positive position. Under a negation (a
+        # superset is needed there) and with any_order, members may come in any order; then
+        # the automaton tracks which required (any_order: which declared) members were seen.
+        free = self.any_order or not pol
+        watch = set(range(n)) if (self.any_order and pol) else (req_idx | set(track))
+        if free and len(watch) > 12:
+            raise _fail(path, f"{len(watch)} tracked properties exceed 12 for any member order "
+                        "(2**k states)")
+
         def delta(q, a):
             i, c, seen = q
             kind, j = kinds[a]
             if hi is not None and c + 1 > hi:
                 return None
             c2 = min(c + 1, cap)
+            if free:
+                if kind == "decl":
+                    if self.any_order and pol and j in seen:
+                        return None  # each declared member at most once
+                    return (0, c2, seen | ({j} & watch))
+                return (0, c2, seen)
             if kind == "decl":
                 if j < i or any(r in req_idx for r in range(i, j)):
                     return None
@@ -850,7 +868,10 @@ class _Compiler:
 
         def accept(q):
             i, c, seen = q
-            if any(r in req_idx for r in range(i, n)):
+            if free:
+                if not req_idx <= seen:
+                    return False
+            elif any(r in req_idx for r in range(i, n)):
                 return False
             for a_, bs in dep_sets.items():
                 if a_ in seen and not bs <= seen:
@@ -914,7 +935,8 @@ def _accepts_text(d: F.CharDFA, text: str) -> bool:
 
 
 def compile_schema(schema: Any, separators=(", ", ": "), max_depth: int = DEFAULT_DEPTH,
-                   max_states: int = F.DEFAULT_MAX_STATES, whitespace: bool = False) -> F.CharDFA:
+                   max_states: int = F.DEFAULT_MAX_STATES, whitespace: bool = False,
+                   any_order: bool = False) -> F.CharDFA:
     """Character DFA of the accepted JSON texts (see the module docstring).
 
     Raises:
@@ -928,7 +950,7 @@ def compile_schema(schema: Any, separators=(", ", ": "), max_depth: int = DEFAUL
         raise ValueError(f"json_schema: item separator must be ',' padded with spaces, got {item_sep!r}")
     if not (isinstance(key_sep, str) and re.fullmatch(r" *: *", key_sep)):
         raise ValueError(f"json_schema: key separator must be ':' padded with spaces, got {key_sep!r}")
-    comp = _Compiler(schema, (item_sep, key_sep), max_depth, max_states, whitespace)
+    comp = _Compiler(schema, (item_sep, key_sep), max_depth, max_states, whitespace, any_order)
     slots = comp.compile(schema, "", max_depth, True)
     node = F.alt(*[slots[t] for t in SLOTS])
     if whitespace:
@@ -952,7 +974,9 @@ def reorder(doc: Any, schema: Any, root: Any = None, _depth: int = 0) -> Any:
             target = _Compiler.__new__(_Compiler)
             target.root, target.anchors = root, {}
             target._index(root, "")
-            schema = {**_Compiler.resolve(target, schema["$ref"], ""), **{k: v for k, v in schema.items() if k != "$ref"}}
+            resolved = _Compiler.resolve(target, schema["$ref"], "")
+            if isinstance(resolved, dict):
+                schema = {**resolved, **{k: v for k, v in schema.items() if k != "$ref"}}
         except ValueError:
             pass
     props = dict(schema.get("properties", {})) if isinstance(schema.get("properties"), dict) else {}
