@@ -394,6 +394,8 @@ def number_dfa(integer: bool, bounds: list, multiple: Decimal | None, max_states
 # ---- the compiler ------------------------------------------------------------------------
 
 SLOTS = ("null", "boolean", "number", "string", "array", "object")
+#: the universes (every value of a type to a depth) depend only on these options: shared
+_UNIVERSES: dict = {}
 
 
 class _Compiler:
@@ -454,8 +456,8 @@ class _Compiler:
         return F.lit(self.item_sep if ch == "," else self.key_sep)
 
     def universe(self, slot: str, d: int) -> F.Node:
-        key = (slot, d)
-        got = self._universe.get(key)
+        key = (slot, d, self.item_sep, self.key_sep, self.ws, self.max_states)
+        got = _UNIVERSES.get(key)
         if got is not None:
             return got
         if slot == "null":
@@ -475,7 +477,7 @@ class _Compiler:
             n = self.list_node("{", "}", [member], _loop, _yes, 0)
         if n.op != "empty":
             n = F.from_dfa(F.compile_dfa(n, self.max_states, "json_schema"))
-        self._universe[key] = n
+        _UNIVERSES[key] = n
         return n
 
     def value_universe(self, d: int) -> F.Node:
@@ -560,9 +562,9 @@ class _Compiler:
                     values = [v for v in s["enum"] if _json_eq(v, s["const"])]
             by_slot = {t: [] for t in SLOTS}
             for v in values:
-                by_slot[_slot_of(v)].extend(self.literal_texts(v))
+                by_slot[_slot_of(v)].append(self.literal_node(v, path))
             for t in SLOTS:
-                narrow(t, F.alt(*[F.lit(x) for x in dict.fromkeys(by_slot[t])]))
+                narrow(t, F.alt(*by_slot[t]), inside=False)
         for kw, op in (("allOf", "all"), ("anyOf", "any"), ("oneOf", "one")):
             if kw in s:
                 subs = s[kw]
@@ -618,16 +620,53 @@ class _Compiler:
             narrow("object", self.object_node(s, path, d, pol))
         return {t: (self.universe(t, d) if n is None else n) for t, n in slots.items()}
 
-    def literal_texts(self, v) -> list[str]:
-        seps = (self.item_sep, self.key_sep)
-        if isinstance(v, float) and v.is_integer() and abs(v) < 1e16:
-            return [str(int(v)), f"{int(v)}.0"]
-        if isinstance(v, int) and not isinstance(v, bool):
-            return [str(v), f"{v}.0"]
-        if isinstance(v, (dict, list)) and self.ws:
-            raise SchemaError("json_schema: object/array enum values with whitespace=True are "
-                              "not supported")
-        return [canonical_text(v, seps)]
+    def literal_node(self, v, path: str) -> F.Node:
+        """Every text of the universe that denotes the JSON value ``v`` (equal numbers in
+        any spelling without exponent, strings with any escapes, object members in any
+        order), so that ``enum``/``const`` stay exact under a negation too."""
+        if v is None:
+            return F.lit("null")
+        if isinstance(v, bool):
+            return F.lit("true" if v else "false")
+        if isinstance(v, (int, float)):
+            try:
+                dv = _dec(v)
+            except ValueError:
+                return F.EMPTY
+            ip, _, fp = f"{abs(dv):f}".partition(".")
+            ip = ip.lstrip("0") or "0"
+            fp = fp.rstrip("0")
+            frac = F.cat(F.lit("." + fp), F.star(F.lit("0"))) if fp else \
+                F.opt(F.cat(F.lit("."), F.plus(F.lit("0"))))
+            body = F.cat(F.lit(ip), frac)
+            if dv == 0:
+                return F.cat(F.opt(F.lit("-")), body)
+            return F.cat(F.lit("-"), body) if dv < 0 else body
+        if isinstance(v, str):
+            return encode_string(F.compile_dfa(F.lit(v), self.max_states, "json_schema enum"))
+        ws = _ws_node(self.ws)
+        if isinstance(v, list):
+            parts = [F.lit("["), ws]
+            for k, x in enumerate(v):
+                if k:
+                    parts.append(self.sep(","))
+                parts.append(self.literal_node(x, path))
+            return F.cat(*parts, ws, F.lit("]"))
+        items = list(v.items())
+        if len(items) > 6:
+            raise _fail(path, f"an enum/const object with {len(items)} members (more than 6) "
+                        "is not supported")
+        import itertools
+
+        orders = []
+        for perm in itertools.permutations(items):
+            parts = [F.lit("{"), ws]
+            for k, (key, x) in enumerate(perm):
+                if k:
+                    parts.append(self.sep(","))
+                parts += [self.literal_node(key, path), self.sep(":"), self.literal_node(x, path)]
+            orders.append(F.cat(*parts, ws, F.lit("}")))
+        return F.alt(*orders)
 
     def number_keywords(self, s, path, pol):
         bounds = []

@@ -147,6 +147,11 @@ class Regex(ByteConstraint):
     def _build_byte_dfa(self) -> A.ByteDFA:
         return _fa.to_byte_dfa(self._dfa)
 
+    def accepts(self, text: str) -> bool:
+        # The character automaton: the byte automaton is its exact UTF-8 expansion (tested
+        # against it), and reading characters needs no expansion.
+        return self._dfa.accepts(text)
+
     def check_bytes(self, data: bytes) -> bool:
         # Reference: Python's re on the decoded text; bytes that are not valid UTF-8 never match.
         try:
@@ -200,6 +205,11 @@ class JsonSchema(ByteConstraint):
 
     def _build_byte_dfa(self) -> A.ByteDFA:
         return _fa.to_byte_dfa(self._dfa)
+
+    def accepts(self, text: str) -> bool:
+        # The character automaton: the byte automaton is its exact UTF-8 expansion (tested
+        # against it), and reading characters needs no expansion.
+        return self._dfa.accepts(text)
 
     def check_bytes(self, data: bytes) -> bool:
         try:
