@@ -123,14 +123,51 @@ def run_ours(groups: list[dict]) -> list[dict]:
 
 
 def run_llguidance(groups: list[dict]) -> list[dict] | str:
-    """llguidance on the same tests (its validator over the same canonical text), or why not."""
+    """llguidance on the same tests and the same texts (a byte-level tokenizer: one token per
+    byte, so the check is of the grammar, not of tokenization), or why it could not run."""
     try:
-        import llguidance  # noqa: F401
-        from llguidance import LLMatcher
+        import llguidance
+        from llguidance import LLMatcher, LLTokenizer, TokenizerWrapper
     except Exception as e:  # not installed: say so in the report
         return f"llguidance not importable: {type(e).__name__}: {e}"
-    return f"llguidance {getattr(llguidance, '__version__', '?')} importable but not wired: " \
-           "it needs a tokenizer for LLMatcher"
+    from ppl.stdlib import _jsonschema as J
+
+    class _Bytes:
+        eos_token_id = 256
+        bos_token_id = None
+        tokens = [bytes([i]) for i in range(256)] + [b"<eos>"]
+        special_token_ids = [256]
+
+        def __call__(self, data):
+            return list(data if isinstance(data, bytes) else data.encode())
+
+    tok = LLTokenizer(TokenizerWrapper(_Bytes()))
+    opts = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
+    rows = []
+    for g in groups:
+        t0 = time.perf_counter()
+        err = None
+        try:
+            grammar = LLMatcher.grammar_from_json_schema(g["schema"], defaults=opts)
+            is_error, msgs = LLMatcher.validate_grammar_with_warnings(grammar, tok)
+            if is_error:
+                err = str(msgs)[:160]
+        except Exception as e:
+            err = f"{type(e).__name__}: {str(e)[:160]}"
+        build = time.perf_counter() - t0
+        for t in g["tests"]:
+            if err:
+                cat = "compile_error_valid" if t["valid"] else "compile_error"
+            else:
+                m = LLMatcher(tok, grammar)
+                text = J.canonical_text(J.reorder(t["data"], g["schema"]))
+                acc = m.consume_tokens(list(text.encode())) and m.is_accepting() and not m.is_error()
+                cat = ("pass" if acc else "false_negative") if t["valid"] else \
+                      ("false_positive" if acc else "pass")
+            rows.append({"file": g["file"], "group": g["description"], "test": t["description"],
+                         "valid": t["valid"], "category": cat, "error": err,
+                         "build_s": round(build, 4)})
+    return rows
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -162,7 +199,22 @@ def main(argv=None):
            "false_positives": [r for r in rows if r["category"] == "false_positive"]}
     if args.others:
         other = run_llguidance(groups)
-        out["llguidance"] = other if isinstance(other, str) else summarize(other)
+        import importlib.metadata as md
+
+        try:
+            ver = md.version("llguidance")
+        except md.PackageNotFoundError:
+            ver = "?"
+        out["llguidance"] = other if isinstance(other, str) else {
+            "version": ver, **summarize(other),
+            "false_positives": [r for r in other if r["category"] == "false_positive"]}
+        if not isinstance(other, str):
+            print("llguidance", ver, json.dumps(out["llguidance"]["total"]))
+        try:
+            import xgrammar  # noqa: F401
+            out["xgrammar"] = "importable but not wired"
+        except Exception as e:
+            out["xgrammar"] = f"not run: {type(e).__name__}: {e}"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     if args.baseline:
