@@ -28,7 +28,9 @@ class SteerProgram(Program):
     e.g. an instruct model's end-of-turn token and its end-of-text token).
 
     Device constraints (token automata) are enforced with the LM masked to the tokens that
-    keep the text acceptable as the proposal; the weight increment is the log mass the
+    keep the text acceptable as the proposal (several are first combined into one pruned
+    product automaton, as ``all_of`` does, so the mask already excludes tokens after which
+    their conjunction cannot be completed); the weight increment is the log mass the
     mask kept, ``log Σ_{y allowed} p(y | x_<t)``, which makes the result exact. Python
     predicates and potentials run on the host when a particle finishes. Twist potentials
     ``g`` are applied as ``twist(g(text so far))`` at every unit boundary (every token by
@@ -63,6 +65,12 @@ class SteerProgram(Program):
             else:
                 raise TypeError(f"constraint {c!r} is not a kind steer() accepts; give one of: "
                                 + "; ".join(KINDS) + ".")
+        if len(self.automata) > 1:
+            # One co-accessible product instead of separate masks: no particle walks into a
+            # token each automaton allows but their conjunction cannot complete.
+            from ppl.stdlib._automata import combine
+
+            self.automata = combine(self.automata, lm.vocab)
         if len(self.host) > 1:
             raise ValueError("steer() supports one grammar constraint at a time; combine the "
                              "grammars into one.")

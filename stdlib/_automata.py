@@ -444,3 +444,39 @@ def product(
         table, acc, start = prune(new_table, new_acc, 1, vocab, name, columns)
     return table, acc, start, columns
 
+
+
+_COMBINED: dict = {}
+
+
+def combine(automata: Sequence[TokenAutomaton], vocab: Vocab, max_states: int = 20_000
+            ) -> list[TokenAutomaton]:
+    """Several token automata as one co-accessible product (what ``all_of`` builds).
+
+    Masking with each automaton separately lets a particle take a token every automaton
+    allows on its own but after which their conjunction can no longer be satisfied (it then
+    dies); the pruned product removes those tokens, and its ``min_steps`` is the joint
+    distance to acceptance. Returns ``[product]``, or the automata unchanged when there are
+    fewer than two, when one was built inside a trace (no host tables), or when the product
+    would exceed ``max_states`` (separate masks are still exact, only wasteful).
+    """
+    auts = list(automata)
+    if len(auts) < 2 or any(a.digest is None for a in auts):
+        return auts
+    key = (tuple(a.__fingerprint__() for a in auts), id(vocab), vocab.size)
+    got = _COMBINED.get(key)
+    if got is not None and got[0]() is vocab:
+        return [got[1]]
+    name = "all_of(" + ", ".join(a.name for a in auts) + ")"
+    try:
+        table, acc, start, columns = product(auts, vocab, name, max_states)
+        out = to_automaton(table, acc, start, vocab, name, columns)
+    except ValueError:
+        return auts
+    ids = tuple(dict.fromkeys(i for a in auts for i in a.eos_token_ids))
+    if ids != out.eos_token_ids:
+        object.__setattr__(out, "eos_token_ids", ids)
+    if len(_COMBINED) > 32:
+        _COMBINED.clear()
+    _COMBINED[key] = (weakref.ref(vocab), out)
+    return [out]

@@ -394,10 +394,14 @@ def number_dfa(integer: bool, bounds: list, multiple: Decimal | None, max_states
 # ---- the compiler ------------------------------------------------------------------------
 
 SLOTS = ("null", "boolean", "number", "string", "array", "object")
+#: the universes (every value of a type to a depth) depend only on these options: shared
+_UNIVERSES: dict = {}
 
 
 class _Compiler:
-    def __init__(self, root, seps, max_depth: int, max_states: int, whitespace: bool):
+    def __init__(self, root, seps, max_depth: int, max_states: int, whitespace: bool,
+                 any_order: bool = False):
+        self.any_order = any_order
         self.root = root
         self.item_sep, self.key_sep = seps
         self.max_depth = max_depth
@@ -452,8 +456,8 @@ class _Compiler:
         return F.lit(self.item_sep if ch == "," else self.key_sep)
 
     def universe(self, slot: str, d: int) -> F.Node:
-        key = (slot, d)
-        got = self._universe.get(key)
+        key = (slot, d, self.item_sep, self.key_sep, self.ws, self.max_states)
+        got = _UNIVERSES.get(key)
         if got is not None:
             return got
         if slot == "null":
@@ -473,7 +477,7 @@ class _Compiler:
             n = self.list_node("{", "}", [member], _loop, _yes, 0)
         if n.op != "empty":
             n = F.from_dfa(F.compile_dfa(n, self.max_states, "json_schema"))
-        self._universe[key] = n
+        _UNIVERSES[key] = n
         return n
 
     def value_universe(self, d: int) -> F.Node:
@@ -565,9 +569,9 @@ class _Compiler:
                                 ) from None
             by_slot = {t: [] for t in SLOTS}
             for v in values:
-                by_slot[_slot_of(v)].extend(self.literal_texts(v))
+                by_slot[_slot_of(v)].append(self.literal_node(v, path))
             for t in SLOTS:
-                narrow(t, F.alt(*[F.lit(x) for x in dict.fromkeys(by_slot[t])]))
+                narrow(t, F.alt(*by_slot[t]), inside=False)
         for kw, op in (("allOf", "all"), ("anyOf", "any"), ("oneOf", "one")):
             if kw in s:
                 subs = s[kw]
@@ -623,16 +627,53 @@ class _Compiler:
             narrow("object", self.object_node(s, path, d, pol))
         return {t: (self.universe(t, d) if n is None else n) for t, n in slots.items()}
 
-    def literal_texts(self, v) -> list[str]:
-        seps = (self.item_sep, self.key_sep)
-        if isinstance(v, float) and v.is_integer() and abs(v) < 1e16:
-            return [str(int(v)), f"{int(v)}.0"]
-        if isinstance(v, int) and not isinstance(v, bool):
-            return [str(v), f"{v}.0"]
-        if isinstance(v, (dict, list)) and self.ws:
-            raise SchemaError("json_schema: object/array enum values with whitespace=True are "
-                              "not supported")
-        return [canonical_text(v, seps)]
+    def literal_node(self, v, path: str) -> F.Node:
+        """Every text of the universe that denotes the JSON value ``v`` (equal numbers in
+        any spelling without exponent, strings with any escapes, object members in any
+        order), so that ``enum``/``const`` stay exact under a negation too."""
+        if v is None:
+            return F.lit("null")
+        if isinstance(v, bool):
+            return F.lit("true" if v else "false")
+        if isinstance(v, (int, float)):
+            try:
+                dv = _dec(v)
+            except ValueError:
+                return F.EMPTY
+            ip, _, fp = f"{abs(dv):f}".partition(".")
+            ip = ip.lstrip("0") or "0"
+            fp = fp.rstrip("0")
+            frac = F.cat(F.lit("." + fp), F.star(F.lit("0"))) if fp else \
+                F.opt(F.cat(F.lit("."), F.plus(F.lit("0"))))
+            body = F.cat(F.lit(ip), frac)
+            if dv == 0:
+                return F.cat(F.opt(F.lit("-")), body)
+            return F.cat(F.lit("-"), body) if dv < 0 else body
+        if isinstance(v, str):
+            return encode_string(F.compile_dfa(F.lit(v), self.max_states, "json_schema enum"))
+        ws = _ws_node(self.ws)
+        if isinstance(v, list):
+            parts = [F.lit("["), ws]
+            for k, x in enumerate(v):
+                if k:
+                    parts.append(self.sep(","))
+                parts.append(self.literal_node(x, path))
+            return F.cat(*parts, ws, F.lit("]"))
+        items = list(v.items())
+        if len(items) > 6:
+            raise _fail(path, f"an enum/const object with {len(items)} members (more than 6) "
+                        "is not supported")
+        import itertools
+
+        orders = []
+        for perm in itertools.permutations(items):
+            parts = [F.lit("{"), ws]
+            for k, (key, x) in enumerate(perm):
+                if k:
+                    parts.append(self.sep(","))
+                parts += [self.literal_node(key, path), self.sep(":"), self.literal_node(x, path)]
+            orders.append(F.cat(*parts, ws, F.lit("}")))
+        return F.alt(*orders)
 
     def number_keywords(self, s, path, pol):
         bounds = []
@@ -840,12 +881,28 @@ class _Compiler:
         if len(track) > 10:
             raise _fail(path, "dependentRequired over more than 10 properties is not supported")
 
+        # Member order: the canonical order (declared members as listed, then the others) is
+        # a subset of the valid texts, right for a positive position. Under a negation (a
+        # superset is needed there) and with any_order, members may come in any order; then
+        # the automaton tracks which required (any_order: which declared) members were seen.
+        free = self.any_order or not pol
+        watch = set(range(n)) if (self.any_order and pol) else (req_idx | set(track))
+        if free and len(watch) > 12:
+            raise _fail(path, f"{len(watch)} tracked properties exceed 12 for any member order "
+                        "(2**k states)")
+
         def delta(q, a):
             i, c, seen = q
             kind, j = kinds[a]
             if hi is not None and c + 1 > hi:
                 return None
             c2 = min(c + 1, cap)
+            if free:
+                if kind == "decl":
+                    if self.any_order and pol and j in seen:
+                        return None  # each declared member at most once
+                    return (0, c2, seen | ({j} & watch))
+                return (0, c2, seen)
             if kind == "decl":
                 if j < i or any(r in req_idx for r in range(i, j)):
                     return None
@@ -857,7 +914,10 @@ class _Compiler:
 
         def accept(q):
             i, c, seen = q
-            if any(r in req_idx for r in range(i, n)):
+            if free:
+                if not req_idx <= seen:
+                    return False
+            elif any(r in req_idx for r in range(i, n)):
                 return False
             for a_, bs in dep_sets.items():
                 if a_ in seen and not bs <= seen:
@@ -921,7 +981,8 @@ def _accepts_text(d: F.CharDFA, text: str) -> bool:
 
 
 def compile_schema(schema: Any, separators=(", ", ": "), max_depth: int = DEFAULT_DEPTH,
-                   max_states: int = F.DEFAULT_MAX_STATES, whitespace: bool = False) -> F.CharDFA:
+                   max_states: int = F.DEFAULT_MAX_STATES, whitespace: bool = False,
+                   any_order: bool = False) -> F.CharDFA:
     """Character DFA of the accepted JSON texts (see the module docstring).
 
     Raises:
@@ -935,7 +996,7 @@ def compile_schema(schema: Any, separators=(", ", ": "), max_depth: int = DEFAUL
         raise ValueError(f"json_schema: item separator must be ',' padded with spaces, got {item_sep!r}")
     if not (isinstance(key_sep, str) and re.fullmatch(r" *: *", key_sep)):
         raise ValueError(f"json_schema: key separator must be ':' padded with spaces, got {key_sep!r}")
-    comp = _Compiler(schema, (item_sep, key_sep), max_depth, max_states, whitespace)
+    comp = _Compiler(schema, (item_sep, key_sep), max_depth, max_states, whitespace, any_order)
     slots = comp.compile(schema, "", max_depth, True)
     node = F.alt(*[slots[t] for t in SLOTS])
     if whitespace:
@@ -959,7 +1020,9 @@ def reorder(doc: Any, schema: Any, root: Any = None, _depth: int = 0) -> Any:
             target = _Compiler.__new__(_Compiler)
             target.root, target.anchors = root, {}
             target._index(root, "")
-            schema = {**_Compiler.resolve(target, schema["$ref"], ""), **{k: v for k, v in schema.items() if k != "$ref"}}
+            resolved = _Compiler.resolve(target, schema["$ref"], "")
+            if isinstance(resolved, dict):
+                schema = {**resolved, **{k: v for k, v in schema.items() if k != "$ref"}}
         except ValueError:
             pass
     props = dict(schema.get("properties", {})) if isinstance(schema.get("properties"), dict) else {}

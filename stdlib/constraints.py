@@ -147,6 +147,11 @@ class Regex(ByteConstraint):
     def _build_byte_dfa(self) -> A.ByteDFA:
         return _fa.to_byte_dfa(self._dfa)
 
+    def accepts(self, text: str) -> bool:
+        # The character automaton: the byte automaton is its exact UTF-8 expansion (tested
+        # against it), and reading characters needs no expansion.
+        return self._dfa.accepts(text)
+
     def check_bytes(self, data: bytes) -> bool:
         # Reference: Python's re on the decoded text; bytes that are not valid UTF-8 never match.
         try:
@@ -178,6 +183,9 @@ class JsonSchema(ByteConstraint):
             members) and recursive ``$ref`` are expanded to this many nested arrays/objects.
         max_states: refuse when an automaton needs more states (checked while building).
         whitespace: accept any JSON whitespace around structural tokens.
+        any_order: accept object members in any order (each declared one at most once; at
+            most 12 declared properties per object). With ``whitespace=True`` this accepts
+            what a validator accepts, up to the approximations listed in docs/constraints.md.
 
     Raises:
         ValueError: naming the first unsupported keyword and its location, or the state bound.
@@ -185,17 +193,23 @@ class JsonSchema(ByteConstraint):
 
     def __init__(self, schema: Any, separators: Sequence[str] = (", ", ": "),
                  max_depth: int = _js.DEFAULT_DEPTH, max_states: int = _fa.DEFAULT_MAX_STATES,
-                 whitespace: bool = False):
+                 whitespace: bool = False, any_order: bool = False):
         schema = _schema_of(schema)
         self.schema = schema
         self.separators = tuple(separators)
         self.whitespace = bool(whitespace)
         self.name = f"json_schema({json.dumps(schema)[:60]})"
+        self.any_order = bool(any_order)
         self._dfa = _js.compile_schema(schema, self.separators, max_depth, max_states,
-                                       self.whitespace)
+                                       self.whitespace, self.any_order)
 
     def _build_byte_dfa(self) -> A.ByteDFA:
         return _fa.to_byte_dfa(self._dfa)
+
+    def accepts(self, text: str) -> bool:
+        # The character automaton: the byte automaton is its exact UTF-8 expansion (tested
+        # against it), and reading characters needs no expansion.
+        return self._dfa.accepts(text)
 
     def check_bytes(self, data: bytes) -> bool:
         try:
@@ -223,9 +237,9 @@ def _schema_of(schema: Any) -> Any:
 
 def json_schema(schema: Any, separators: Sequence[str] = (", ", ": "),
                 max_depth: int = _js.DEFAULT_DEPTH, max_states: int = _fa.DEFAULT_MAX_STATES,
-                whitespace: bool = False) -> JsonSchema:
+                whitespace: bool = False, any_order: bool = False) -> JsonSchema:
     """JSON valid under ``schema``; see :class:`JsonSchema`."""
-    return JsonSchema(schema, separators, max_depth, max_states, whitespace)
+    return JsonSchema(schema, separators, max_depth, max_states, whitespace, any_order)
 
 
 # ---- word rules ---------------------------------------------------------------------------
