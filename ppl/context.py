@@ -107,6 +107,7 @@ class Context:
         self._decode_fn = decode_fn
         self._handler = handler if handler is not None else Plain()
         self.proposal_logits = None  # normalised log q'(.) of this step's LM token draw
+        self._empty_code = None  # cause code of an empty draw this step, if one was possible
         if logprobs is None:
             self.lms: Sequence[LMView] = [LMView(self, 0, None)]
         else:
@@ -146,7 +147,9 @@ class Context:
                 self.logw = self.logw + d.log_weight
             if d.dead is not None:
                 self.done = self.done | d.dead
-                self._record_cause(d.dead, EMPTY_CAUSE)
+                # A condition failing in the same step names the cause better (a constraint
+                # whose mask left nothing): it replaces this one (see condition()).
+                self._empty_code = self._record_cause(d.dead, EMPTY_CAUSE)
         else:
             if self._handler.token_only:
                 raise ProgramError(self._handler.refusal(dist))
@@ -187,7 +190,10 @@ class Context:
         _check_scalar("ctx.condition()", ok, "the predicate (reduce a vector first, e.g. jnp.all(b))")
         self.logw = jnp.where(ok, self.logw, -jnp.inf)
         code = self._cause_code(name)
-        self.cause = jnp.where((~ok) & (self.cause < 0), code, self.cause)
+        free = self.cause < 0
+        if self._empty_code is not None:
+            free = free | (self.cause == self._empty_code)
+        self.cause = jnp.where((~ok) & free, code, self.cause)
         self.done = self.done | ~ok
 
     def twist(self, log_weight, name: str | None = None):
@@ -243,9 +249,10 @@ class Context:
         return host_map(row, jax.ShapeDtypeStruct((), np.dtype(dtype)), tokens, length)
 
     # ---- internals -----------------------------------------------------------------------
-    def _record_cause(self, bad, name: str) -> None:
+    def _record_cause(self, bad, name: str) -> int:
         code = self._cause_code(name)
         self.cause = jnp.where(bad & (self.cause < 0), code, self.cause)
+        return code
 
     def _guard(self, what: str, w, name: str | None):
         """``w`` with NaN/+inf turned into a dead particle whose cause names the culprit."""
