@@ -20,10 +20,9 @@ Everything here is traced: one particle is written, the backend vmaps it over pa
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
-
 import math
 import numbers
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -354,14 +353,17 @@ def _check_host_value(fn, value, kind: np.dtype, text: str):
     name = _fn_name(fn)
     shown = text if len(text) <= 60 else text[:57] + "..."
     if kind == np.bool_:
+        if getattr(value, "shape", None) == () and getattr(value, "dtype", None) == np.bool_:
+            value = bool(np.asarray(value))  # a 0-d NumPy or JAX bool
         ok = isinstance(value, (bool, np.bool_)) or (
             isinstance(value, numbers.Integral) and value in (0, 1))
         if not ok:
             raise TypeError(f"{name!r} returned {value!r} ({type(value).__name__}) for the text "
                             f"{shown!r}; a predicate must return True or False.")
         return bool(value)
-    if isinstance(value, np.ndarray) and value.shape == ():
-        value = value[()]
+    if getattr(value, "shape", None) == () and hasattr(value, "dtype") and np.issubdtype(
+            np.dtype(value.dtype), np.number):  # a 0-d NumPy or JAX array
+        value = np.asarray(value)[()]
     if isinstance(value, (str, bytes)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name!r} returned {value!r} ({type(value).__name__}) for the text "
                         f"{shown!r}; it must return a number (a Python or NumPy scalar). "

@@ -308,3 +308,13 @@ def test_a_failed_condition_names_the_cause_before_an_empty_draw():
 
     with pytest.raises(ppl.InferenceError, match=r"'my rule' \(4 of 4\)"):
         ppl.infer(Rule(LM), method="is", particles=4)
+
+
+def test_potentials_accept_numpy_and_jax_scalars():
+    from ppl.stdlib.base import Potential
+
+    for value in (1.5, np.float32(1.5), np.array(1.5), jnp.float32(1.5)):
+        assert Potential(lambda text, v=value: v)("x") == 1.5
+    for value in ("1.5", None, [1.5], np.ones(2)):
+        with pytest.raises(TypeError, match="must return a number"):
+            Potential(lambda text, v=value: v)("x")
