@@ -13,6 +13,7 @@ keeps the state's structure, shapes and dtypes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import linecache
 import os
 import traceback
@@ -26,6 +27,7 @@ from ppl.errors import ProgramError
 __all__ = ["check_program", "translating", "user_location"]
 
 
+@functools.lru_cache(maxsize=1)
 def _library_dirs() -> tuple[str, ...]:
     import ppl
     import ppl.inference

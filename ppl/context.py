@@ -23,10 +23,9 @@ Everything here is traced: one particle is written, the backend vmaps it over pa
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
-
 import math
 import numbers
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -111,6 +110,7 @@ class Context:
         self._decode_fn = decode_fn
         self._handler = handler if handler is not None else Plain()
         self.proposal_logits = None  # normalised log q'(.) of this step's LM token draw
+        self._empty_code = None  # cause code of an empty draw this step, if one was possible
         if logprobs is None:
             self.lms: Sequence[LMView] = [LMView(self, 0, None)]
         else:
@@ -150,7 +150,9 @@ class Context:
                 self.logw = self.logw + d.log_weight
             if d.dead is not None:
                 self.done = self.done | d.dead
-                self._record_cause(d.dead, EMPTY_CAUSE)
+                # A condition failing in the same step names the cause better (a constraint
+                # whose mask left nothing): it replaces this one (see condition()).
+                self._empty_code = self._record_cause(d.dead, EMPTY_CAUSE)
         else:
             if self._handler.token_only:
                 raise ProgramError(self._handler.refusal(dist))
@@ -191,7 +193,10 @@ class Context:
         _check_scalar("ctx.condition()", ok, "the predicate (reduce a vector first, e.g. jnp.all(b))")
         self.logw = jnp.where(ok, self.logw, -jnp.inf)
         code = self._cause_code(name)
-        self.cause = jnp.where((~ok) & (self.cause < 0), code, self.cause)
+        free = self.cause < 0
+        if self._empty_code is not None:
+            free = free | (self.cause == self._empty_code)
+        self.cause = jnp.where((~ok) & free, code, self.cause)
         self.done = self.done | ~ok
 
     def twist(self, log_weight, name: str | None = None):
@@ -259,9 +264,10 @@ class Context:
         return host_map(row, jax.ShapeDtypeStruct((), np.dtype(dtype)), tokens, length)
 
     # ---- internals -----------------------------------------------------------------------
-    def _record_cause(self, bad, name: str) -> None:
+    def _record_cause(self, bad, name: str) -> int:
         code = self._cause_code(name)
         self.cause = jnp.where(bad & (self.cause < 0), code, self.cause)
+        return code
 
     def _guard(self, what: str, w, name: str | None):
         """``w`` with NaN/+inf turned into a dead particle whose cause names the culprit."""
@@ -363,14 +369,17 @@ def _check_host_value(fn, value, kind: np.dtype, text: str):
     name = _fn_name(fn)
     shown = text if len(text) <= 60 else text[:57] + "..."
     if kind == np.bool_:
+        if getattr(value, "shape", None) == () and getattr(value, "dtype", None) == np.bool_:
+            value = bool(np.asarray(value))  # a 0-d NumPy or JAX bool
         ok = isinstance(value, (bool, np.bool_)) or (
             isinstance(value, numbers.Integral) and value in (0, 1))
         if not ok:
             raise TypeError(f"{name!r} returned {value!r} ({type(value).__name__}) for the text "
                             f"{shown!r}; a predicate must return True or False.")
         return bool(value)
-    if isinstance(value, np.ndarray) and value.shape == ():
-        value = value[()]
+    if getattr(value, "shape", None) == () and hasattr(value, "dtype") and np.issubdtype(
+            np.dtype(value.dtype), np.number):  # a 0-d NumPy or JAX array
+        value = np.asarray(value)[()]
     if isinstance(value, (str, bytes)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name!r} returned {value!r} ({type(value).__name__}) for the text "
                         f"{shown!r}; it must return a number (a Python or NumPy scalar). "

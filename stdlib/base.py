@@ -348,8 +348,9 @@ class Potential:
 
     def __call__(self, text: str) -> float:
         value = self.fn(text)
-        if isinstance(value, np.ndarray) and value.shape == ():
-            value = value[()]
+        if getattr(value, "shape", None) == () and hasattr(value, "dtype") and np.issubdtype(
+                np.dtype(value.dtype), np.number):  # a 0-d NumPy or JAX array
+            value = np.asarray(value)[()]
         if isinstance(value, (str, bytes)) or not isinstance(value, numbers.Real):
             raise TypeError(f"potential {self.name!r} returned {value!r} "
                             f"({type(value).__name__}) for the text {text[:60]!r}; it must "

@@ -294,3 +294,27 @@ def test_an_exception_in_a_progress_callback_is_raised_as_itself():
 
     with pytest.raises(Boom, match="from the callback"):
         ppl.infer(ppl.steer(LM, "", max_tokens=2), particles=2, progress=progress)
+
+
+def test_a_failed_condition_names_the_cause_before_an_empty_draw():
+    class Rule(ppl.Program):
+        max_tokens = 2
+
+        def step(self, ctx, s):
+            p = ctx.lm.next_token()
+            ctx.sample(p, proposal=p.mask(jnp.zeros(self.lm.vocab_size, bool)))
+            ctx.condition(False, name="my rule")
+            return s
+
+    with pytest.raises(ppl.InferenceError, match=r"'my rule' \(4 of 4\)"):
+        ppl.infer(Rule(LM), method="is", particles=4)
+
+
+def test_potentials_accept_numpy_and_jax_scalars():
+    from ppl.stdlib.base import Potential
+
+    for value in (1.5, np.float32(1.5), np.array(1.5), jnp.float32(1.5)):
+        assert Potential(lambda text, v=value: v)("x") == 1.5
+    for value in ("1.5", None, [1.5], np.ones(2)):
+        with pytest.raises(TypeError, match="must return a number"):
+            Potential(lambda text, v=value: v)("x")
