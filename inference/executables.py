@@ -2,7 +2,7 @@
 
 A compiled run is specialised on the program's Python attributes (its tables, constraints,
 temperature, host functions), the model, the prompt and budget, the backend and its options,
-the run's configuration and the shapes of its inputs. :func:`program_key` fingerprints the
+the run's configuration and the shapes of its inputs. `program_key` fingerprints the
 program so that changing any attribute after a run (``p.temperature = 0.05``) gives a new
 executable instead of a stale one; two program objects with equal fingerprints (e.g. two
 ``ppl.steer`` calls with the same arguments) share one.

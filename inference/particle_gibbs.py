@@ -5,7 +5,7 @@ Each MCMC step runs a *conditional* SMC sweep (CSMC) with ``N`` particles in whi
 is the retained reference sequence ``x'``:
 
 * particle 0's token at every step is forced to ``x'_t`` (the ``force`` hook of
-  :class:`~ppl.Context`); its weight increment is computed exactly as the program computes
+  [Context][ppl.Context]); its weight increment is computed exactly as the program computes
   any particle's, ``log p(x'_t | x'_<t) - log q(x'_t | x'_<t) + factors + twist changes``;
 * at each resampling (ESS-triggered as in SMC; the decision is a symmetric function of all
   weights, which keeps the kernel valid), particles ``1..N-1`` draw their ancestors i.i.d.
@@ -42,7 +42,7 @@ holds a second copy of the KV cache. Pass ``ancestor_sampling=False`` for plain 
 that is too slow (it is exact too, but mixes the early tokens slowly).
 
 Requirements: the program's only random choices are LM tokens (a latent sampled in ``init``
-or ``step`` could not be replayed; this raises :class:`~ppl.ProgramError`), and weights are a
+or ``step`` could not be replayed; this raises [ProgramError][ppl.ProgramError]), and weights are a
 deterministic function of the tokens (no use of ``ctx.key()`` that changes weights).
 
 Evidence: conditional sweeps' ``Z_hat`` are *not* unbiased (they contain the reference), so

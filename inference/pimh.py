@@ -1,7 +1,7 @@
 """Particle independent Metropolis–Hastings (PIMH; Andrieu, Doucet & Holenstein 2010).
 
 Every MCMC step runs a fresh, independent SMC sweep with ``N`` particles (the SMC kernel of
-:mod:`ppl.inference.smc`, so resampling scheme, ESS threshold and proposal bias all apply),
+[ppl.inference.smc][], so resampling scheme, ESS threshold and proposal bias all apply),
 draws one candidate ``x*`` from the sweep's final normalised weights and accepts it with
 probability::
 

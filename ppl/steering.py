@@ -17,7 +17,7 @@ __all__ = ["SteerProgram", "steer"]
 
 
 class SteerProgram(Program):
-    """The program :func:`steer` builds: LM prior x hard constraints x potentials.
+    """The program `steer` builds: LM prior x hard constraints x potentials.
 
     Target over token sequences ``x`` (ending at EOS, which is not part of the text, or at
     ``max_tokens`` tokens)::
@@ -302,7 +302,7 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
             on device) and/or Python callables ``str -> bool`` (checked when a particle
             finishes).
         potentials: soft rules ``str -> float`` (log-weights) applied to the finished text, or
-            :class:`ppl.stdlib.potentials.Potential` objects (``when="twist"`` ones act as
+            [ppl.stdlib.potentials.Potential][] objects (``when="twist"`` ones act as
             twists).
         max_tokens: the token budget; a sequence also ends at EOS.
         twists: ``str -> float`` heuristics applied to every prefix as twists (they guide

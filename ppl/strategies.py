@@ -1,8 +1,8 @@
 """Hypothesis strategies for testing programs and backends (``pip install hypothesis``).
 
 Shapes are fixed by the arguments and only values vary, so one compiled program serves
-every example: draw :func:`toy_params` and assign them to ``program.lm.params`` of a
-:func:`ppl.testing.toy_program` (the cached executable takes ``lm.params`` as an argument).
+every example: draw `toy_params` and assign them to ``program.lm.params`` of a
+[ppl.testing.toy_program][] (the cached executable takes ``lm.params`` as an argument).
 
     from hypothesis import given
     from ppl import strategies as pst, testing as pt
@@ -70,7 +70,7 @@ def logit_tables(draw, shape, scale: float = 2.0, impossible: float = 0.15):
 def token_automata(draw, num_states: int, vocab_size: int, eos_token_id: int,
                    dead_rate: float = 0.1, accept_rate: float = 0.7):
     """``(transitions int32[S, V], accepting bool[S])`` of a random token automaton (state 0
-    dead, start 1; :func:`ppl.testing.toy_program_tables` enforces the conventions). Each
+    dead, start 1; [ppl.testing.toy_program_tables][] enforces the conventions). Each
     transition is dead where a drawn uniform falls below ``dead_rate``, else goes to a drawn
     live state; a state accepts where a drawn uniform falls below ``accept_rate`` (at least one
     live state does)."""
@@ -89,7 +89,7 @@ def token_automata(draw, num_states: int, vocab_size: int, eos_token_id: int,
 def toy_params(draw, vocab_size: int, num_states: int, eos_token_id: int, *, automaton: bool = True,
                proposal: bool = True, factors: bool = True, twists: bool = True,
                impossible: float = 0.15):
-    """Parameters for a :class:`ppl.testing.TrigramLM` and :func:`ppl.testing.toy_program`
+    """Parameters for a [ppl.testing.TrigramLM][] and [ppl.testing.toy_program][]
     (same shapes for every example): LM tables, an automaton, a proposal differing from the
     prior (temperature in [0.6, 1.6] and a per-state logit bias in [-1, 1]), per-token
     factors and per-state twists in [-1, 1]. Disabled parts take their neutral values."""
@@ -112,7 +112,7 @@ def toy_params(draw, vocab_size: int, num_states: int, eos_token_id: int, *, aut
 
 @st.composite
 def bigram_tables(draw, vocab_size: int, scale: float = 2.0, impossible: float = 0.0):
-    """``(initial [V], transition [V, V])`` log-weights for :class:`ppl.models.NGramLM`."""
+    """``(initial [V], transition [V, V])`` log-weights for [ppl.models.NGramLM][]."""
     return (draw(logit_tables((vocab_size,), scale, impossible)),
             draw(logit_tables((vocab_size, vocab_size), scale, impossible)))
 
@@ -151,7 +151,7 @@ class TextPotential:
 
 
 def text_predicates(alphabet: str, max_len: int):
-    """Random :class:`TextPredicate` over an alphabet of one-character tokens."""
+    """Random `TextPredicate` over an alphabet of one-character tokens."""
     ch = st.sampled_from(list(alphabet))
     return st.one_of(
         st.builds(TextPredicate, st.just("contains"), ch),
@@ -162,7 +162,7 @@ def text_predicates(alphabet: str, max_len: int):
 
 
 def text_potentials(alphabet: str):
-    """Random :class:`TextPotential` with coefficients in [-1, 1]."""
+    """Random `TextPotential` with coefficients in [-1, 1]."""
     coef = st.floats(-1, 1, allow_nan=False).map(lambda c: round(c, 3))
     return st.one_of(
         st.builds(TextPotential, st.just("count"), coef, st.sampled_from(list(alphabet))),

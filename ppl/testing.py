@@ -1,7 +1,7 @@
 """Exact oracles: the posterior and evidence of a program by enumeration.
 
-For programs over small vocabularies (typically an :class:`~ppl.models.NGramLM`) and short
-``max_tokens``, :func:`enumerate_posterior` visits every token sequence the program can
+For programs over small vocabularies (typically an [NGramLM][ppl.models.NGramLM]) and short
+``max_tokens``, `enumerate_posterior` visits every token sequence the program can
 generate and computes its exact target weight
 
     log pi~(x) = Σ_t [log p(x_t | x_<t) + factors_t] + final factors   (-inf if a condition fails)
@@ -12,7 +12,7 @@ proposal only matters to samplers, not to the target); twists cancel as they do 
 samplers. ``Z = Σ_x pi~(x)``.
 
 Use it to test your own programs: compare ``ppl.infer(...).posterior()`` and
-``log_evidence`` with the oracle, with tolerances from :func:`tv_tolerance` and friends.
+``log_evidence`` with the oracle, with tolerances from `tv_tolerance` and friends.
 """
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ def decrease_discrepancy(larger, smaller, alpha: float = 1e-4, what: str = "valu
 
 
 def sequences(result) -> list[tuple]:
-    """The token tuples of a :class:`~ppl.Result` (EOS included when drawn)."""
+    """The token tuples of a [Result][ppl.Result] (EOS included when drawn)."""
     return [tuple(int(t) for t in row[:n]) for row, n in zip(result.tokens, result.lengths)]
 
 
@@ -403,12 +403,12 @@ class TrigramLM(LanguageModel):
     """An exact second-order LM: ``p(x_1) = first``, ``p(x_2 | x_1) = trans[V, x_1]``,
     ``p(x_t | x_{t-2}, x_{t-1}) = trans[x_{t-2}, x_{t-1}]``.
 
-    Unlike :class:`~ppl.models.NGramLM` its cache matters: it holds the last token fed, which
+    Unlike [NGramLM][ppl.models.NGramLM] its cache matters: it holds the last token fed, which
     the next ``decode`` needs, so a wrong KV-cache gather after resampling changes the
     next-token distribution (as it would in a transformer). ``params`` is
     ``{"lm": {"first": [V], "trans": [V+1, V, V]}, "program": {...}}``; the ``program`` entry
-    holds tables of :class:`ToyProgram`. Replace ``params`` with same-shaped arrays
-    (:meth:`make_params`) to change the model without recompiling.
+    holds tables of `ToyProgram`. Replace ``params`` with same-shaped arrays
+    (`make_params`) to change the model without recompiling.
     """
 
     def __init__(self, params, eos_token_id: int, token_strings=None, max_context: int = 4096):
@@ -483,9 +483,9 @@ class TrigramLM(LanguageModel):
 def toy_program_tables(num_states: int, vocab_size: int, eos_token_id: int, *, transitions=None,
                        accepting=None, temperature=1.0, bias=None, token_factor=None,
                        twist=None) -> dict:
-    """The value tables :class:`ToyProgram` reads from ``lm.params["program"]``.
+    """The value tables `ToyProgram` reads from ``lm.params["program"]``.
 
-    ``transitions`` (``int32[S, V]``) follows :class:`~ppl.stdlib.base.TokenAutomaton`'s
+    ``transitions`` (``int32[S, V]``) follows [TokenAutomaton][ppl.stdlib.base.TokenAutomaton]'s
     conventions, which this function enforces: state 0 is dead (row 0 all 0, not accepting) and
     EOS leads to the dead state (its acceptance is read from ``accepting``). The start state is 1.
     Defaults: every text accepted, prior proposal, no factors, no twist.
@@ -509,7 +509,7 @@ def toy_program_tables(num_states: int, vocab_size: int, eos_token_id: int, *, t
 
 
 def _automaton(tables, eos):
-    """A :class:`~ppl.stdlib.base.TokenAutomaton` over (possibly traced) tables.
+    """A [TokenAutomaton][ppl.stdlib.base.TokenAutomaton] over (possibly traced) tables.
 
     ``__post_init__`` derives host-side tables with numpy, which traced values cannot feed, so
     the instance is assembled field by field; derived fields the toy program does not use
@@ -531,7 +531,7 @@ def toy_program(lm: TrigramLM, max_tokens: int, predicate=None, potential=None):
     """A program exercising every primitive, with all its numbers read from ``lm.params``:
 
     * proposal ``q ∝ exp(log p / temperature + bias[s])`` masked by a random
-      :class:`~ppl.stdlib.base.TokenAutomaton` (state ``s``), as ``steer`` masks constraints;
+      [TokenAutomaton][ppl.stdlib.base.TokenAutomaton] (state ``s``), as ``steer`` masks constraints;
     * ``condition`` on the automaton (alive at each step, accepting at the end);
     * ``factor(token_factor[x])`` per token; ``twist(twist[s])`` per step;
     * optional host ``predicate(text) -> bool`` (condition) and ``potential(text) -> float``
@@ -540,7 +540,7 @@ def toy_program(lm: TrigramLM, max_tokens: int, predicate=None, potential=None):
       present is fixed at construction.
 
     Target: ``p_LM(x) exp(Σ token_factor[x_t] + potential(text)) 1[automaton accepts]
-    1[predicate(text)]``; :func:`toy_exact` computes it independently in numpy.
+    1[predicate(text)]``; `toy_exact` computes it independently in numpy.
     """
     from ppl.program import Program
 
@@ -589,7 +589,7 @@ def toy_program(lm: TrigramLM, max_tokens: int, predicate=None, potential=None):
 
 @dataclasses.dataclass
 class ToyExact:
-    """Exact target of a :func:`toy_program` (numpy enumeration, independent of the engine).
+    """Exact target of a `toy_program` (numpy enumeration, independent of the engine).
 
     Attributes:
         log_evidence: ``log Z``.
@@ -608,7 +608,7 @@ class ToyExact:
 
 
 def toy_exact(program) -> ToyExact:
-    """Enumerates every sequence of a :func:`toy_program` in numpy (no JAX, no engine code)."""
+    """Enumerates every sequence of a `toy_program` in numpy (no JAX, no engine code)."""
     lm = program.lm
     tab = jax.tree.map(np.asarray, lm.params["program"])
     v, eos, t_max = lm.vocab_size, lm.eos_token_id, program.max_tokens

@@ -1,12 +1,12 @@
 """Host-side automaton machinery shared by every constraint.
 
 Every text constraint is first a *byte DFA* (a transition table over the 256 byte values) and
-is then lifted to a *token automaton* over a vocabulary by one function, :func:`lift`, and
-pruned and renumbered by one function, :func:`to_automaton`. Token-level constructions (a token
+is then lifted to a *token automaton* over a vocabulary by one function, `lift`, and
+pruned and renumbered by one function, `to_automaton`. Token-level constructions (a token
 budget, conjunctions) build a token table directly and go through the same
-:func:`to_automaton`, so the exactness contract of :mod:`ppl.stdlib.base` is enforced in one place.
+`to_automaton`, so the exactness contract of [ppl.stdlib.base][] is enforced in one place.
 
-Everything here is numpy; only :func:`to_automaton` creates device arrays.
+Everything here is numpy; only `to_automaton` creates device arrays.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def lift(dfa: ByteDFA, vocab: Vocab, name: str = "constraint") -> tuple[np.ndarr
 
     Returns:
         ``(table int32[S, U + 1], accepting bool[S], start, columns int64[V])`` with row 0
-        the dead state; not yet pruned (see :func:`to_automaton`).
+        the dead state; not yet pruned (see `to_automaton`).
     """
     v = vocab.size
     # Bytes on which the DFA behaves identically form one class (e.g. "digit / '-' / other"
@@ -268,7 +268,7 @@ def prune(
     """Keeps states reachable from ``start`` from which an accepting state is reachable.
 
     ``table`` is ``[S, V]``, or column-compressed ``[S, U]`` with ``columns`` (``int[V]``)
-    mapping each token to its column (as returned by :func:`lift`); the output keeps the
+    mapping each token to its column (as returned by `lift`); the output keeps the
     input's column layout (``[K, V]`` or ``[K, U]``).
 
     Co-accessibility is computed over the *token* graph (which is what a particle walks),
@@ -345,7 +345,7 @@ def to_automaton(
     name: str,
     columns: np.ndarray | None = None,
 ) -> TokenAutomaton:
-    """Prunes (see :func:`prune`), expands compressed columns and moves tables to the device."""
+    """Prunes (see `prune`), expands compressed columns and moves tables to the device."""
     table, acc, start = prune(table, accepting, start, vocab, name, columns)
     if columns is None:
         table, columns = _compress(table)
@@ -395,7 +395,7 @@ def product(
     exploration runs over distinct column tuples only (often a few hundred of 50k tokens).
 
     Returns:
-        ``(table [S, U], accepting, start, columns)``, column-compressed as from :func:`lift`.
+        ``(table [S, U], accepting, start, columns)``, column-compressed as from `lift`.
 
     Raises:
         ValueError: when a (pruned) product would exceed ``max_states`` states.

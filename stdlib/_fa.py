@@ -1,11 +1,11 @@
 """Character automata over code-point intervals: the algebra every text constraint compiles to.
 
-A *language* is described by a small expression tree (:class:`Node`): character sets (sorted
+A *language* is described by a small expression tree (`Node`): character sets (sorted
 disjoint code-point intervals), concatenation, union, Kleene star, counted repetition,
-intersection and complement. :func:`compile_dfa` turns a tree into a minimal
+intersection and complement. `compile_dfa` turns a tree into a minimal
 deterministic automaton over *atoms* (maximal code-point intervals on which every transition
-agrees), and :func:`to_byte_dfa` expands that into a DFA over UTF-8 bytes, which the shared
-lifter (:mod:`ppl.stdlib._automata`) turns into token tables.
+agrees), and `to_byte_dfa` expands that into a DFA over UTF-8 bytes, which the shared
+lifter (`ppl.stdlib._automata`) turns into token tables.
 
 Why our own engine: intersection and complement (JSON Schema ``allOf``/``not``/``oneOf``),
 exact Unicode classes, and a state bound checked while the automaton is built (a pattern such

@@ -25,7 +25,7 @@ Approximations are *sound*: each sub-schema is compiled either as a subset (posi
 position) or a superset (under ``not``, in the condition of ``if``, in the other branches of
 ``oneOf``), so an accepted document is always valid. They are: ``uniqueItems: true`` (as a
 subset: at most one item; as a superset: ignored), ``format`` (as a subset: enforced as
-described in :data:`FORMATS`; as a superset: ignored, which is the specification's default
+described in `FORMATS`; as a superset: ignored, which is the specification's default
 annotation behaviour), recursion deeper than ``max_depth``.
 """
 

@@ -147,7 +147,7 @@ def rejection_step(checker: LarkChecker, token_strings: Sequence[str], eos: int,
 class LarkConstraint(HostSampler):
     """``lark(grammar)``: the final text is a sentence of the Lark grammar (exact).
 
-    Enforced token by token by :func:`rejection_step` on the host (one batched
+    Enforced token by token by `rejection_step` on the host (one batched
     ``pure_callback`` per step), and checked again on the finished text.
 
     Args:

@@ -1,4 +1,4 @@
-"""Regex -> language expression (:mod:`ppl.stdlib._fa`), with Python ``re`` or ECMA-262 semantics.
+"""Regex -> language expression (`ppl.stdlib._fa`), with Python ``re`` or ECMA-262 semantics.
 
 Parsing is Python's own (``re._parser``), so the syntax accepted and the tree built are
 exactly ``re``'s: comments ``(?#...)``, ``\\0`` and octal escapes, ``\\N{...}``, scoped flags,

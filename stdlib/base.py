@@ -2,20 +2,20 @@
 
 Four kinds, each a declared type (``steer`` dispatches on them with ``isinstance``):
 
-* :class:`Constraint` (device): a rule on the text compiled against the model's vocabulary
-  into a :class:`TokenAutomaton` (regex, JSON schema, word rules, ...), enforced token by
+* `Constraint` (device): a rule on the text compiled against the model's vocabulary
+  into a `TokenAutomaton` (regex, JSON schema, word rules, ...), enforced token by
   token as a mask on the proposal.
-* :class:`HostSampler` (host): a rule that is not regular (a context-free grammar), enforced
-  while each token is drawn by a sampler running on the host (:class:`BoundSampler`).
-* :class:`TextPredicate` (host): ``fn(text) -> bool`` checked on the finished text (and on
+* `HostSampler` (host): a rule that is not regular (a context-free grammar), enforced
+  while each token is drawn by a sampler running on the host (`BoundSampler`).
+* `TextPredicate` (host): ``fn(text) -> bool`` checked on the finished text (and on
   every prefix when the user promises it is prefix-closed).
-* :class:`Potential` (host): ``fn(text) -> float``, a log-weight on the finished text, or on
+* `Potential` (host): ``fn(text) -> float``, a log-weight on the finished text, or on
   every prefix as a twist.
 
 Device constraints as token automata:
 
 A constraint is written once against text (``Constraint``) and compiled against a model's
-vocabulary into a :class:`TokenAutomaton`: a deterministic automaton whose transition table
+vocabulary into a `TokenAutomaton`: a deterministic automaton whose transition table
 is indexed by (state, token id). During inference every particle carries an ``int32`` state;
 the mask of allowed next tokens is a row lookup and the state update a gather, both
 vectorised over particles by ``vmap``.
@@ -193,12 +193,12 @@ class Constraint(abc.ABC):
     """A hard constraint on the generated text, independent of any vocabulary.
 
     Subclasses validate their arguments at construction (raising ``ValueError`` with the
-    problem and its position) and implement either :meth:`_compile` (and get a per-vocabulary
-    cache from :meth:`compile`) or :meth:`compile` itself.
+    problem and its position) and implement either `_compile` (and get a per-vocabulary
+    cache from `compile`) or `compile` itself.
 
-    Host-side reference checks come in three entry points: :meth:`check` (a ``str``),
-    :meth:`check_bytes` (the exact UTF-8 bytes, which is what the automata read) and
-    :meth:`check_ids` (token ids of a vocabulary). Subclasses override ``check_bytes`` (text
+    Host-side reference checks come in three entry points: `check` (a ``str``),
+    `check_bytes` (the exact UTF-8 bytes, which is what the automata read) and
+    `check_ids` (token ids of a vocabulary). Subclasses override ``check_bytes`` (text
     rules) or ``check_ids`` (token rules such as a token budget).
     """
 
@@ -257,7 +257,7 @@ class Constraint(abc.ABC):
 
 
 class BoundSampler(abc.ABC):
-    """A :class:`HostSampler` bound to one vocabulary: what a program step calls."""
+    """A `HostSampler` bound to one vocabulary: what a program step calls."""
 
     name: str = "host sampler"
 
@@ -266,7 +266,7 @@ class BoundSampler(abc.ABC):
         """Draws the particle's next token on the host (traced as one batched callback).
 
         Args:
-            ctx: the particle's :class:`~ppl.Context` (tokens so far, length, budget, key).
+            ctx: the particle's [Context][ppl.Context] (tokens so far, length, budget, key).
             logprobs: ``float32[V]`` the distribution the token is drawn against (the LM's,
                 or the LM's already masked by device constraints).
 

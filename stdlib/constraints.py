@@ -1,28 +1,26 @@
 """Hard constraints compiled to token-level automata.
 
 Every text constraint here is a byte-level DFA, lifted to a token automaton over a model's
-vocabulary by one shared function (:func:`ppl.stdlib._automata.lift`) and pruned to its
-co-accessible part by another (:func:`ppl.stdlib._automata.to_automaton`). Because the automata
+vocabulary by one shared function (`ppl.stdlib._automata.lift`) and pruned to its
+co-accessible part by another (`ppl.stdlib._automata.to_automaton`). Because the automata
 read the *bytes* of tokens, a token that spans a word boundary, starts with a space or ends in
 the middle of a UTF-8 character is handled exactly.
 
 Quick reference (details and examples in docs/constraints.md):
 
-========================  ===============================================================
-``regex(p)``              the whole text matches ``p`` (Python syntax, regular subset)
-``json_schema(s)``        the text is the canonical serialisation of a document valid
-                          under ``s`` (a documented subset of JSON Schema)
-``max_word_length(n)``    every word has at most ``n`` characters
-``allowed_words(ws)``     every word is one of ``ws``
-``banned_words(ws)``      no word is one of ``ws``
-``must_contain(ws)``      every word of ``ws`` occurs (as a whole word)
-``stop(ss)``              the text ends right after the first occurrence of a stop string
-                          (or never contains one)
-``max_tokens(n)``         at most ``n`` text tokens
-``max_chars(n)``          at most ``n`` characters (Unicode code points)
-``max_words(n)``          at most ``n`` words
-``all_of(c1, c2, ...)``   all constraints hold (product automaton)
-========================  ===============================================================
+| constraint | meaning |
+|---|---|
+| [regex(p)][ppl.stdlib.constraints.regex] | the whole text matches `p` (Python syntax, regular subset) |
+| [json_schema(s)][ppl.stdlib.constraints.json_schema] | the text is the canonical serialisation of a document valid under `s` (a documented subset of JSON Schema) |
+| [max_word_length(n)][ppl.stdlib.constraints.max_word_length] | every word has at most `n` characters |
+| [allowed_words(ws)][ppl.stdlib.constraints.allowed_words] | every word is one of `ws` |
+| [banned_words(ws)][ppl.stdlib.constraints.banned_words] | no word is one of `ws` |
+| [must_contain(ws)][ppl.stdlib.constraints.must_contain] | every word of `ws` occurs (as a whole word) |
+| [stop(ss)][ppl.stdlib.constraints.stop] | the text ends right after the first occurrence of a stop string (or never contains one) |
+| [max_tokens(n)][ppl.stdlib.constraints.max_tokens] | at most `n` text tokens |
+| [max_chars(n)][ppl.stdlib.constraints.max_chars] | at most `n` characters (Unicode code points) |
+| [max_words(n)][ppl.stdlib.constraints.max_words] | at most `n` words |
+| [all_of(c1, c2, ...)][ppl.stdlib.constraints.all_of] | all constraints hold (product automaton) |
 
 A *word* is a maximal run of word characters; word characters default to the ASCII letters
 ``[A-Za-z]`` and can be changed with ``word_chars=`` (ASCII only).
@@ -83,7 +81,7 @@ MUST_CONTAIN_MAX_WORDS = 8
 class ByteConstraint(Constraint):
     """A constraint defined by a byte DFA; compiles through the shared lifter and pruner.
 
-    Subclasses implement :meth:`_build_byte_dfa` and :meth:`check_bytes` (an independent
+    Subclasses implement `_build_byte_dfa` and `check_bytes` (an independent
     reference implementation, used by the tests to validate the automaton).
     """
 
@@ -162,7 +160,7 @@ class Regex(ByteConstraint):
 
 
 def regex(pattern: str, max_states: int = _fa.DEFAULT_MAX_STATES) -> Regex:
-    """The whole text matches ``pattern``; see :class:`Regex`."""
+    """The whole text matches ``pattern``; see `Regex`."""
     return Regex(pattern, max_states)
 
 
@@ -238,7 +236,7 @@ def _schema_of(schema: Any) -> Any:
 def json_schema(schema: Any, separators: Sequence[str] = (", ", ": "),
                 max_depth: int = _js.DEFAULT_DEPTH, max_states: int = _fa.DEFAULT_MAX_STATES,
                 whitespace: bool = False, any_order: bool = False) -> JsonSchema:
-    """JSON valid under ``schema``; see :class:`JsonSchema`."""
+    """JSON valid under ``schema``; see `JsonSchema`."""
     return JsonSchema(schema, separators, max_depth, max_states, whitespace, any_order)
 
 
@@ -414,7 +412,7 @@ class AllowedWords(_WordListRule):
 
 def allowed_words(words: Iterable[str], word_chars: str = DEFAULT_WORD_CHARS,
                   ignore_case: bool = False) -> AllowedWords:
-    """Every word (maximal run of ``word_chars``) is in ``words``; see :class:`AllowedWords`."""
+    """Every word (maximal run of ``word_chars``) is in ``words``; see `AllowedWords`."""
     return AllowedWords(words, word_chars, ignore_case)
 
 
@@ -446,7 +444,7 @@ class BannedWords(_WordListRule):
 
 def banned_words(words: Iterable[str], word_chars: str = DEFAULT_WORD_CHARS,
                  ignore_case: bool = False) -> BannedWords:
-    """No whole word is in ``words``; see :class:`BannedWords`."""
+    """No whole word is in ``words``; see `BannedWords`."""
     return BannedWords(words, word_chars, ignore_case)
 
 
@@ -491,7 +489,7 @@ class MustContain(_WordListRule):
 
 def must_contain(words: Iterable[str], word_chars: str = DEFAULT_WORD_CHARS,
                  ignore_case: bool = False) -> MustContain:
-    """Every word in ``words`` appears as a whole word; see :class:`MustContain`."""
+    """Every word in ``words`` appears as a whole word; see `MustContain`."""
     return MustContain(words, word_chars, ignore_case)
 
 
@@ -524,7 +522,7 @@ class MaxWords(_WordRule):
 
 
 def max_words(n: int, word_chars: str = DEFAULT_WORD_CHARS) -> MaxWords:
-    """At most ``n`` words; see :class:`MaxWords`."""
+    """At most ``n`` words; see `MaxWords`."""
     return MaxWords(n, word_chars)
 
 
@@ -537,7 +535,7 @@ class Stop(ByteConstraint):
     Accepted texts: texts that contain no stop string (they may end with EOS anywhere, unless
     ``require=True``), and texts whose *first* stop-string occurrence ends exactly at the
     end of the text. After a stop string is completed the automaton is in a ``final`` state:
-    only EOS is allowed (:meth:`TokenAutomaton.is_final` lets a backend finish the particle
+    only EOS is allowed (`TokenAutomaton.is_final` lets a backend finish the particle
     without sampling EOS). A token that would run past a stop string (e.g. ``".\\n\\nThe"``
     with stop ``"\\n\\n"``) is not allowed, because the text would not end at the stop string.
     """
@@ -586,7 +584,7 @@ class Stop(ByteConstraint):
 
 
 def stop(strings: Iterable[str] | str, require: bool = False) -> Stop:
-    """Text ends right after the first stop string (or has none); see :class:`Stop`."""
+    """Text ends right after the first stop string (or has none); see `Stop`."""
     return Stop(strings, require)
 
 
@@ -616,7 +614,7 @@ class MaxChars(ByteConstraint):
 
 
 def max_chars(n: int) -> MaxChars:
-    """At most ``n`` characters; see :class:`MaxChars`."""
+    """At most ``n`` characters; see `MaxChars`."""
     return MaxChars(n)
 
 
@@ -656,7 +654,7 @@ class MaxTokens(Constraint):
 
 
 def max_tokens(n: int) -> MaxTokens:
-    """At most ``n`` text tokens; see :class:`MaxTokens`."""
+    """At most ``n`` text tokens; see `MaxTokens`."""
     return MaxTokens(n)
 
 
@@ -708,7 +706,7 @@ class AllOf(Constraint):
 
 
 def all_of(*constraints: Constraint, max_states: int = 20_000) -> AllOf:
-    """All constraints hold; see :class:`AllOf`."""
+    """All constraints hold; see `AllOf`."""
     return AllOf(*constraints, max_states=max_states)
 
 
@@ -716,14 +714,14 @@ def lark(grammar: str, start: str = "start", max_draws: int = 64):
     """A Lark grammar (LALR(1)): the final text is a sentence of the grammar; exact.
 
     Enforced on the host with an incremental parser and unbiased weighted rejection (see
-    :mod:`ppl.stdlib._lark`); invalid grammars raise ``ValueError`` at construction.
+    `ppl.stdlib._lark`); invalid grammars raise ``ValueError`` at construction.
     """
     from ppl.stdlib._lark import LarkConstraint
 
     return LarkConstraint(grammar, start=start, max_draws=max_draws)
 
 
-#: The historical name of :class:`~ppl.stdlib.base.TextPredicate`.
+#: The historical name of [TextPredicate][ppl.stdlib.base.TextPredicate].
 Predicate = TextPredicate
 
 

@@ -1,12 +1,12 @@
 """Soft rules (potentials) and the LLaMPPL paper's multi-context tasks.
 
-* :class:`Potential`: a Python function of the text returning a log-weight, run on the host
+* `Potential`: a Python function of the text returning a log-weight, run on the host
   through ``jax.pure_callback`` for all particles in one call; applied to the finished text
   (``when="end"``) or to every prefix as a twist (``when="twist"``).
-* :func:`keyword_potential` and :func:`lexicon_potential`: ready-made scorers.
-* :class:`PromptIntersection`: the product of the LM's next-token distributions under several
+* `keyword_potential` and `lexicon_potential`: ready-made scorers.
+* `PromptIntersection`: the product of the LM's next-token distributions under several
   prompts; each particle carries one LM context per prompt, all batched in one forward pass.
-* :class:`Infill`: text between fixed segments, the segments *observed* (their probability
+* `Infill`: text between fixed segments, the segments *observed* (their probability
   under the LM enters the weight) instead of blindly appended.
 """
 
@@ -83,7 +83,7 @@ class PromptIntersection(Program):
 
 
 def prompt_intersection(lm, prompts: Sequence[str], max_tokens: int = 32) -> PromptIntersection:
-    """See :class:`PromptIntersection`."""
+    """See `PromptIntersection`."""
     return PromptIntersection(lm, prompts, max_tokens)
 
 
@@ -151,5 +151,5 @@ class Infill(Program):
 
 
 def infill(lm, segments: Sequence[str], max_gap: int = 8) -> Infill:
-    """See :class:`Infill`."""
+    """See `Infill`."""
     return Infill(lm, segments, max_gap)

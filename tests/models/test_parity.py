@@ -1,7 +1,7 @@
 """JAX models vs transformers' PyTorch implementations on tiny random checkpoints.
 
 Each case saves a randomly initialised PyTorch model with ``save_pretrained`` (safetensors),
-loads the folder with :func:`ppl.models.load` and compares next-token log-probabilities at every
+loads the folder with [ppl.models.load][] and compares next-token log-probabilities at every
 position, both through ``prefill`` + incremental ``decode`` and through
 ``next_token_logprobs``. Tolerance: 1e-4 in float32.
 """

@@ -1,7 +1,7 @@
 """The SMC trace viewer, rendered by headless Chromium.
 
 Loads the page ``ppl run ... --trace`` writes (here written in-process by
-:func:`ppl.viz.write_trace`), lets Chromium run its script, and checks the rendered DOM: one
+[ppl.viz.write_trace][]), lets Chromium run its script, and checks the rendered DOM: one
 ``tr.particle`` row per particle with that particle's text, weight and parent. Also writes the
 screenshot the docs show (``docs/img/trace.png``).
 """

@@ -1,6 +1,6 @@
 """Inference correctness of every particle backend against the exact (numpy) target.
 
-Programs: :func:`ppl.testing.toy_program` over a second-order LM whose KV cache matters, with
+Programs: [ppl.testing.toy_program][] over a second-order LM whose KV cache matters, with
 a random token automaton (masked proposal), a random tempered + logit-biased proposal, random
 per-token factors, random twists, random host predicates and potentials; shapes fixed, so one
 compilation per method row serves every example (values are swapped into ``lm.params``).
