@@ -183,8 +183,8 @@ class JsonSchema(ByteConstraint):
             members) and recursive ``$ref`` are expanded to this many nested arrays/objects.
         max_states: refuse when an automaton needs more states (checked while building).
         whitespace: accept any JSON whitespace around structural tokens.
-        any_order: accept object members in any order (each declared one at most once; at
-            most 12 declared properties per object). With ``whitespace=True`` this accepts
+        any_order: accept object members in any order (at most 12 required properties per
+            object; a declared member is not prevented from repeating). With ``whitespace=True`` this accepts
             what a validator accepts, up to the approximations listed in docs/constraints.md.
 
     Raises:
