@@ -70,7 +70,9 @@ class SteerProgram(Program):
             # token each automaton allows but their conjunction cannot complete.
             from ppl.stdlib._automata import combine
 
-            self.automata = combine(self.automata, lm.vocab)
+            # Stop strings stay separate: their final state ends the text (no EOS draw).
+            halting = [a for a in self.automata if a.halts]
+            self.automata = combine([a for a in self.automata if not a.halts], lm.vocab) + halting
         if len(self.host) > 1:
             raise ValueError("steer() supports one grammar constraint at a time; combine the "
                              "grammars into one.")
@@ -153,6 +155,9 @@ class SteerProgram(Program):
             state = tuple(a.advance(s, tok) for a, s in zip(self.automata, state))
             for a, s in zip(self.automata, state):
                 ctx.condition(a.alive(s), name=a.name)
+            for a, s in zip(self.automata, state):
+                if a.halts:  # a stop string was completed: the text ends here, no EOS draw
+                    ctx.finish_if(a.is_final(s) & ~_is_eos(self.lm, tok))
         else:
             tok = self._draw(ctx, p, q)
         ctx.finish_if(_is_eos(self.lm, tok))

@@ -33,6 +33,8 @@ SURR = (0xD800, 0xDFFF)
 #: Default bound on the states of one character automaton (each becomes one or more rows of
 #: an ``int32[S, V]`` token table: 4096 states x 50k tokens is 800 MiB).
 DEFAULT_MAX_STATES = 4096
+#: the automaton under construction (before minimisation) may have this many times more
+BUILD_FACTOR = 4
 
 
 class TooManyStates(ValueError):
@@ -513,7 +515,8 @@ def compile_dfa(n: Node, max_states: int = DEFAULT_MAX_STATES, what: str = "rege
                 tgt = closure(active.keys())
                 j = ids.get(tgt)
                 if j is None:
-                    if len(order) >= max_states:
+                    # the unminimised automaton may be larger than the minimal one: a margin
+                    if len(order) >= BUILD_FACTOR * max_states:
                         raise _too_many(what, max_states, _HINT)
                     order.append(tgt)
                     j = ids[tgt] = len(order)
@@ -537,7 +540,13 @@ def compile_dfa(n: Node, max_states: int = DEFAULT_MAX_STATES, what: str = "rege
     acc = np.zeros(len(order) + 1, bool)
     acc[1:] = [e0 in st for st in order]
     del m
-    return minimize(CharDFA(bounds, trans, acc, 1))
+    return _bounded(minimize(CharDFA(bounds, trans, acc, 1)), max_states, what)
+
+
+def _bounded(d: CharDFA, max_states: int, what: str) -> CharDFA:
+    if d.num_states - 1 > max_states:
+        raise _too_many(what, max_states, _HINT + f" (the minimal automaton has {d.num_states - 1})")
+    return d
 
 
 _MIX = np.random.default_rng(12345).integers(1, 2**62, size=4096, dtype=np.int64) | 1
@@ -563,6 +572,61 @@ def _swap0(inv: np.ndarray) -> np.ndarray:
     out[inv == z] = 0
     out[inv == 0] = z
     return out
+
+
+def _hopcroft(t: np.ndarray, acc: np.ndarray, init: np.ndarray) -> np.ndarray:
+    """Equivalence classes of a complete DFA (``t[S, A]``, state 0 the dead sink):
+    Hopcroft's partition refinement, O(A S log S); class 0 is the dead state's."""
+    n, na = t.shape
+    # start from a partition coarser than the equivalence (Moore's rounds so far)
+    members = [set(np.flatnonzero(init == b).tolist()) for b in range(int(init.max()) + 1)]
+    members = [m for m in members if m]
+    block = np.zeros(n, np.int64)
+    for b, m in enumerate(members):
+        block[list(m)] = b
+    work = set(range(len(members))) if len(members) > 1 else set()
+    cols = [np.ascontiguousarray(t[:, c]) for c in range(na)]
+    mark = np.zeros(n, bool)
+    while work:
+        A_ = work.pop()
+        sa = np.fromiter(members[A_], np.int64)
+        mark[:] = False
+        mark[sa] = True
+        for col in cols:
+            x = np.flatnonzero(mark[col])
+            if x.size == 0:
+                continue
+            hit = block[x]
+            order = np.argsort(hit, kind="stable")
+            hit, xs = hit[order], x[order]
+            cuts = np.flatnonzero(np.diff(hit)) + 1
+            for grp in np.split(xs, cuts):
+                y = int(block[grp[0]])
+                if len(grp) == len(members[y]):
+                    continue  # the whole block goes to A: no split
+                part = set(grp.tolist())
+                rest = members[y] - part
+                small, big = (part, rest) if len(part) <= len(rest) else (rest, part)
+                members[y] = big
+                members.append(small)
+                nb = len(members) - 1
+                block[list(small)] = nb
+                if y in work:
+                    work.add(nb)
+                else:
+                    work.add(nb if len(small) <= len(big) else y)
+    # renumber so that the dead state's class is 0, in order of first state
+    _, first = np.unique(block, return_index=True)
+    order = np.argsort(first)
+    ren = np.zeros(len(order), np.int64)
+    ren[order] = np.arange(len(order))
+    cls = ren[block]
+    if cls[0] != 0:
+        z = cls[0]
+        cls = np.where(cls == z, -1, cls)
+        cls = np.where(cls == 0, z, cls)
+        cls = np.where(cls == -1, 0, cls)
+    return cls
 
 
 def minimize(d: CharDFA) -> CharDFA:
@@ -599,19 +663,23 @@ def minimize(d: CharDFA) -> CharDFA:
     a = np.zeros(len(keep) + 1, bool)
     a[1:] = acc[keep]
     st = int(remap[start])
-    # Moore refinement
+    # Moore rounds are cheap vectorised passes but one per distinguishing depth; long chains
+    # (counted repeats) switch to Hopcroft's O(A S log S) refinement.
     cls = a.astype(np.int64) + 1
     cls[0] = 0
     cls = np.unique(cls, return_inverse=True)[1].reshape(-1)
     ncls = int(cls.max()) + 1
-    while True:
+    for _ in range(48):
         sig = np.concatenate([cls[:, None], cls[t]], axis=1)
         new = _row_classes(sig)
-        new = new - new[0]  # dead stays 0 (its signature is all zeros, the smallest)
+        new = new - new[0]
         k = len(np.unique(new))
         if k == ncls:
             break
         cls, ncls = new, k
+    else:
+        cls = _hopcroft(t, a, cls)
+        ncls = int(cls.max()) + 1
     reps = np.zeros(ncls, np.int64)
     reps[cls[::-1]] = np.arange(len(cls))[::-1]  # first state of each class
     t2 = cls[t[reps]].astype(np.int32)
@@ -671,7 +739,7 @@ def product(d1: CharDFA, d2: CharDFA, op: str = "and", max_states: int = DEFAULT
                 continue
             j = index.get(k)
             if j is None:
-                if len(order) >= max_states:
+                if len(order) >= BUILD_FACTOR * max_states:
                     raise _too_many(what, max_states, "combine fewer or smaller schemas / "
                                     "patterns, or pass a larger max_states=")
                 order.append(divmod(k, s2))
@@ -686,7 +754,7 @@ def product(d1: CharDFA, d2: CharDFA, op: str = "and", max_states: int = DEFAULT
     else:
         acc_v = d1.accepting[o[:, 0]] | d2.accepting[o[:, 1]]
     acc = np.concatenate([[False], acc_v])
-    return minimize(CharDFA(bounds, trans, acc, 1))
+    return _bounded(minimize(CharDFA(bounds, trans, acc, 1)), max_states, what)
 
 
 # ---- code points -> UTF-8 bytes ----------------------------------------------------------

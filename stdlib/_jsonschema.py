@@ -886,7 +886,9 @@ class _Compiler:
         # superset is needed there) and with any_order, members may come in any order; then
         # the automaton tracks which required (any_order: which declared) members were seen.
         free = self.any_order or not pol
-        watch = set(range(n)) if (self.any_order and pol) else (req_idx | set(track))
+        # (any_order tracks only required members: a declared member may repeat, as JSON
+        # parsers then keep one valid value; tracking all would cost 2**n states)
+        watch = req_idx | set(track)
         if free and len(watch) > 12:
             raise _fail(path, f"{len(watch)} tracked properties exceed 12 for any member order "
                         "(2**k states)")
@@ -899,8 +901,6 @@ class _Compiler:
             c2 = min(c + 1, cap)
             if free:
                 if kind == "decl":
-                    if self.any_order and pol and j in seen:
-                        return None  # each declared member at most once
                     return (0, c2, seen | ({j} & watch))
                 return (0, c2, seen)
             if kind == "decl":

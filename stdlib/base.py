@@ -66,6 +66,9 @@ class TokenAutomaton:
         eos_token_ids: every id that ends a sequence (``eos_token_id`` first); each is
             treated as EOS. Defaults to ``(eos_token_id,)``; ``Constraint.compile``
             sets the vocabulary's.
+        halts: reaching a ``final`` state *ends the text* without an EOS draw (a stop
+            string: the target is the LM's probability of the text as a prefix, not of
+            the text followed by EOS). ``steer`` finishes such particles at once.
     """
 
     transitions: jax.Array
@@ -77,6 +80,7 @@ class TokenAutomaton:
     min_steps: jax.Array | None = None
     eos_token_ids: tuple[int, ...] = ()
     digest: bytes | None = None
+    halts: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "eos_token_ids", tuple(dict.fromkeys(
@@ -114,7 +118,7 @@ class TokenAutomaton:
         """What a compiled run that uses this automaton depends on (None: use identity)."""
         if self.digest is None:
             return None
-        return (self.digest, int(self.start), self.eos_token_ids, self.name)
+        return (self.digest, int(self.start), self.eos_token_ids, self.name, self.halts)
 
     @property
     def num_states(self) -> int:

@@ -181,8 +181,8 @@ class JsonSchema(ByteConstraint):
             members) and recursive ``$ref`` are expanded to this many nested arrays/objects.
         max_states: refuse when an automaton needs more states (checked while building).
         whitespace: accept any JSON whitespace around structural tokens.
-        any_order: accept object members in any order (each declared one at most once; at
-            most 12 declared properties per object). With ``whitespace=True`` this accepts
+        any_order: accept object members in any order (at most 12 required properties per
+            object; a declared member is not prevented from repeating). With ``whitespace=True`` this accepts
             what a validator accepts, up to the approximations listed in docs/constraints.md.
 
     Raises:
@@ -530,14 +530,18 @@ def max_words(n: int, word_chars: str = DEFAULT_WORD_CHARS) -> MaxWords:
 
 
 class Stop(ByteConstraint):
-    """Generation ends right after the first occurrence of a stop string.
+    """The text ends right after the first occurrence of a stop string, as ``generate``'s
+    stop strings do.
 
-    Accepted texts: texts that contain no stop string (they may end with EOS anywhere, unless
-    ``require=True``), and texts whose *first* stop-string occurrence ends exactly at the
-    end of the text. After a stop string is completed the automaton is in a ``final`` state:
-    only EOS is allowed (`TokenAutomaton.is_final` lets a backend finish the particle
-    without sampling EOS). A token that would run past a stop string (e.g. ``".\\n\\nThe"``
-    with stop ``"\\n\\n"``) is not allowed, because the text would not end at the stop string.
+    Accepted texts: texts that contain no stop string (they end with EOS, or at the token
+    budget; with ``require=True`` they are rejected), and texts whose *first* stop-string
+    occurrence ends exactly at the end of the text. When the token that completes a stop
+    string is drawn, the text is finished: no EOS is drawn afterwards, so the target weighs
+    such a text by the LM's probability of producing it (as a prefix), not by that times
+    ``p(EOS | text)``. The compiled automaton has ``halts=True``; ``steer`` keeps it beside
+    the other constraints' product and finishes a particle as soon as it is in a final
+    state. A token that would run past a stop string (e.g. ``".\\n\\nThe"`` with stop
+    ``"\\n\\n"``) is not allowed, because the text would not end at the stop string.
     """
 
     def __init__(self, strings: Iterable[str], require: bool = False):
@@ -575,6 +579,11 @@ class Stop(ByteConstraint):
 
         return A.dfa_from_step(b"", step, lambda st: st == "STOP" or not self.require, cls,
                                what=self.name)
+
+    def _compile(self, vocab: Vocab) -> TokenAutomaton:
+        aut = super()._compile(vocab)
+        object.__setattr__(aut, "halts", True)
+        return aut
 
     def check_bytes(self, data: bytes) -> bool:
         ends = [data.find(s) + len(s) for s in self._enc if s in data]

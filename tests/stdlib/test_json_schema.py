@@ -150,3 +150,58 @@ def test_pattern_search_semantics():
     assert anchored.check('"abb"') and not anchored.check('"xabb"')
     dot = C.json_schema({"type": "string", "pattern": "^a.c$"})
     assert dot.check('"abc"') and not dot.check('"a"c"')
+
+
+def test_keywords_exact_numbers_and_combinators():
+    rng = C.json_schema({"type": "integer", "minimum": -3, "exclusiveMaximum": 10, "multipleOf": 3})
+    for v in range(-8, 15):
+        assert rng.accepts(str(v)) == (-3 <= v < 10 and v % 3 == 0), v
+    assert rng.accepts("6.0") and not rng.accepts("6.5")
+    num = C.json_schema({"type": "number", "exclusiveMinimum": 0.5, "maximum": 2.25, "multipleOf": 0.25})
+    for text, want in [("0.5", False), ("0.75", True), ("2.25", True), ("2.5", False),
+                       ("1.1", False), ("1", True), ("-1", False)]:
+        assert num.accepts(text) == want, text
+    one = C.json_schema({"oneOf": [{"type": "integer"}, {"minimum": 2}]})
+    assert [one.accepts(x) for x in ["1", "2.5", "3", "1.5", '"s"']] == [True, True, False, False, True]
+    neg = C.json_schema({"not": {"enum": [0, "a"]}})
+    assert not neg.accepts("0") and not neg.accepts("-0.0") and not neg.accepts('"\\u0061"')
+    assert neg.accepts("1") and neg.accepts('"b"') and neg.accepts("null")
+    cond = C.json_schema({"if": {"type": "string"}, "then": {"maxLength": 1}, "else": {"type": "null"}})
+    assert cond.accepts('"a"') and not cond.accepts('"ab"') and cond.accepts("null") and not cond.accepts("1")
+
+
+def test_objects_arrays_refs_and_pydantic():
+    s = {"$defs": {"node": {"type": "object", "properties": {"v": {"type": "integer"},
+                                                           "next": {"$ref": "#/$defs/node"}},
+                            "required": ["v"], "additionalProperties": False}},
+         "$ref": "#/$defs/node"}
+    c = C.json_schema(s)
+    assert c.accepts('{"v": 1, "next": {"v": 2}}') and not c.accepts('{"next": {"v": 2}}')
+    arr = C.json_schema({"type": "array", "prefixItems": [{"type": "string"}], "items": {"type": "integer"},
+                         "contains": {"const": 7}, "maxContains": 1, "maxItems": 3})
+    assert arr.accepts('["a", 7]') and not arr.accepts('["a", 7, 7]') and not arr.accepts('["a", 1]')
+    assert not arr.accepts('[7]') and not arr.accepts('["a", 7, 1, 2]')
+    pp = C.json_schema({"type": "object", "patternProperties": {"^x": {"type": "integer"}},
+                        "additionalProperties": {"type": "string"}, "propertyNames": {"maxLength": 2},
+                        "minProperties": 1})
+    assert pp.accepts('{"x1": 1, "b": "s"}') and not pp.accepts('{"x1": "s"}')
+    assert not pp.accepts('{"abc": "s"}') and not pp.accepts("{}")
+    pydantic = pytest.importorskip("pydantic")
+
+    class Item(pydantic.BaseModel):
+        name: str = pydantic.Field(max_length=5)
+        qty: int = pydantic.Field(ge=1)
+
+    m = C.json_schema(Item)
+    assert m.accepts('{"name": "pen", "qty": 2}') and not m.accepts('{"name": "pen", "qty": 0}')
+    assert m.canonical({"qty": 2, "name": "pen"}) == '{"name": "pen", "qty": 2}'
+
+
+def test_whitespace_and_any_order():
+    s = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "array", "items": {"type": "null"}}},
+         "required": ["a", "b"], "additionalProperties": False}
+    strict = C.json_schema(s)
+    loose = C.json_schema(s, whitespace=True, any_order=True)
+    doc = '{\n  "b": [ null,null ],\n  "a": 1\n}'
+    assert loose.accepts(doc) and not strict.accepts(doc)
+    assert loose.accepts('{"a": 1, "b": []}') and not loose.accepts('{"a": 1}')
