@@ -54,9 +54,11 @@ for evidence.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ppl.errors import OptionError
 from ppl.inference import _chain as chain
@@ -65,8 +67,9 @@ from ppl.inference import resampling as R
 from ppl.inference import smc
 from ppl.inference.base import Backend, RunConfig, check_bool, option
 
-__all__ = ["GibbsOptions", "init", "conditional", "build_kernel", "ancestor_log_weights",
-           "make_runner", "BACKEND"]
+__all__ = ["GibbsOptions", "CSMCOptions", "init", "conditional", "conditional_sweep",
+           "build_kernel", "ancestor_log_weights", "make_runner", "retained_tokens", "BACKEND",
+           "CSMC_BACKEND"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,25 +164,46 @@ def build_kernel(setup: E.Setup, config: RunConfig, params, ess_threshold: float
 
     def step(key, state: chain.ChainState):
         k_sweep, k_pick = jax.random.split(key)
-        ref_tokens = jnp.broadcast_to(state.tokens, (n,) + state.tokens.shape)
-        upto = jnp.where(jnp.arange(n) == 0, state.length, 0)
-
-        def anc_fn(k, parts, kv, tokens, old_len):
-            lw = ancestor_log_weights(k, setup, params, parts, kv, tokens, old_len,
-                                      state.tokens, state.length)
-            # All candidates invalid cannot happen (particle 0 itself is valid), but keep the
-            # reference's own ancestor rather than a uniform draw if it ever did.
-            return jnp.where(jnp.isfinite(jax.nn.logsumexp(lw)),
-                             jax.random.categorical(k, lw), 0).astype(jnp.int32)
-
-        strategy = conditional(ess_threshold, anc_fn if ancestor_sampling else None)
-        parts, log_z, nan = chain.sweep(k_sweep, setup, config, params, strategy,
-                                    smc.ProposalHooks(forced=(ref_tokens, upto)))
+        st = conditional_sweep(k_sweep, setup, config, params, state.tokens, state.length,
+                               ess_threshold, ancestor_sampling)
+        parts, log_z, nan = st.particles, R.log_mean_exp(st.particles.logw), st.kv.nan
         tok, length, _ = chain.pick(k_pick, parts)
         changed = ~chain.same_sequence(tok, length, state.tokens, state.length)
         return chain.ChainState(tok, length, log_z), chain.ChainInfo(changed, log_z, nan, parts.cause)
 
     return step
+
+
+def conditional_sweep(key, setup: E.Setup, config: RunConfig, params, ref_tokens, ref_length,
+                      ess_threshold: float, ancestor_sampling: bool = True) -> smc.SMCState:
+    """The conditional SMC kernel: one sweep of ``N`` particles in which particle 0 is the
+    retained sequence ``x'`` (``ref_tokens int32[T]``, ``ref_length``), ``final`` applied.
+
+    Particle 0's tokens are forced to ``x'`` (weighted as any particle's); at every
+    resampling the others draw ancestors i.i.d. from all ``N`` weights and particle 0 keeps
+    its own (or, with ``ancestor_sampling``, redraws it by PGAS). Drawing one final particle
+    ``∝ w`` gives the next state of the particle Gibbs chain, which leaves the posterior
+    invariant: if ``x' ~ pi``, that draw is ``~ pi`` too (for every ``N >= 1``).
+
+    Returns:
+        The final [SMCState][ppl.inference.smc.SMCState] (particles, histories, LM state).
+    """
+    n = config.num_particles
+    tokens = jnp.broadcast_to(ref_tokens, (n,) + ref_tokens.shape)
+    upto = jnp.where(jnp.arange(n) == 0, ref_length, 0)
+
+    def anc_fn(k, parts, kv, toks, old_len):
+        lw = ancestor_log_weights(k, setup, params, parts, kv, toks, old_len, ref_tokens,
+                                  ref_length)
+        # All candidates invalid cannot happen (particle 0 itself is valid), but keep the
+        # reference's own ancestor rather than a uniform draw if it ever did.
+        return jnp.where(jnp.isfinite(jax.nn.logsumexp(lw)),
+                         jax.random.categorical(k, lw), 0).astype(jnp.int32)
+
+    strategy = conditional(ess_threshold, anc_fn if ancestor_sampling else None)
+    kernel = smc.build_kernel(setup, config, params, strategy,
+                              smc.ProposalHooks(forced=(tokens, upto)))
+    return smc.run_loop(key, setup, config, params, kernel)
 
 
 def make_runner(setup: E.Setup, config: RunConfig, options: GibbsOptions):
@@ -212,4 +236,120 @@ BACKEND = Backend(
     rows=lambda config, options: config.num_particles * options.chains,
     validate=_validate,
     summary="particle Gibbs (conditional SMC) with ancestor sampling",
+)
+
+
+# ---- method="csmc": one conditional sweep around a sequence the user gives ------------------
+
+def _check_retained(name, value):
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        arr = np.asarray(value)
+    except Exception:  # noqa: BLE001 - reported below
+        arr = None
+    if arr is None or arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise OptionError(f"{name} must be a text or a non-empty list of token ids, got "
+                          f"{value!r}.")
+    return arr.astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class CSMCOptions(smc.ResamplingOptions):
+    """Options of ``method="csmc"``: one conditional SMC sweep around ``retained``.
+
+    Attributes:
+        retained: the retained sequence, kept as particle 0: a text (encoded with the model's
+            tokenizer, EOS appended when it is shorter than ``max_tokens``) or token ids (a
+            complete sequence of the program: ending at EOS or ``max_tokens`` long).
+        ancestor_sampling: redraw the retained particle's ancestor at every resampling (PGAS).
+    """
+
+    retained: Any = option(None, _check_retained)
+    ancestor_sampling: bool = option(True, check_bool)
+
+    def cache_key(self) -> tuple:
+        # The retained sequence is an input of the compiled sweep, not part of its key.
+        return tuple((k, "retained" if k == "retained" else v) for k, v in super().cache_key())
+
+
+def retained_tokens(setup: E.Setup, retained) -> tuple[np.ndarray, int]:
+    """``(int32[max_tokens] padded, length)`` of the ``retained=`` option.
+
+    Raises:
+        OptionError: missing, or longer than the program's ``max_tokens``.
+    """
+    if retained is None:
+        raise OptionError("method='csmc' needs retained=: the sequence kept as particle 0 (a "
+                          "text or token ids), e.g. a sample of an earlier run.")
+    if isinstance(retained, str):
+        ids = list(setup.lm.vocab.encode(retained))
+        if len(ids) < setup.max_tokens:
+            ids.append(int(setup.lm.eos_token_id))
+    else:
+        ids = [int(i) for i in retained]
+    if len(ids) > setup.max_tokens:
+        raise OptionError(f"retained has {len(ids)} tokens but the program generates at most "
+                          f"max_tokens={setup.max_tokens}.")
+    if any(i < 0 or i >= setup.lm.vocab_size for i in ids):
+        raise OptionError(f"retained has token ids outside the vocabulary [0, "
+                          f"{setup.lm.vocab_size}).")
+    out = np.zeros((setup.max_tokens,), np.int32)
+    out[: len(ids)] = ids
+    return out, len(ids)
+
+
+def _csmc_params(setup: E.Setup, options: CSMCOptions):
+    tok, length = retained_tokens(setup, options.retained)
+    return setup.lm.params, jnp.asarray(tok), jnp.asarray(length, jnp.int32)
+
+
+def _csmc_runner(setup: E.Setup, config: RunConfig, options: CSMCOptions):
+    def runner(key, params):
+        lm_p, ref_tok, ref_len = params
+        k_sweep, k_pick = jax.random.split(key)
+        st = conditional_sweep(k_sweep, setup, config, lm_p, ref_tok, ref_len,
+                               options.ess_threshold, options.ancestor_sampling)
+        _, _, k = chain.pick(k_pick, st.particles)
+        return st.particles, smc.population_info(st, {
+            "sampled_index": k, "conditional_sweeps_log_mean_z": R.log_mean_exp(st.particles.logw),
+            "retained_tokens": ref_tok, "retained_length": ref_len})
+
+    return runner
+
+
+def _csmc_result(setup, config, options, parts, info):
+    res = smc.population_result("csmc")(setup, config, options, parts, info)
+    res.log_evidence = None  # the sweep contains the retained sequence: not unbiased
+    ref_len = int(res.extras["retained_length"])
+    # Slot 0 always holds the retained particle; a token it got at a step >= the retained
+    # length was a free draw: the retained sequence had not ended (with ancestor sampling
+    # particle 0 may legitimately become another complete sequence, so its final tokens
+    # are not compared).
+    slot0 = res.extras["history"]["tokens"][:, 0]
+    own = res.ancestors[:, 0] == 0  # not replaced by another (finished) particle this step
+    if np.any((slot0 >= 0) & own & (np.arange(len(slot0)) >= ref_len)):
+        raise OptionError("The retained sequence is not a complete sequence of the program: "
+                          "particle 0 went on after it. Give the tokens up to and including "
+                          "EOS (or exactly max_tokens of them).")
+    k = int(res.extras["sampled_index"])
+    res.extras["sample"] = {"index": k, "text": res.texts[k],
+                            "tokens": res.tokens[k, : res.lengths[k]]}
+    return res
+
+
+def _csmc_validate(setup: E.Setup, config: RunConfig, options: CSMCOptions) -> None:
+    chain.require_token_only(setup)
+    retained_tokens(setup, options.retained)
+
+
+CSMC_BACKEND = Backend(
+    name="csmc",
+    family="mcmc",
+    options=CSMCOptions,
+    make_runner=_csmc_runner,
+    to_result=_csmc_result,
+    params=_csmc_params,
+    validate=_csmc_validate,
+    summary="one conditional SMC sweep around a retained sequence (the particle Gibbs kernel)",
 )

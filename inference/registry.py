@@ -33,6 +33,7 @@ def _builtin():
 
     for module in (importance, smc, smc_steer, pimh, particle_gibbs, vi):
         REGISTRY.setdefault(module.BACKEND.name, module.BACKEND)
+    REGISTRY.setdefault(particle_gibbs.CSMC_BACKEND.name, particle_gibbs.CSMC_BACKEND)
 
 
 def names() -> list[str]:

@@ -19,7 +19,8 @@ from tests.inference.test_exact import Twisted
 
 BACKENDS = registry.names()
 # Small options so every backend runs in a second or two on the bigram program.
-SMALL = {"pimh": {"steps": 3}, "particle_gibbs": {"steps": 3}, "vi": {"vi_steps": 2, "vi_particles": 4}}
+SMALL = {"pimh": {"steps": 3}, "particle_gibbs": {"steps": 3}, "vi": {"vi_steps": 2, "vi_particles": 4},
+         "csmc": {"retained": [1, 2, 3]}}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def _check_result(res, name):
     assert res.weights.shape == (n,) and abs(res.weights.sum() - 1.0) < 1e-9
     assert res.log_weights.shape == (n,)
     family = registry.get(name).family
-    if name == "particle_gibbs":  # conditional sweeps have no unbiased evidence
+    if name in ("particle_gibbs", "csmc"):  # conditional sweeps have no unbiased evidence
         assert res.log_evidence is None
         assert np.isfinite(res.extras["conditional_sweeps_log_mean_z"])
     else:
