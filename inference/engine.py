@@ -256,6 +256,11 @@ def init_population(key, setup: Setup, params, num_particles: int):
     # Context k's prompt is entry k of the shared part (row n*K + k reads entry k).
     prefix = None if shared[0] is None else jax.tree.map(
         lambda *xs: jnp.concatenate(xs, 0), *shared)
+    if prefix is not None:
+        # Materialised as they are, so a run compiled whole computes what a run compiled in
+        # pieces (the driver's chunks) does: without it XLA fused the prefill's outputs into
+        # the first decode steps' attention and the log-weights differed in the last bits.
+        prefix, cache = jax.lax.optimization_barrier((prefix, cache))
     logprobs = jnp.broadcast_to(jnp.stack(lps)[None], (n, k_ctx, lps[0].shape[-1]))
     tokens = jnp.zeros((n, t_max), jnp.int32)
     length = jnp.zeros((n,), jnp.int32)

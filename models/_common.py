@@ -10,7 +10,7 @@ Everything here is plain functional JAX over arrays. A transformer's cache is a
   one pair per layer (never one stacked array) so a decode step updates each layer's buffer in
   place instead of rebuilding a whole-model array (measured 2.7-4x slower per decode step on
   GPT-2-small shapes on CPU, when the project chose this layout).
-* ``shared``: ``{"kv": one (k, v) per layer, each [C, kv_heads, P, head_dim], "length":
+* ``shared``: ``{"kv": one (k, v) per layer, each [C, P, kv_heads, head_dim], "length":
   int32[C]}``: the prompt of each of ``C`` contexts, stored once however many rows read it
   (row ``b`` reads context ``b % C``).
 
@@ -128,9 +128,9 @@ def write_prefill(cache, k, v):
 
 def prefix_layer(k, v, dtype):
     """A prompt's keys/values ``[P, kv_heads, hd]`` as one context's shared part
-    ``[1, kv_heads, P, hd]``."""
-    return (jnp.transpose(k, (1, 0, 2))[None].astype(dtype),
-            jnp.transpose(v, (1, 0, 2))[None].astype(dtype))
+    ``[1, P, kv_heads, hd]`` (the projection's own layout: no transpose, so a run compiled
+    in pieces and one compiled whole read the same buffer the same way)."""
+    return k[None].astype(dtype), v[None].astype(dtype)
 
 
 def write_decode(cache, k, v, positions):
@@ -231,7 +231,7 @@ def attend_decode_shared(q, rows, prefix, prefix_len, positions, scale: float, w
     Args:
         q: ``[B, H, hd]``, ``B = N * C``; row ``b`` belongs to context ``b % C``.
         rows: ``(k, v)``, each ``[B, KVH, G, hd]`` (already holding this step's key/value).
-        prefix: ``(k, v)``, each ``[C, KVH, P, hd]``.
+        prefix: ``(k, v)``, each ``[C, P, KVH, hd]``.
         prefix_len: ``int32[C]`` real prompt lengths (slots past them are padding).
         positions: ``int32[B]`` each row's position (of this step's token).
         scale: multiplier of the scores.
@@ -244,7 +244,7 @@ def attend_decode_shared(q, rows, prefix, prefix_len, positions, scale: float, w
     kr, vr = rows
     kp, vp = prefix
     b, h, hd = q.shape
-    c, kvh, plen_slots = kp.shape[0], kp.shape[1], kp.shape[2]
+    c, plen_slots, kvh = kp.shape[0], kp.shape[1], kp.shape[2]
     g = h // kvh
     n = b // c
     gen = kr.shape[2]
@@ -252,7 +252,7 @@ def attend_decode_shared(q, rows, prefix, prefix_len, positions, scale: float, w
     plen = jnp.tile(prefix_len.astype(jnp.int32), n)  # [B]: each row's prompt length
 
     # Prompt part: one read of each context's keys for all of its rows.
-    sp = jnp.einsum("nckgd,ckpd->nckgp", qg.reshape(n, c, kvh, g, hd), kp.astype(kr.dtype),
+    sp = jnp.einsum("nckgd,cpkd->nckgp", qg.reshape(n, c, kvh, g, hd), kp.astype(kr.dtype),
                     preferred_element_type=jnp.float32)
     sp = _scores(sp, scale, softcap).reshape(b, kvh, g, plen_slots)
     slots = jnp.arange(plen_slots)[None, :]
@@ -264,7 +264,7 @@ def attend_decode_shared(q, rows, prefix, prefix_len, positions, scale: float, w
     m = jnp.max(sp, axis=-1)
     e = jnp.where(valid, jnp.exp(sp - m[..., None]), 0.0)
     l = jnp.sum(e, axis=-1)
-    acc = jnp.einsum("nckgp,ckpd->nckgd", e.reshape(n, c, kvh, g, plen_slots).astype(vr.dtype),
+    acc = jnp.einsum("nckgp,cpkd->nckgd", e.reshape(n, c, kvh, g, plen_slots).astype(vr.dtype),
                      vp.astype(vr.dtype), preferred_element_type=jnp.float32).reshape(b, kvh, g, hd)
 
     if gen:

@@ -39,14 +39,14 @@ def _plain(q, rows, prefix, plen, positions, scale, window, softcap):
     kp, vp = (np.asarray(x, np.float64) for x in prefix)
     q = np.asarray(q, np.float64)
     b, h, hd = q.shape
-    c, kvh = kp.shape[0], kp.shape[1]
+    c, kvh = kp.shape[0], kp.shape[2]
     out = np.zeros((b, h, hd))
     for r in range(b):
         ctx = r % c
         n_p = int(plen[ctx])
         written = int(positions[r]) - n_p + 1
-        keys = np.concatenate([kp[ctx][:, :n_p], kr[r][:, :written]], axis=1)  # [KVH, L, hd]
-        vals = np.concatenate([vp[ctx][:, :n_p], vr[r][:, :written]], axis=1)
+        keys = np.concatenate([kp[ctx][:n_p].transpose(1, 0, 2), kr[r][:, :written]], axis=1)
+        vals = np.concatenate([vp[ctx][:n_p].transpose(1, 0, 2), vr[r][:, :written]], axis=1)
         pos = np.arange(n_p + written)
         vis = np.ones(n_p + written, bool) if window is None else positions[r] - pos < window
         for head in range(h):
@@ -68,7 +68,7 @@ def test_attend_decode_shared_equals_plain_attention(window, softcap, gen):
     b = n * c
     plen = np.array([4, 9], np.int32)
     q = rng.standard_normal((b, kvh * g, hd)).astype(np.float32)
-    prefix = tuple(rng.standard_normal((c, kvh, p, hd)).astype(np.float32) for _ in range(2))
+    prefix = tuple(rng.standard_normal((c, p, kvh, hd)).astype(np.float32) for _ in range(2))
     rows = tuple(rng.standard_normal((b, kvh, gen, hd)).astype(np.float32) * 3 for _ in range(2))
     # Rows at different lengths: 1 written slot (the current token only) up to the capacity.
     written = np.array([1, gen, gen // 2 + 1, 2, 33 if gen > 33 else 3, gen - 1], np.int32)
@@ -86,7 +86,7 @@ def test_unwritten_blocks_are_not_read():
     rng = np.random.default_rng(1)
     b, kvh, hd, gen = 2, 1, 4, 4 * C.BLOCK
     q = jnp.asarray(rng.standard_normal((b, 2, hd)), jnp.float32)
-    prefix = tuple(jnp.asarray(rng.standard_normal((1, kvh, 3, hd)), jnp.float32) for _ in range(2))
+    prefix = tuple(jnp.asarray(rng.standard_normal((1, 3, kvh, hd)), jnp.float32) for _ in range(2))
     rows = [np.asarray(rng.standard_normal((b, kvh, gen, hd)), np.float32) for _ in range(2)]
     positions = jnp.asarray([3 + 5, 3 + C.BLOCK + 2], jnp.int32)  # 6 and BLOCK + 3 written
     clean = C.attend_decode_shared(q, tuple(map(jnp.asarray, rows)), prefix, jnp.asarray([3]),
