@@ -24,6 +24,10 @@ import os
 import sys
 from pathlib import Path
 
+from ppl import _identity
+
+_identity.check()
+
 from ppl._jaxcache import enable_compilation_cache  # noqa: E402
 
 __all__ = ["main", "run_file", "example_main"]

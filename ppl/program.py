@@ -5,7 +5,11 @@ from __future__ import annotations
 import numbers
 from typing import Any, Sequence
 
-from ppl.context import Context
+from ppl import _identity
+
+_identity.check()  # a foreign top-level 'ppl' (another distribution) is named, not puzzled over
+
+from ppl.context import Context  # noqa: E402
 
 __all__ = ["Program"]
 

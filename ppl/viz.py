@@ -49,7 +49,7 @@ svg{{background:#fafafa;border:1px solid #ddd}}
 </style></head><body>
 <h1>steerppl · {title}</h1>
 <p class="meta" id="meta"></p>
-<h2>ESS per step</h2><svg id="ess" width="720" height="140"></svg>
+<h2>ESS per step</h2><svg id="ess" width="720" height="180"></svg>
 <h2>Resampling lineage</h2><svg id="tree" width="720" height="260"></svg>
 <div id="controls">step <input type="range" id="step" min="0" value="0"> <span id="stepno"></span></div>
 <table id="particles"><thead><tr><th>#</th><th>parent</th><th>weight</th><th></th><th>text</th></tr></thead><tbody></tbody></table>
@@ -71,12 +71,26 @@ function show(t){{
     tr.lastChild.textContent = D.texts[t][i]; tb.appendChild(tr);}}
 }}
 slider.oninput = () => show(+slider.value); show(T-1); slider.value=T-1;
-// ESS chart
-(function(){{const s=document.getElementById('ess'), W=720, H=140, p=20; let h='';
-  const x=t=>p+(W-2*p)*t/Math.max(T-1,1), y=e=>H-p-(H-2*p)*e/N;
+// ESS chart: the curve first, then axes with ticks, the resampling threshold and the
+// resampled steps
+(function(){{const s=document.getElementById('ess'), W=720, H=180, L=46, R=14, Tp=22, B=34; let h='';
+  const x=t=>L+(W-L-R)*t/Math.max(T-1,1), y=e=>H-B-(H-Tp-B)*e/Math.max(N,1);
   h+=`<polyline fill="none" stroke="#4a7bd0" stroke-width="2" points="${{D.ess.map((e,t)=>x(t)+','+y(e)).join(' ')}}"/>`;
+  h+=`<g class="axes" stroke="#444" stroke-width="1"><line x1="${{L}}" y1="${{H-B}}" x2="${{W-R}}" y2="${{H-B}}"/>`+
+     `<line x1="${{L}}" y1="${{Tp}}" x2="${{L}}" y2="${{H-B}}"/></g>`;
+  const yt=[0, N/2, N], st=Math.max(1, Math.ceil((T-1)/8)), xt=[];
+  for(let v=0; v<=Math.max(T-1,0); v+=st) xt.push(v);
+  yt.forEach(v=>{{ h+=`<line class="tick" x1="${{L-4}}" y1="${{y(v)}}" x2="${{L}}" y2="${{y(v)}}" stroke="#444"/>`+
+    `<text x="${{L-7}}" y="${{y(v)+4}}" font-size="11" text-anchor="end">${{+v.toFixed(1)}}</text>`; }});
+  [...new Set(xt)].forEach(v=>{{ h+=`<line class="tick" x1="${{x(v)}}" y1="${{H-B}}" x2="${{x(v)}}" y2="${{H-B+4}}" stroke="#444"/>`+
+    `<text x="${{x(v)}}" y="${{H-B+16}}" font-size="11" text-anchor="middle">${{v}}</text>`; }});
+  h+=`<text x="${{(L+W-R)/2}}" y="${{H-3}}" font-size="11" text-anchor="middle">step</text>`;
+  h+=`<text x="12" y="${{(Tp+H-B)/2}}" font-size="11" text-anchor="middle" transform="rotate(-90 12 ${{(Tp+H-B)/2}})">ESS</text>`;
+  if(D.threshold!==null && D.threshold>0){{ const ty=y(D.threshold);
+    h+=`<line id="threshold" x1="${{L}}" y1="${{ty}}" x2="${{W-R}}" y2="${{ty}}" stroke="#b35" stroke-dasharray="5,4"/>`+
+       `<text x="${{W-R}}" y="${{ty-4}}" font-size="11" fill="#b35" text-anchor="end">resampling threshold ${{D.threshold_label}}</text>`; }}
   D.resampled.forEach((r,t)=>{{ if(r) h+=`<circle cx="${{x(t)}}" cy="${{y(D.ess[t])}}" r="3" fill="#b35"/>`; }});
-  h+=`<text x="${{p}}" y="14" font-size="11">ESS (max ${{N}}); red: resampled</text>`; s.innerHTML=h;}})();
+  h+=`<text x="${{L}}" y="14" font-size="11">ESS before each step's resampling decision (max ${{N}}); red dots: resampled</text>`; s.innerHTML=h;}})();
 // lineage tree: one node per (step, slot), edges to the parent slot; the lineages that
 // survive to the final particles are dark, the ones resampling pruned are light
 (function(){{const s=document.getElementById('tree'), W=720, H=260, p=12; let h='';
@@ -93,11 +107,22 @@ slider.oninput = () => show(+slider.value); show(T-1); slider.value=T-1;
 """
 
 
+def _threshold(result) -> dict:
+    """The ESS below which the run resampled, from the recorded options (None if unknown)."""
+    frac = (getattr(result, "options", None) or {}).get("ess_threshold")
+    if not isinstance(frac, (int, float)) or isinstance(frac, bool):
+        return {"threshold": None, "threshold_label": ""}
+    n = result.num_particles
+    return {"threshold": float(frac) * n, "threshold_label": f"ESS < {frac:g} × {n}"}
+
+
 def write_trace(result, path: str | Path, title: str | None = None) -> Path:
     """Writes a self-contained HTML page showing the run step by step.
 
     The page shows, for a chosen step, every particle's text, parent and normalised weight,
-    the ESS curve with the resampling steps marked, and the lineage of the particles as a tree.
+    the ESS curve (axes with ticks, the resampling threshold ``ess_threshold × N`` as a
+    dashed line when the run recorded it, the resampling steps marked), and the lineage of the
+    particles as a tree.
     """
     texts = particle_texts(result)
     lw = result.extras["history"]["log_weights"]
@@ -111,6 +136,7 @@ def write_trace(result, path: str | Path, title: str | None = None) -> Path:
         "resampled": [bool(x) for x in result.resampled],
         "ess": [float(x) for x in result.ess],
     }
+    data.update(_threshold(result))
     blob = json.dumps(data).replace("</", "<\\/")
     page = _PAGE.format(title=html.escape(title or result.method), data=blob)
     path = Path(path)
@@ -118,21 +144,26 @@ def write_trace(result, path: str | Path, title: str | None = None) -> Path:
     return path
 
 
-def plot_result(result, path: str | Path) -> Path:
-    """Saves a PNG with the ESS per step and the final normalised weights."""
+def _figure(result):
+    """The matplotlib figure [plot_result][ppl.viz.plot_result] saves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
-    a.plot(np.arange(len(result.ess)), result.ess, marker=".")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
+    a.plot(np.arange(len(result.ess)), result.ess, marker=".", label="ESS")
     res_steps = np.nonzero(result.resampled)[0]
     a.scatter(res_steps, result.ess[res_steps], color="crimson", zorder=3, label="resampled")
+    thr = _threshold(result)
+    if thr["threshold"] is not None and thr["threshold"] > 0:
+        a.axhline(thr["threshold"], color="crimson", linestyle="--", linewidth=1,
+                  label=f"threshold ({thr['threshold_label']})")
     a.set_xlabel("step")
     a.set_ylabel("ESS")
     a.set_ylim(0, result.num_particles * 1.05)
-    a.legend(loc="lower left")
+    # below the axes, never over the curve
+    a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False, fontsize=8)
     a.set_title("effective sample size")
     order = np.argsort(-result.weights)
     b.bar(np.arange(len(order)), result.weights[order])
@@ -141,7 +172,16 @@ def plot_result(result, path: str | Path) -> Path:
     le = result.log_evidence
     b.set_title("final weights" + ("" if le is None else f" (log Z ≈ {le:.3f})"))
     fig.tight_layout()
+    return fig
+
+
+def plot_result(result, path: str | Path) -> Path:
+    """Saves a PNG with the ESS per step (the resampling threshold dashed, the legend below
+    the axes) and the final normalised weights."""
+    import matplotlib.pyplot as plt
+
+    fig = _figure(result)
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path

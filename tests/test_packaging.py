@@ -95,3 +95,41 @@ def test_wheel_installs_and_runs_an_example_by_name_outside_the_repo(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout[run.stdout.index("{"):])
     assert summary["outputs"] and all(o["ok"] for o in summary["outputs"])
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=300)
+
+
+def test_import_ppl_is_lazy():
+    """``import ppl`` loads neither JAX nor transformers (benchmarks/import_time.py measures the
+    time); the public names load on first use and are the real objects."""
+    out = _python(
+        "import sys, ppl\n"
+        "heavy = [m for m in ('jax', 'numpy', 'transformers', 'torch') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from ppl import steer, models\n"
+        "import ppl.program\n"
+        "assert ppl.Program is ppl.program.Program and callable(steer)\n"
+        "assert 'transformers' not in sys.modules\n"
+        "assert set(ppl.__all__) <= set(dir(ppl))\n"
+        "try:\n    ppl.no_such_name\nexcept AttributeError as e:\n    print('ok', e)\n")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ok module 'ppl' has no attribute 'no_such_name'" in out.stdout
+
+
+def test_a_foreign_ppl_package_is_named_with_the_fix():
+    """Another distribution's ``ppl/__init__.py`` over ours: importing our modules says so."""
+    out = _python(
+        "import sys, types\n"
+        f"fake = types.ModuleType('ppl'); fake.__path__ = [{str(ROOT / 'ppl')!r}]\n"
+        "fake.__file__ = '/site-packages/ppl/__init__.py'\n"
+        "sys.modules['ppl'] = fake\n"
+        "import ppl.program\n")
+    assert out.returncode != 0
+    err = out.stderr.strip().splitlines()[-1]
+    assert err.startswith("ImportError: The package 'ppl' that Python imported "
+                          "(/site-packages/ppl/__init__.py) is not steerppl's"), err
+    assert "pip uninstall ppl" in err and "'steerppl'" in err

@@ -73,6 +73,14 @@ def test_rendered_dom_has_one_row_per_particle_with_its_text(traced):
     assert abs(weights.sum() - 1.0) < 0.01
     assert "log-evidence" in dom and f"{res.num_particles} particles" in dom
     assert re.search(r'<svg id="ess"[^>]*><polyline [^>]*points="[0-9.,\- ]+"', dom)  # ESS curve drawn
+    ess_svg = dom.split('<svg id="ess"')[1].split("</svg>")[0]
+    assert '<g class="axes"' in ess_svg and ">step</text>" in ess_svg and ">ESS</text>" in ess_svg
+    assert f">{res.num_particles}</text>" in ess_svg and ">0</text>" in ess_svg  # y ticks 0..N
+    # the resampling threshold: ess_threshold (default 0.5) x N, a dashed line at that height
+    thr = re.search(r'<line id="threshold" x1="[0-9.]+" y1="([0-9.]+)"', ess_svg)
+    assert thr and "resampling threshold ESS &lt; 0.5 × 12" in ess_svg
+    y_of = lambda e: 180 - 34 - (180 - 22 - 34) * e / res.num_particles  # noqa: E731
+    assert float(thr.group(1)) == pytest.approx(y_of(0.5 * res.num_particles), abs=0.01)
     assert len(re.findall(r"<line ", dom.split('<svg id="tree"')[1].split("</svg>")[0])) == \
         (len(res.ess) - 1) * res.num_particles  # one lineage edge per particle per step
 
@@ -88,3 +96,15 @@ def test_screenshot_for_the_docs(traced):
     dest = ROOT / "docs" / "img" / "trace.png"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(data)
+
+
+def test_threshold_comes_from_the_recorded_options():
+    from ppl.viz import _threshold
+
+    class R:  # only what _threshold reads
+        num_particles = 8
+        options = {"ess_threshold": 0.25}
+
+    assert _threshold(R()) == {"threshold": 2.0, "threshold_label": "ESS < 0.25 × 8"}
+    R.options = {}
+    assert _threshold(R())["threshold"] is None
