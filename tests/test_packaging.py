@@ -133,3 +133,10 @@ def test_a_foreign_ppl_package_is_named_with_the_fix():
     assert err.startswith("ImportError: The package 'ppl' that Python imported "
                           "(/site-packages/ppl/__init__.py) is not steerppl's"), err
     assert "pip uninstall ppl" in err and "'steerppl'" in err
+
+
+def test_ppl_run_by_name_in_process(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no examples/ folder here: the name is resolved by the gallery
+    assert cli.main(["run", "short_words", "--particles", "2", "--max-tokens", "4", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["outputs"] and all(o["ok"] for o in summary["outputs"])

@@ -84,3 +84,14 @@ def test_repr_and_html(smc_result):
     assert "<svg" in page and "polyline" in page  # the ESS sparkline
     assert "write_trace" in page
     assert "log evidence" in page
+
+
+def test_infer_many_records_each_problems_seed_and_options(tmp_path):
+    lm = ppl.models.load("tiny")
+    program = ppl.steer(lm, "The", max_tokens=3)
+    results = ppl.infer_many(program, method="smc", particles=2, seed=10,
+                             prompts=["The king", "And he"], ess_threshold=0.3)
+    assert [r.seed for r in results] == [10, 11]
+    assert all(r.options["ess_threshold"] == 0.3 for r in results)
+    back = Result.load(results[1].save(tmp_path / "b.json"))
+    assert back == results[1] and back.seed == 11
