@@ -5,7 +5,7 @@ the posterior, approximated by a backend chosen with ``ppl.infer(program, method
 """
 
 from ppl import models
-from ppl.api import infer, infer_many, methods, register_method
+from ppl.api import infer, infer_many, log_z_bounds, methods, register_method
 from ppl.context import Context
 from ppl.dists import TokenDist
 from ppl.models.chat import chat
@@ -25,6 +25,7 @@ __all__ = [
     "TokenDist",
     "chat",
     "infer",
+    "log_z_bounds",
     "infer_many",
     "methods",
     "models",

@@ -10,7 +10,16 @@ from ppl.errors import OptionError
 from ppl.program import Program
 from ppl.result import Result
 
-__all__ = ["infer", "infer_many", "methods", "register_method"]
+__all__ = ["infer", "infer_many", "log_z_bounds", "methods", "register_method"]
+
+
+def log_z_bounds(program: Program, samples, particles: int = 32, seed: int = 0,
+                 runs: int | None = None, **options):
+    """Lower (SMC) and upper (conditional sweeps around exact posterior ``samples``) bounds
+    on ``log Z``, with Monte Carlo errors; see [log_z_bounds][ppl.inference.bounds.log_z_bounds]."""
+    from ppl.inference.bounds import log_z_bounds as bounds
+
+    return bounds(program, samples, particles, seed, runs, **options)
 
 
 def methods() -> list[str]:
