@@ -24,6 +24,7 @@ __steerppl__ = True
 _LAZY = {
     "infer": "ppl.api",
     "infer_many": "ppl.api",
+    "log_z_bounds": "ppl.api",
     "methods": "ppl.api",
     "register_method": "ppl.api",
     "Context": "ppl.context",
@@ -40,7 +41,7 @@ _SUBMODULES = {"models", "stdlib", "inference", "testing", "viz", "cli", "galler
 
 if TYPE_CHECKING:  # what type checkers and the API docs see
     from ppl import inference, models, stdlib, testing, viz  # noqa: F401
-    from ppl.api import infer, infer_many, methods, register_method  # noqa: F401
+    from ppl.api import infer, infer_many, log_z_bounds, methods, register_method  # noqa: F401
     from ppl.context import Context  # noqa: F401
     from ppl.dists import TokenDist  # noqa: F401
     from ppl.models.chat import chat  # noqa: F401
@@ -76,6 +77,7 @@ __all__ = [
     "chat",
     "infer",
     "infer_many",
+    "log_z_bounds",
     "methods",
     "models",
     "register_method",

@@ -10,7 +10,31 @@ from ppl.errors import OptionError
 from ppl.program import Program
 from ppl.result import Result
 
-__all__ = ["infer", "infer_many", "methods", "register_method"]
+__all__ = ["infer", "infer_many", "log_z_bounds", "methods", "register_method"]
+
+
+def log_z_bounds(program: Program, samples, particles: int = 32, seed: int = 0,
+                 runs: int | None = None, **options):
+    """Lower (SMC) and upper (conditional sweeps around exact posterior ``samples``) bounds
+    on ``log Z``, with Monte Carlo errors.
+
+    Args:
+        program: the [Program][ppl.Program].
+        samples: exact posterior samples (texts or token-id sequences), one conditional sweep
+            (``method="csmc"``, no ancestor sampling) each.
+        particles: ``N`` of every run.
+        seed: runs use seeds ``seed, seed + 1, ...``.
+        runs: SMC runs for the lower side (default: as many as samples).
+        **options: ``resampling`` / ``ess_threshold`` of both kinds of run.
+
+    Returns:
+        ``ppl.inference.bounds.LogZBounds``: ``lower``, ``lower_se``, ``upper``, ``upper_se``
+        (means and standard errors of ``log Z_hat``), the runs' values and ``gap``. See
+        docs/backends.md for why the conditional sweeps bound ``log Z`` from above.
+    """
+    from ppl.inference.bounds import log_z_bounds as bounds
+
+    return bounds(program, samples, particles, seed, runs, **options)
 
 
 def methods() -> list[str]:

@@ -43,10 +43,25 @@ class SteerProgram(Program):
                  *, top_k: int | None = None, top_p: float | None = None,
                  min_p: float | None = None, truncation: str = "prior",
                  truncation_floor: float = 0.05,
-                 unit="token"):
+                 unit="token", process_reward=None, reward_aggregate: str = "product",
+                 reward_as: str = "likelihood"):
         super().__init__(lm=lm, prompt=prompt, max_tokens=max_tokens)
         self.unit = unit
         self._unit_tables = unit_tables(lm, unit)
+        if process_reward is not None and not callable(process_reward):
+            raise TypeError(f"steer: process_reward must be a function text -> log-score, got "
+                            f"{process_reward!r}.")
+        if reward_aggregate not in AGGREGATES:
+            raise ValueError(f"steer: unknown reward_aggregate {reward_aggregate!r}; choose one "
+                             f"of {list(AGGREGATES)}.")
+        if reward_as not in ("likelihood", "twist"):
+            raise ValueError(f"steer: reward_as must be 'likelihood' or 'twist', got "
+                             f"{reward_as!r}.")
+        self.process_reward = process_reward
+        self.reward_aggregate = reward_aggregate
+        self.reward_as = reward_as
+        # Units, or a process reward, carry extra state (held twists, the reward aggregate).
+        self._rich = unit != "token" or process_reward is not None
         self.automata: list[TokenAutomaton] = []
         self.predicates: list[TextPredicate] = []
         self.host: list[BoundSampler] = []
@@ -118,19 +133,23 @@ class SteerProgram(Program):
 
     def init(self, ctx: Context):
         states = tuple(a.init_state() for a in self.automata)
-        if self.unit == "token":
+        if not self._rich:
             return states
-        # With units the state also holds the twist of the last boundary (kept in between).
-        return states, jnp.zeros((len(self.twists),), jnp.float32)
+        # The twists of the last boundary (held in between) and the process reward's
+        # aggregate of the units completed so far, with their count.
+        return (states, jnp.zeros((len(self.twists),), jnp.float32),
+                (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)))
 
     def step(self, ctx: Context, state):
-        if self.unit == "token":
+        if not self._rich:
             return self._step(ctx, state, None)
         return self._step(ctx, *state)
 
     def _boundary(self, ctx: Context, tok):
         """Whether the text after ``tok`` ends a unit (EOS always does: the particle ends)."""
         u, tabs = self.unit, self._unit_tables
+        if u == "token":
+            return jnp.ones((), bool)
         if isinstance(u, int):
             return (ctx.length + 1) % u == 0
         if callable(u):
@@ -142,7 +161,7 @@ class SteerProgram(Program):
                      & jnp.asarray(tabs["starts_nl"])[tok])
         return b
 
-    def _step(self, ctx: Context, state, held=None):
+    def _step(self, ctx: Context, state, held=None, agg=None):
         p, q = self._truncated(ctx.lm.next_token(self.temperature))
         if self.automata:
             mask = jnp.ones((self.lm.vocab_size,), bool)
@@ -169,13 +188,50 @@ class SteerProgram(Program):
                 ctx.twist(ctx.text(g), name=f"twist {g.name!r}")
             return state
         at = self._boundary(ctx, tok) | _is_eos(self.lm, tok)
-        ctx.boundary(at)
+        if self.unit != "token":
+            ctx.boundary(at)
         new = []
         for i, g in enumerate(self.twists):
             v = jnp.where(at, ctx.text(g), held[i])
             ctx.twist(v, name=f"twist {g.name!r}")
             new.append(v)
-        return state, jnp.asarray(new, jnp.float32).reshape((len(self.twists),))
+        if self.process_reward is not None:
+            # The last token also completes a unit (the text ends there); EOS right after a
+            # boundary completes nothing (no text since the last score).
+            eos = _is_eos(self.lm, tok)
+            fresh = ~eos | (ctx.length > agg[2])
+            agg = self._reward(ctx, (at | ctx.is_last) & fresh, agg)
+        return state, jnp.asarray(new, jnp.float32).reshape((len(self.twists),)), agg
+
+    def _reward(self, ctx: Context, at, agg):
+        """Scores the unit just completed and folds it into the aggregate. As a likelihood the
+        aggregate's change enters as a factor (telescoping to ``aggregate(final scores)``, so
+        intermediate weights already see it); as a twist it is the current twist."""
+        value, count, scored_len = agg
+        fn, twist = self.process_reward, self.reward_as == "twist"
+
+        def score(text):
+            r = float(fn(text))
+            if twist and not np.isfinite(r):
+                raise ValueError(f"process_reward returned {r} for {text!r}; as a twist it must "
+                                 f"be finite (use reward_as='likelihood' to rule texts out).")
+            return r
+
+        r = ctx.text(score)
+        how = self.reward_aggregate
+        if how == "product":
+            new = value + r
+        elif how == "last":
+            new = r
+        else:  # min
+            new = jnp.where(count == 0, r, jnp.minimum(value, r))
+        new = jnp.where(at, new, value)
+        if twist:
+            ctx.twist(new)
+        else:
+            ctx.factor(jnp.where(at, new - value, 0.0))
+        return (new.astype(jnp.float32), count + at.astype(jnp.int32),
+                jnp.where(at, ctx.length + 1, scored_len).astype(jnp.int32))
 
     def _draw(self, ctx: Context, p, q):
         if not self.host:
@@ -188,7 +244,7 @@ class SteerProgram(Program):
         return ctx.extend(p, tok, lz_dev + lz_host)
 
     def final(self, ctx: Context, state):
-        if self.unit != "token":
+        if self._rich:
             state = state[0]
         for h in self.host:
             ctx.condition(ctx.text(h.check, dtype=bool), name=h.name)
@@ -240,6 +296,10 @@ def _check_truncation(lm, top_k, top_p, min_p, truncation, floor):
     return (top_k, None if top_p is None else float(top_p),
             None if min_p is None else float(min_p))
 
+
+#: How ``steer(process_reward=...)`` combines the log-scores of the completed units: their
+#: sum (a product of scores), the last one, or the smallest.
+AGGREGATES = ("product", "last", "min")
 
 #: The text units ``steer(unit=...)`` names (besides ``"token"``, an int and a predicate).
 UNITS = ("token", "word", "line", "sentence", "blank_line")
@@ -297,7 +357,8 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
           temperature: float | None = None, *, messages: Sequence[dict] | None = None,
           top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
           truncation: str = "prior", truncation_floor: float = 0.05,
-          unit="token") -> SteerProgram:
+          unit="token", process_reward=None, reward_aggregate: str = "product",
+          reward_as: str = "likelihood") -> SteerProgram:
     """The common program without writing a class.
 
     Args:
@@ -336,6 +397,14 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
             (reasoning steps separated by blank lines), an int ``k`` (every ``k`` tokens) or
             a function ``text -> bool`` (host-side, called on every prefix). Particles
             between boundaries keep their weights; the target is the same for every unit.
+        process_reward: a process reward model: ``text -> log-score`` called on the host at
+            every unit boundary (and on the final text), scoring the units completed so far.
+        reward_aggregate: how the scores of a text's units combine: ``"product"`` (sum of
+            log-scores), ``"last"`` or ``"min"`` (the inference-time scaling paper's choices).
+        reward_as: ``"likelihood"`` (the target becomes ``p_LM(x) exp(aggregate)``; each
+            boundary adds the aggregate's change as a factor, so intermediate weights see it)
+            or ``"twist"`` (guides resampling only; the target stays the LM's, times the
+            other potentials).
 
     Raises:
         ValueError: both ``prompt`` and ``messages``, or ``messages`` for a model without a
@@ -351,4 +420,5 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
     return SteerProgram(lm, prompt, constraints, potentials, twists, max_tokens, temperature,
                         top_k=top_k, top_p=top_p, min_p=min_p, truncation=truncation,
                         truncation_floor=truncation_floor,
-                        unit=unit)
+                        unit=unit, process_reward=process_reward,
+                        reward_aggregate=reward_aggregate, reward_as=reward_as)

@@ -34,6 +34,7 @@ SMALL = {
     "word_count": ({"max_tokens": 20}, "smc", 8, {}),
     "reward_guided": ({"max_tokens": 10}, "smc", 8, {}),
     "reasoning_steps": ({}, "smc", 64, {}),
+    "process_reward_steps": ({}, "smc", 32, {"anneal": "entropy"}),
     "compare_methods": ({"max_tokens": 6}, "smc", 8, {}),
     "latent_temperature": ({"max_tokens": 8}, "smc", 8, {}),
     "chat_json": ({"max_tokens": 40}, "smc", 8, {}),
