@@ -411,36 +411,49 @@ class _Compiler:
         self.max_states = max_states
         self.ws = whitespace
         self.anchors = {}
+        self.ids = {}
+        self.base_of = {}
         self._index(root, "")
+        self._base = ""
         self._universe: dict = {}
         self._ref_chain = 0
 
     # -- references --
-    def _index(self, s, path):
+    def _index(self, s, path, base: str = ""):
+        """Records ``$id`` documents (by absolute URI), ``$anchor``s (per base URI) and the
+        base URI in effect at every subschema."""
         if isinstance(s, dict):
+            if isinstance(s.get("$id"), str):
+                base = _join(base, s["$id"])
+                self.ids[base] = s
             if isinstance(s.get("$anchor"), str):
-                self.anchors[s["$anchor"]] = s
+                self.anchors[(base, s["$anchor"])] = s
+            self.base_of[id(s)] = base
             for k, v in s.items():
                 if k in ("enum", "const", "examples", "default"):
                     continue
-                self._index(v, f"{path}/{k}")
+                self._index(v, f"{path}/{k}", base)
         elif isinstance(s, list):
             for i, v in enumerate(s):
-                self._index(v, f"{path}/{i}")
+                self._index(v, f"{path}/{i}", base)
 
-    def resolve(self, ref: str, path: str):
+    def resolve(self, ref: str, path: str, base: str = ""):
+        """The schema ``ref`` names, resolved against ``base`` (same document only)."""
         if not isinstance(ref, str):
             raise _fail(path, f"'$ref' must be a string, got {ref!r}")
-        base, _, frag = ref.partition("#")
-        if base and not (isinstance(self.root, dict) and self.root.get("$id") == base):
-            raise _fail(path, f"'$ref' {ref!r} points outside this schema (only '#...' "
-                        "references into the same document are supported)")
+        full = _join(base, ref)
+        url, _, frag = full.partition("#")
+        doc = self.root if url == "" else self.ids.get(url)
+        if doc is None:
+            raise _fail(path, f"'$ref' {ref!r} points outside this schema (only references "
+                        "into the same document, by JSON pointer, $id or $anchor, are supported)")
         frag = urllib.parse.unquote(frag)
         if frag and not frag.startswith("/"):
-            if frag in self.anchors:
-                return self.anchors[frag]
-            raise _fail(path, f"'$ref' {ref!r}: no $anchor {frag!r}")
-        node = self.root
+            got = self.anchors.get((url, frag))
+            if got is None:
+                raise _fail(path, f"'$ref' {ref!r}: no $anchor {frag!r}")
+            return got
+        node = doc
         for part in frag.split("/")[1:]:
             part = part.replace("~1", "/").replace("~0", "~")
             if isinstance(node, dict) and part in node:
@@ -511,6 +524,14 @@ class _Compiler:
         for kw in s:
             if kw in UNSUPPORTED:
                 raise _fail(path, f"unsupported keyword {kw!r}")
+        outer_base = self._base
+        self._base = self.base_of.get(id(s), self._base)
+        try:
+            return self._compile(s, path, d, pol)
+        finally:
+            self._base = outer_base
+
+    def _compile(self, s, path, d, pol):
         # None: the slot is the universe (materialised only when something needs it, so an
         # unconstrained slot costs no product automaton)
         slots: dict = {t: None for t in SLOTS}
@@ -528,7 +549,7 @@ class _Compiler:
                 slots[t] = F.inter(cur, node)
 
         if "$ref" in s:
-            target = self.resolve(s["$ref"], path + "/$ref")
+            target = self.resolve(s["$ref"], path + "/$ref", self._base)
             self._ref_chain += 1
             try:
                 if self._ref_chain > 24:
@@ -964,6 +985,17 @@ def _json_eq(a, b) -> bool:
     return a == b
 
 
+def _join(base: str, ref: str) -> str:
+    """``ref`` resolved against ``base`` (URNs and fragments too, which urljoin mishandles)."""
+    if ref.startswith("#"):
+        return base.partition("#")[0] + ref
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", ref) or not base:
+        return ref
+    if base.startswith("urn:"):
+        return ref
+    return urllib.parse.urljoin(base, ref)
+
+
 def _loop(q, a):
     return 0
 
@@ -1014,7 +1046,7 @@ def reorder(doc: Any, schema: Any, root: Any = None, _depth: int = 0) -> Any:
     if "$ref" in schema and isinstance(schema["$ref"], str) and schema["$ref"].startswith("#"):
         try:
             target = _Compiler.__new__(_Compiler)
-            target.root, target.anchors = root, {}
+            target.root, target.anchors, target.ids, target.base_of = root, {}, {}, {}
             target._index(root, "")
             resolved = _Compiler.resolve(target, schema["$ref"], "")
             if isinstance(resolved, dict):
