@@ -179,15 +179,46 @@ def summarize(rows: list[dict]) -> dict:
             "by_file": {f: {k: c.get(k, 0) for k in CATS} for f, c in sorted(by_file.items())}}
 
 
+def _write_docs(out: dict) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _docs import replace_section
+
+    t = out["ours"]["total"]
+    rows = [f"| steerppl (canonical form) | {t['pass']} | {t['false_negative']} | "
+            f"{t['compile_error_valid']} | {t['compile_error']} | {t['false_positive']} |"]
+    llg = out.get("llguidance")
+    if isinstance(llg, dict):
+        lt = llg["total"]
+        rows.append(f"| llguidance {llg['version']} (same texts, byte tokenizer) | {lt['pass']} | "
+                    f"{lt['false_negative']} | {lt['compile_error_valid']} | {lt['compile_error']} | "
+                    f"{lt['false_positive']} |")
+    elif isinstance(llg, str):
+        rows.append(f"| llguidance | {llg} | | | | |")
+    if "xgrammar" in out:
+        rows.append(f"| xgrammar | {out['xgrammar']} | | | | |")
+    body = (
+        "## JSON-Schema-Test-Suite (draft 2020-12)\n\n"
+        f"`python benchmarks/json_schema_suite.py --others` on {out['machine']}: {out['suite']}, "
+        f"{out['ours']['tests']} tests, {out['wall_s']} s for ours. Categories as llguidance's "
+        "report; per-keyword counts in docs/constraints.md.\n\n"
+        "| engine | pass | false negative | compile error on valid | compile error | false positive |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    replace_section("## JSON-Schema-Test-Suite (draft 2020-12)", body)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--suite", help="draft2020-12 directory (default: cache, else download)")
     ap.add_argument("--baseline", action="store_true", help="write the CI ratchet baseline")
     ap.add_argument("--others", action="store_true", help="also run llguidance")
+    ap.add_argument("--download-only", action="store_true", help="fetch the suite and stop")
     args = ap.parse_args(argv)
     suite = find_suite(args.suite) or download()
     if suite is None:
         sys.exit("json_schema_suite: could not find or download the suite")
+    if args.download_only:
+        print(suite)
+        return None
     groups = load(suite)
     t0 = time.perf_counter()
     rows = run_ours(groups)
@@ -217,6 +248,7 @@ def main(argv=None):
             out["xgrammar"] = f"not run: {type(e).__name__}: {e}"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
+    _write_docs(out)
     if args.baseline:
         BASELINE.write_text(json.dumps(
             {"passing": sorted({f"{r['file']}|{r['group']}|{r['test']}" for r in rows

@@ -65,7 +65,14 @@ class SteerProgram(Program):
         self.automata: list[TokenAutomaton] = []
         self.predicates: list[TextPredicate] = []
         self.host: list[BoundSampler] = []
+        from ppl.stdlib.constraints import AllOf
+
+        flat = []
         for c in constraints:
+            # all_of's parts join the one product built below, and a stop string inside it
+            # keeps ending the text at the stop string (see halts)
+            flat.extend(c.parts if isinstance(c, AllOf) else [c])
+        for c in flat:
             if isinstance(c, HostSampler):
                 self.host.append(c.bind(lm.vocab))
             elif isinstance(c, TokenAutomaton):

@@ -89,7 +89,10 @@ def _rx(p: str) -> F.Node:
 _DATE = r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
 _TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?(?:[zZ]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# Label lengths are not bounded (a counted {0,61} costs ~60 states per label): as a
+# subset of the specification's valid strings (format is an annotation there) any
+# restriction is sound.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _H16 = r"[0-9A-Fa-f]{1,4}"
 #: Formats enforced (as a subset of the valid strings: dates allow day 31 in every month
 #: only as far as the regex says; see docs/constraints.md).
@@ -101,7 +104,7 @@ FORMATS = {
     "ipv4": rf"{_OCTET}(?:\.{_OCTET}){{3}}",
     "ipv6": rf"(?:{_H16}:){{7}}{_H16}",
     "hostname": rf"{_LABEL}(?:\.{_LABEL})*",
-    "email": r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+",
+    "email": rf"[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*@{_LABEL}(?:\.{_LABEL})+",
     "uri": r"[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+",
     "duration": r"P(?:[0-9]+W|(?:[0-9]+Y)?(?:[0-9]+M)?(?:[0-9]+D)?(?:T(?:[0-9]+H)?(?:[0-9]+M)?(?:[0-9]+S)?)?)",
 }
@@ -408,36 +411,49 @@ class _Compiler:
         self.max_states = max_states
         self.ws = whitespace
         self.anchors = {}
+        self.ids = {}
+        self.base_of = {}
         self._index(root, "")
+        self._base = ""
         self._universe: dict = {}
         self._ref_chain = 0
 
     # -- references --
-    def _index(self, s, path):
+    def _index(self, s, path, base: str = ""):
+        """Records ``$id`` documents (by absolute URI), ``$anchor``s (per base URI) and the
+        base URI in effect at every subschema."""
         if isinstance(s, dict):
+            if isinstance(s.get("$id"), str):
+                base = _join(base, s["$id"])
+                self.ids[base] = s
             if isinstance(s.get("$anchor"), str):
-                self.anchors[s["$anchor"]] = s
+                self.anchors[(base, s["$anchor"])] = s
+            self.base_of[id(s)] = base
             for k, v in s.items():
                 if k in ("enum", "const", "examples", "default"):
                     continue
-                self._index(v, f"{path}/{k}")
+                self._index(v, f"{path}/{k}", base)
         elif isinstance(s, list):
             for i, v in enumerate(s):
-                self._index(v, f"{path}/{i}")
+                self._index(v, f"{path}/{i}", base)
 
-    def resolve(self, ref: str, path: str):
+    def resolve(self, ref: str, path: str, base: str = ""):
+        """The schema ``ref`` names, resolved against ``base`` (same document only)."""
         if not isinstance(ref, str):
             raise _fail(path, f"'$ref' must be a string, got {ref!r}")
-        base, _, frag = ref.partition("#")
-        if base and not (isinstance(self.root, dict) and self.root.get("$id") == base):
-            raise _fail(path, f"'$ref' {ref!r} points outside this schema (only '#...' "
-                        "references into the same document are supported)")
+        full = _join(base, ref)
+        url, _, frag = full.partition("#")
+        doc = self.root if url == "" else self.ids.get(url)
+        if doc is None:
+            raise _fail(path, f"'$ref' {ref!r} points outside this schema (only references "
+                        "into the same document, by JSON pointer, $id or $anchor, are supported)")
         frag = urllib.parse.unquote(frag)
         if frag and not frag.startswith("/"):
-            if frag in self.anchors:
-                return self.anchors[frag]
-            raise _fail(path, f"'$ref' {ref!r}: no $anchor {frag!r}")
-        node = self.root
+            got = self.anchors.get((url, frag))
+            if got is None:
+                raise _fail(path, f"'$ref' {ref!r}: no $anchor {frag!r}")
+            return got
+        node = doc
         for part in frag.split("/")[1:]:
             part = part.replace("~1", "/").replace("~0", "~")
             if isinstance(node, dict) and part in node:
@@ -508,6 +524,14 @@ class _Compiler:
         for kw in s:
             if kw in UNSUPPORTED:
                 raise _fail(path, f"unsupported keyword {kw!r}")
+        outer_base = self._base
+        self._base = self.base_of.get(id(s), self._base)
+        try:
+            return self._compile(s, path, d, pol)
+        finally:
+            self._base = outer_base
+
+    def _compile(self, s, path, d, pol):
         # None: the slot is the universe (materialised only when something needs it, so an
         # unconstrained slot costs no product automaton)
         slots: dict = {t: None for t in SLOTS}
@@ -525,7 +549,7 @@ class _Compiler:
                 slots[t] = F.inter(cur, node)
 
         if "$ref" in s:
-            target = self.resolve(s["$ref"], path + "/$ref")
+            target = self.resolve(s["$ref"], path + "/$ref", self._base)
             self._ref_chain += 1
             try:
                 if self._ref_chain > 24:
@@ -968,6 +992,17 @@ def _json_eq(a, b) -> bool:
     return a == b
 
 
+def _join(base: str, ref: str) -> str:
+    """``ref`` resolved against ``base`` (URNs and fragments too, which urljoin mishandles)."""
+    if ref.startswith("#"):
+        return base.partition("#")[0] + ref
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", ref) or not base:
+        return ref
+    if base.startswith("urn:"):
+        return ref
+    return urllib.parse.urljoin(base, ref)
+
+
 def _loop(q, a):
     return 0
 
@@ -1018,7 +1053,7 @@ def reorder(doc: Any, schema: Any, root: Any = None, _depth: int = 0) -> Any:
     if "$ref" in schema and isinstance(schema["$ref"], str) and schema["$ref"].startswith("#"):
         try:
             target = _Compiler.__new__(_Compiler)
-            target.root, target.anchors = root, {}
+            target.root, target.anchors, target.ids, target.base_of = root, {}, {}, {}
             target._index(root, "")
             resolved = _Compiler.resolve(target, schema["$ref"], "")
             if isinstance(resolved, dict):

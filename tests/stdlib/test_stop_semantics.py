@@ -54,3 +54,13 @@ def test_stop_beside_other_constraints():
     assert not posterior_discrepancies(results, exact)
     want = math.exp(_logsoftmax(init)[1] + _logsoftmax(trans[1])[2])  # "b."
     assert exact.posterior["b."] == pytest.approx(want / math.exp(exact.log_evidence), rel=1e-4)
+
+
+def test_stop_inside_all_of_still_halts():
+    lm, init, trans = _lm()
+    prog = ppl.steer(lm, "", constraints=[C.all_of(C.max_chars(3), C.stop("."))], max_tokens=3)
+    assert [a.halts for a in prog.automata] == [False, True]
+    exact = enumerate_posterior(prog)
+    want = math.exp(_logsoftmax(init)[0] + _logsoftmax(trans[0])[2])
+    assert exact.log_evidence == pytest.approx(0.0, abs=1e-5)
+    assert exact.posterior["a."] == pytest.approx(want, rel=1e-4)
