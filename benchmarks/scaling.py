@@ -161,10 +161,12 @@ def table(rows) -> str:
            "(run peak - import) / estimate | peak RSS, process / estimate | XLA temp (MiB) | "
            "XLA temp / KV |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    failed = []
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['model']} | {r['n']} | {r['t']} | error: {r['error'][-80:]!r} |"
-                       + " |" * 11)
+            # Never a traceback as a table row: the configuration is named under the table.
+            last = [x for x in r["error"].strip().splitlines() if x.strip()][-1:] or ["?"]
+            failed.append(f"{r['model']} N={r['n']} T={r['t']} ({last[0].strip()[:80]})")
             continue
         d = derived(r)
         out.append(
@@ -174,6 +176,9 @@ def table(rows) -> str:
             f"{d['est_mib']:.1f} | {d['kv_mib']:.1f} | {d['ratio']:.2f} | "
             f"{d['process_ratio']:.2f} | {d['temp_mib']:.1f} | "
             f"{d['temp_over_kv']:.2f} |")
+    if failed:
+        out.append("")
+        out.append("Not measured (the run failed; see the JSON): " + "; ".join(failed) + ".")
     return "\n".join(out)
 
 
