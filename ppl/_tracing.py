@@ -208,5 +208,31 @@ def check_program(program, lm, num_contexts: int, max_tokens: int) -> tuple[str,
             program.final(Context(k_fin, **common), new_state)
         return jnp.zeros(())
 
+    before = dict(vars(program)) if hasattr(program, "__dict__") else {}
     jax.eval_shape(one, jax.random.key(0))
+    _check_attributes(program, before)
     return tuple(names)
+
+
+def _check_attributes(program, before: dict) -> None:
+    """Refuses a program that stored traced values on itself (LLaMPPL keeps a particle's
+    state on the model object; here one program object serves every particle)."""
+    if not hasattr(program, "__dict__"):
+        return
+    leaked = []
+    for k, v in list(vars(program).items()):
+        if k in before and before[k] is v:
+            continue
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(v)):
+            leaked.append(k)
+            if k in before:  # leave the user's object as it was
+                setattr(program, k, before[k])
+            else:
+                delattr(program, k)
+    if leaked:
+        attrs = ", ".join(f"`self.{k}`" for k in leaked)
+        raise ProgramError(
+            f"{type(program).__name__} assigned {attrs} while tracing init/step/final. One "
+            "program object serves every particle, so its attributes cannot hold a particle's "
+            "values: keep them in the state (return them from init(), update and return them "
+            "in step()), and read per-particle facts from ctx (ctx.tokens, ctx.length, ctx.t).")

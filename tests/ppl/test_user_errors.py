@@ -318,3 +318,18 @@ def test_potentials_accept_numpy_and_jax_scalars():
     for value in ("1.5", None, [1.5], np.ones(2)):
         with pytest.raises(TypeError, match="must return a number"):
             Potential(lambda text, v=value: v)("x")
+
+
+def test_state_kept_on_self_is_refused_and_the_program_left_unchanged():
+    class OnSelf(ppl.Program):
+        count = 0
+
+        def step(self, ctx, s):
+            tok = ctx.sample(ctx.lm.next_token())
+            self.count = self.count + tok  # LLaMPPL style: state on the model object
+            return s
+
+    prog = OnSelf(LM, max_tokens=2)
+    with pytest.raises(ppl.ProgramError, match=r"assigned `self.count` while tracing.*keep them in the state"):
+        prepare(prog)
+    assert "count" not in vars(prog)
