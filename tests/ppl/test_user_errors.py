@@ -333,3 +333,10 @@ def test_state_kept_on_self_is_refused_and_the_program_left_unchanged():
     with pytest.raises(ppl.ProgramError, match=r"assigned `self.count` while tracing.*keep them in the state"):
         prepare(prog)
     assert "count" not in vars(prog)
+
+
+def test_a_host_error_is_reported_once_without_jax_logging_its_traceback(caplog):
+    prog = ppl.steer(LM, "", max_tokens=2, potentials=[lambda text: 1 / 0])
+    with pytest.raises(ZeroDivisionError):
+        ppl.infer(prog, particles=2)
+    assert not [r for r in caplog.records if "pure_callback failed" in r.getMessage()]
