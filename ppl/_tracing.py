@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import linecache
 import os
 import traceback
@@ -198,20 +199,31 @@ def check_program(program, lm, num_contexts: int, max_tokens: int) -> tuple[str,
         common = dict(tokens=tokens, length=length, max_tokens=max_tokens,
                       condition_names=names, decode_fn=decode)
         with translating("init"):
-            state = program.init(Context(k_init, **common))
+            state = _not_async(program, "init", program.init(Context(k_init, **common)))
         lp = jnp.zeros((num_contexts, lm.vocab_size), jnp.float32)
         with translating("step"):
-            new_state = program.step(Context(k_step, logprobs=lp, t=jnp.zeros((), jnp.int32),
-                                             **common), state)
+            new_state = _not_async(program, "step", program.step(
+                Context(k_step, logprobs=lp, t=jnp.zeros((), jnp.int32), **common), state))
         _check_state(state, new_state, program)
         with translating("final"):
-            program.final(Context(k_fin, **common), new_state)
+            _not_async(program, "final", program.final(Context(k_fin, **common), new_state))
         return jnp.zeros(())
 
     before = dict(vars(program)) if hasattr(program, "__dict__") else {}
     jax.eval_shape(one, jax.random.key(0))
     _check_attributes(program, before)
     return tuple(names)
+
+
+def _not_async(program, phase: str, value):
+    """``value``, unless the phase was written ``async def`` (LLaMPPL's style)."""
+    if inspect.iscoroutine(value):
+        value.close()
+        raise ProgramError(
+            f"{type(program).__name__}.{phase}() is `async def` (LLaMPPL style). steerppl "
+            f"programs are plain functions: write `def {phase}(self, ctx, ...)` without "
+            "`async`/`await`; `ctx.sample(...)` returns the token directly.")
+    return value
 
 
 def _check_attributes(program, before: dict) -> None:

@@ -340,3 +340,13 @@ def test_a_host_error_is_reported_once_without_jax_logging_its_traceback(caplog)
     with pytest.raises(ZeroDivisionError):
         ppl.infer(prog, particles=2)
     assert not [r for r in caplog.records if "pure_callback failed" in r.getMessage()]
+
+
+def test_an_async_step_is_refused_with_the_fix():
+    class Async(ppl.Program):
+        async def step(self, ctx, s):
+            ctx.sample(ctx.lm.next_token())
+            return s
+
+    with pytest.raises(ppl.ProgramError, match=r"Async.step\(\) is `async def`.*without `async`/`await`"):
+        prepare(Async(LM, max_tokens=2))
