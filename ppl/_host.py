@@ -13,6 +13,7 @@ user's own exception, with its traceback, in place of JAX's.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import uuid
@@ -26,6 +27,18 @@ __all__ = ["host_map", "reraise_host_error"]
 _ERRORS: dict[str, BaseException] = {}
 _LOCK = threading.Lock()
 _TAG = re.compile(r"\[ppl host error ([0-9a-f]{16})\]")
+
+
+class _OwnErrors(logging.Filter):
+    """Drops JAX's log record (with its traceback) of a callback error that steerppl re-raises
+    as the user's own exception: the user sees one error, not two tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or _TAG.search(str(exc)) is None
+
+
+logging.getLogger("jax._src.callback").addFilter(_OwnErrors())
 
 
 def _stash(exc: BaseException) -> str:

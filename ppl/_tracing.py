@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import linecache
 import os
 import traceback
@@ -198,15 +199,52 @@ def check_program(program, lm, num_contexts: int, max_tokens: int) -> tuple[str,
         common = dict(tokens=tokens, length=length, max_tokens=max_tokens,
                       condition_names=names, decode_fn=decode)
         with translating("init"):
-            state = program.init(Context(k_init, **common))
+            state = _not_async(program, "init", program.init(Context(k_init, **common)))
         lp = jnp.zeros((num_contexts, lm.vocab_size), jnp.float32)
         with translating("step"):
-            new_state = program.step(Context(k_step, logprobs=lp, t=jnp.zeros((), jnp.int32),
-                                             **common), state)
+            new_state = _not_async(program, "step", program.step(
+                Context(k_step, logprobs=lp, t=jnp.zeros((), jnp.int32), **common), state))
         _check_state(state, new_state, program)
         with translating("final"):
-            program.final(Context(k_fin, **common), new_state)
+            _not_async(program, "final", program.final(Context(k_fin, **common), new_state))
         return jnp.zeros(())
 
+    before = dict(vars(program)) if hasattr(program, "__dict__") else {}
     jax.eval_shape(one, jax.random.key(0))
+    _check_attributes(program, before)
     return tuple(names)
+
+
+def _not_async(program, phase: str, value):
+    """``value``, unless the phase was written ``async def`` (LLaMPPL's style)."""
+    if inspect.iscoroutine(value):
+        value.close()
+        raise ProgramError(
+            f"{type(program).__name__}.{phase}() is `async def` (LLaMPPL style). steerppl "
+            f"programs are plain functions: write `def {phase}(self, ctx, ...)` without "
+            "`async`/`await`; `ctx.sample(...)` returns the token directly.")
+    return value
+
+
+def _check_attributes(program, before: dict) -> None:
+    """Refuses a program that stored traced values on itself (LLaMPPL keeps a particle's
+    state on the model object; here one program object serves every particle)."""
+    if not hasattr(program, "__dict__"):
+        return
+    leaked = []
+    for k, v in list(vars(program).items()):
+        if k in before and before[k] is v:
+            continue
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(v)):
+            leaked.append(k)
+            if k in before:  # leave the user's object as it was
+                setattr(program, k, before[k])
+            else:
+                delattr(program, k)
+    if leaked:
+        attrs = ", ".join(f"`self.{k}`" for k in leaked)
+        raise ProgramError(
+            f"{type(program).__name__} assigned {attrs} while tracing init/step/final. One "
+            "program object serves every particle, so its attributes cannot hold a particle's "
+            "values: keep them in the state (return them from init(), update and return them "
+            "in step()), and read per-particle facts from ctx (ctx.tokens, ctx.length, ctx.t).")

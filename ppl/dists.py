@@ -73,10 +73,13 @@ class TokenDist:
         return jnp.where(jnp.isfinite(z), self.logits - z, -jnp.inf)
 
     def log_prob(self, x: jax.Array) -> jax.Array:
-        """``log p(x)``; ``-inf`` when ``x`` is masked out or the support is empty."""
+        """``log p(x)``; ``-inf`` when ``x`` is masked out, outside the vocabulary, or the
+        support is empty."""
         z = self.log_normalizer
         lp = self.logits[x] - z
-        return jnp.where(jnp.isfinite(z), lp, -jnp.inf)
+        # An id outside the vocabulary has probability 0 (indexing would clamp it).
+        inside = (x >= 0) & (x < self.logits.shape[-1])
+        return jnp.where(jnp.isfinite(z) & inside, lp, -jnp.inf)
 
     def sample(self, key: jax.Array, sample_shape=()) -> jax.Array:
         if sample_shape:

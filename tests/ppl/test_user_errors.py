@@ -318,3 +318,35 @@ def test_potentials_accept_numpy_and_jax_scalars():
     for value in ("1.5", None, [1.5], np.ones(2)):
         with pytest.raises(TypeError, match="must return a number"):
             Potential(lambda text, v=value: v)("x")
+
+
+def test_state_kept_on_self_is_refused_and_the_program_left_unchanged():
+    class OnSelf(ppl.Program):
+        count = 0
+
+        def step(self, ctx, s):
+            tok = ctx.sample(ctx.lm.next_token())
+            self.count = self.count + tok  # LLaMPPL style: state on the model object
+            return s
+
+    prog = OnSelf(LM, max_tokens=2)
+    with pytest.raises(ppl.ProgramError, match=r"assigned `self.count` while tracing.*keep them in the state"):
+        prepare(prog)
+    assert "count" not in vars(prog)
+
+
+def test_a_host_error_is_reported_once_without_jax_logging_its_traceback(caplog):
+    prog = ppl.steer(LM, "", max_tokens=2, potentials=[lambda text: 1 / 0])
+    with pytest.raises(ZeroDivisionError):
+        ppl.infer(prog, particles=2)
+    assert not [r for r in caplog.records if "pure_callback failed" in r.getMessage()]
+
+
+def test_an_async_step_is_refused_with_the_fix():
+    class Async(ppl.Program):
+        async def step(self, ctx, s):
+            ctx.sample(ctx.lm.next_token())
+            return s
+
+    with pytest.raises(ppl.ProgramError, match=r"Async.step\(\) is `async def`.*without `async`/`await`"):
+        prepare(Async(LM, max_tokens=2))
