@@ -2,7 +2,7 @@
 
 Run:  python examples/json_record.py        ppl run examples/json_record.py --json
 
-``C.json_schema`` turns the schema into a regular expression for its canonical serialisation
+``C.json_schema`` turns the schema into an automaton over its canonical serialisation
 (``json.dumps`` separators, properties in schema order), compiled to a token automaton like
 any regex. Proposal: the LM masked to tokens that keep the text a prefix of a valid document;
 weight increment: the kept mass ``log Σ_{v allowed} p(v | x_<t)``; target:

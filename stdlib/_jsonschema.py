@@ -573,7 +573,9 @@ class _Compiler:
                 if t not in tl and not (t == "number" and "integer" in tl):
                     slots[t] = F.EMPTY
             if "integer" in tl and "number" not in tl:
-                narrow("number", _INTEGER_TEXT)
+                # 1.0 is an integer in JSON Schema; generating it is surprising, so positive
+                # positions (a subset) write integers without a fraction
+                narrow("number", _INTEGER_TEXT if not pol else _INT_TEXT)
         if "const" in s or "enum" in s:
             values = []
             if "const" in s:
@@ -593,7 +595,7 @@ class _Compiler:
                                 ) from None
             by_slot = {t: [] for t in SLOTS}
             for v in values:
-                by_slot[_slot_of(v)].append(self.literal_node(v, path))
+                by_slot[_slot_of(v)].append(self.literal_node(v, path, pol))
             for t in SLOTS:
                 narrow(t, F.alt(*by_slot[t]), inside=False)
         for kw, op in (("allOf", "all"), ("anyOf", "any"), ("oneOf", "one")):
@@ -651,7 +653,7 @@ class _Compiler:
             narrow("object", self.object_node(s, path, d, pol))
         return {t: (self.universe(t, d) if n is None else n) for t, n in slots.items()}
 
-    def literal_node(self, v, path: str) -> F.Node:
+    def literal_node(self, v, path: str, pol: bool = False) -> F.Node:
         """Every text of the universe that denotes the JSON value ``v`` (equal numbers in
         any spelling without exponent, strings with any escapes, object members in any
         order), so that ``enum``/``const`` stay exact under a negation too."""
@@ -664,6 +666,14 @@ class _Compiler:
                 dv = _dec(v)
             except ValueError:
                 return F.EMPTY
+            if pol:  # a subset: as json.dumps writes the value, integral ones also as "n.0"
+                text = json.dumps(v)
+                if "e" in text or "n" in text.lower():
+                    return F.EMPTY
+                if dv == dv.to_integral_value():
+                    n = str(int(dv))
+                    return F.alt(F.lit(n), F.lit(n + ".0"))
+                return F.lit(text)
             ip, _, fp = f"{abs(dv):f}".partition(".")
             ip = ip.lstrip("0") or "0"
             fp = fp.rstrip("0")
@@ -681,7 +691,7 @@ class _Compiler:
             for k, x in enumerate(v):
                 if k:
                     parts.append(self.sep(","))
-                parts.append(self.literal_node(x, path))
+                parts.append(self.literal_node(x, path, pol))
             return F.cat(*parts, ws, F.lit("]"))
         items = list(v.items())
         if len(items) > 6:
@@ -695,7 +705,8 @@ class _Compiler:
             for k, (key, x) in enumerate(perm):
                 if k:
                     parts.append(self.sep(","))
-                parts += [self.literal_node(key, path), self.sep(":"), self.literal_node(x, path)]
+                parts += [self.literal_node(key, path, pol), self.sep(":"),
+                          self.literal_node(x, path, pol)]
             orders.append(F.cat(*parts, ws, F.lit("}")))
         return F.alt(*orders)
 
@@ -775,10 +786,15 @@ class _Compiler:
             raise _fail(path, "'items' as a list is the old tuple form; use 'prefixItems'")
         lo = _count(s, "minItems", path) or 0
         hi = _count(s, "maxItems", path)
-        if s.get("uniqueItems") is True and pol:
-            hi = 1 if hi is None else min(hi, 1)  # a subset: lists of at most one item
         k = len(prefix)
         pos_schemas = list(prefix) + [items]
+        if s.get("uniqueItems") is True:
+            fin = None if "contains" in s else [_finite(x) for x in pos_schemas]
+            if fin is not None and all(f is not None for f in fin) and \
+                    len({_vkey(v) for f in fin for v in f}) <= 8:
+                return self._unique_finite(fin, k, lo, hi, path, pol)
+            if pol:
+                hi = 1 if hi is None else min(hi, 1)  # a subset: lists of at most one item
         has_contains = "contains" in s
         cmin = _count(s, "minContains", path) if has_contains else None
         cmax = _count(s, "maxContains", path) if has_contains else None
@@ -822,6 +838,25 @@ class _Compiler:
             return n >= lo and (not has_contains or c >= cmin)
 
         return self.list_node("[", "]", elems, delta, accept, (0, 0))
+
+    def _unique_finite(self, fin, k, lo, hi, path, pol) -> F.Node:
+        """``uniqueItems`` exactly when every position takes one of a few literal values: the
+        automaton remembers which values were used."""
+        elems, kinds = [], []
+        for i, vals in enumerate(fin):
+            for v in vals:
+                elems.append(self.literal_node(v, path, pol))
+                kinds.append((i, _vkey(v)))
+        lcap = max(lo, (hi + 1) if hi is not None else 0, k)
+
+        def delta(q, a):
+            n, used = q
+            pos, key = kinds[a]
+            if pos != min(n, k) or key in used or (hi is not None and n + 1 > hi):
+                return None
+            return (min(n + 1, lcap), used | {key})
+
+        return self.list_node("[", "]", elems, delta, lambda q: q[0] >= lo, (0, frozenset()))
 
     def object_node(self, s, path, d, pol) -> F.Node:
         if d <= 0:
@@ -990,6 +1025,38 @@ def _json_eq(a, b) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     return a == b
+
+
+def _finite(s):
+    """The values a schema allows when it is a plain finite set (enum/const/boolean/null),
+    else None."""
+    if s is False:
+        return []
+    if not isinstance(s, dict):
+        return None
+    keys = set(s) - ANNOTATIONS
+    if keys == {"enum"} and isinstance(s["enum"], list):
+        return list(s["enum"])
+    if keys == {"const"}:
+        return [s["const"]]
+    if keys == {"type"}:
+        t = [s["type"]] if isinstance(s["type"], str) else s["type"]
+        if isinstance(t, list) and set(t) <= {"boolean", "null"}:
+            return ([True, False] if "boolean" in t else []) + ([None] if "null" in t else [])
+    return None
+
+
+def _vkey(v) -> str:
+    """A key equal for JSON-equal values (1 and 1.0; objects in any member order)."""
+    def norm(x):
+        if isinstance(x, bool) or x is None or isinstance(x, str):
+            return x
+        if isinstance(x, (int, float)):
+            return ("n", str(_dec(x).normalize()) if math.isfinite(x) else repr(x))
+        if isinstance(x, list):
+            return [norm(y) for y in x]
+        return {"o": sorted((k, norm(y)) for k, y in x.items())}
+    return json.dumps(norm(v), sort_keys=True, default=str)
 
 
 def _join(base: str, ref: str) -> str:

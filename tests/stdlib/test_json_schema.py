@@ -156,7 +156,7 @@ def test_keywords_exact_numbers_and_combinators():
     rng = C.json_schema({"type": "integer", "minimum": -3, "exclusiveMaximum": 10, "multipleOf": 3})
     for v in range(-8, 15):
         assert rng.accepts(str(v)) == (-3 <= v < 10 and v % 3 == 0), v
-    assert rng.accepts("6.0") and not rng.accepts("6.5")
+    assert not rng.accepts("6.0") and not rng.accepts("6.5")  # integers are written without a fraction
     num = C.json_schema({"type": "number", "exclusiveMinimum": 0.5, "maximum": 2.25, "multipleOf": 0.25})
     for text, want in [("0.5", False), ("0.75", True), ("2.25", True), ("2.5", False),
                        ("1.1", False), ("1", True), ("-1", False)]:
@@ -205,3 +205,11 @@ def test_whitespace_and_any_order():
     doc = '{\n  "b": [ null,null ],\n  "a": 1\n}'
     assert loose.accepts(doc) and not strict.accepts(doc)
     assert loose.accepts('{"a": 1, "b": []}') and not loose.accepts('{"a": 1}')
+
+
+def test_unique_items_exact_for_finite_items():
+    c = C.json_schema({"type": "array", "items": {"enum": [1, "a", None]}, "uniqueItems": True})
+    assert c.accepts('[1, "a", null]') and c.accepts("[]") and not c.accepts('[1, "a", 1.0]')
+    assert not c.accepts('["a", "\\u0061"]')  # equal strings in two spellings
+    n = C.json_schema({"not": {"type": "array", "items": {"type": "boolean"}, "uniqueItems": True}})
+    assert n.accepts("[true, true]") and not n.accepts("[true, false]") and n.accepts("1")
