@@ -143,6 +143,15 @@ def docs(data: dict) -> None:
             r = acc.get((name, n))
             cells.append("" if r is None else f"{r['accuracy']:.2f} ± {r['stderr'] or 0:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if all(r["accuracy"] == 0 for r in data["rows"]):
+        lines += ["", "No method produced a correct chain in any seed at these budgets: the "
+                  "embedded model must propose the right two-digit number token at every step, "
+                  "and a step-level scorer can only choose among the numbers some particle "
+                  "proposed. `examples/reasoning_steps.py` adds a twist *inside* each number "
+                  "(a per-digit prefix check) and does reach correct chains at 64 particles; a "
+                  "per-unit PRM cannot look inside a unit. So this table is a negative result for "
+                  "the embedded model; the curve is meant for a real checkpoint (`--model`), "
+                  "not measured here."]
     replace_section(HEADER, "\n".join(lines) + "\n")
 
 
