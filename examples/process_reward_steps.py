@@ -5,12 +5,14 @@ Run:  python examples/process_reward_steps.py     ppl run examples/process_rewar
 The task of ``reasoning_steps.py`` (add ``ADDENDS`` writing the running totals, `` 7, 12, 21,
 24.``), but said at the level a user thinks in: a *unit* is one step (the text ends with ``,``
 or ``.``), so SMC resamples only when a particle has just finished a step; the process reward
-model (an exact local verifier: the step just completed equals the previous written total
-plus ``a_k``) scores each completed step with log-score ``-λ · [wrong]``, and the scores
-multiply (``reward_aggregate="product"``) into the likelihood: target
-``π(x) ∝ p_LM(x) 1[format] exp(-λ · #wrong steps)``, the same as reasoning_steps'. Each step's
-score enters the weights as soon as the step is complete (as a factor), so intermediate
-resampling sees it; nothing is compared mid-number. As there, the tiny model cannot add: the
+model (an exact local verifier: step ``k`` is right iff it equals the previous written total
+plus ``a_k``) scores the solution so far, ``-λ · #wrong completed steps``, and the score of
+the last unit is the likelihood (``reward_aggregate="last"``, the paper's "last"
+aggregation): target ``π(x) ∝ p_LM(x) 1[format] exp(-λ · #wrong steps)``, the same as
+reasoning_steps'. The score's change enters the weights as soon as a step is complete (as a
+factor), so intermediate resampling sees it; nothing is compared mid-number. (A step whose
+comma arrives inside a token such as ``", 18"`` is scored at the next boundary: scoring the
+whole prefix, not only "the step just finished", makes a missed boundary only a delay.) As there, the tiny model cannot add: the
 scorer does the work, and what this shows is the mechanics (units, process rewards,
 ``anneal="entropy"`` keeps more distinct chains alive when the scorer is sharp).
 """
@@ -39,19 +41,23 @@ def step_ended(text: str) -> bool:
     return text.endswith((",", "."))
 
 
+def wrong_steps(text: str) -> int:
+    """Completed steps that are not ``previous written total + a_k``."""
+    prev, bad = 0, 0
+    for k, value in enumerate(steps(text)[: len(ADDENDS)]):
+        bad += value != prev + ADDENDS[k]
+        prev = value
+    return bad
+
+
 def step_reward(text: str) -> float:
-    """Log-score of the step just completed (0 when the text does not end a step)."""
-    done = steps(text)
-    if not step_ended(text) or not done or len(done) > len(ADDENDS):
-        return 0.0
-    k = len(done) - 1
-    prev = done[k - 1] if k else 0
-    return 0.0 if done[k] == prev + ADDENDS[k] else -LAMBDA
+    """The PRM's log-score of the solution so far."""
+    return -LAMBDA * wrong_steps(text)
 
 
 def make_program(lm, max_tokens: int = 16):
     return ppl.steer(lm, PROMPT, constraints=[C.regex(PATTERN)], max_tokens=max_tokens,
-                     unit=step_ended, process_reward=step_reward, reward_aggregate="product")
+                     unit=step_ended, process_reward=step_reward, reward_aggregate="last")
 
 
 def check(text: str) -> bool:
@@ -61,14 +67,7 @@ def check(text: str) -> bool:
 
 def correct(text: str) -> bool:
     """The exact checker: every running total right (so the last one is the sum)."""
-    done, prev = steps(text), 0
-    if not check(text):
-        return False
-    for k, v in enumerate(done):
-        if v != prev + ADDENDS[k]:
-            return False
-        prev = v
-    return True
+    return check(text) and wrong_steps(text) == 0
 
 
 if __name__ == "__main__":

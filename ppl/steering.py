@@ -44,8 +44,12 @@ class SteerProgram(Program):
                  min_p: float | None = None, truncation: str = "prior",
                  truncation_floor: float = 0.05,
                  unit="token", process_reward=None, reward_aggregate: str = "product",
-                 reward_as: str = "likelihood"):
+                 reward_as: str = "likelihood", terminate_when=None):
         super().__init__(lm=lm, prompt=prompt, max_tokens=max_tokens)
+        if terminate_when is not None and not callable(terminate_when):
+            raise TypeError(f"steer: terminate_when must be a function text -> bool, got "
+                            f"{terminate_when!r}.")
+        self.terminate_when = terminate_when
         self.unit = unit
         self._unit_tables = unit_tables(lm, unit)
         if process_reward is not None and not callable(process_reward):
@@ -169,6 +173,13 @@ class SteerProgram(Program):
         return b
 
     def _step(self, ctx: Context, state, held=None, agg=None):
+        out = self._step_inner(ctx, state, held, agg)
+        if self.terminate_when is not None:
+            stop = self.terminate_when
+            ctx.finish_if(ctx.text(lambda t: bool(stop(t)), dtype=bool))
+        return out
+
+    def _step_inner(self, ctx: Context, state, held=None, agg=None):
         p, q = self._truncated(ctx.lm.next_token(self.temperature))
         if self.automata:
             mask = jnp.ones((self.lm.vocab_size,), bool)
@@ -365,7 +376,7 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
           top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
           truncation: str = "prior", truncation_floor: float = 0.05,
           unit="token", process_reward=None, reward_aggregate: str = "product",
-          reward_as: str = "likelihood") -> SteerProgram:
+          reward_as: str = "likelihood", terminate_when=None) -> SteerProgram:
     """The common program without writing a class.
 
     Args:
@@ -412,6 +423,10 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
             boundary adds the aggregate's change as a factor, so intermediate weights see it)
             or ``"twist"`` (guides resampling only; the target stays the LM's, times the
             other potentials).
+        terminate_when: a stop predicate ``text -> bool`` (host): a particle ends right after
+            the first token at which it holds (as at EOS; the text keeps that token), e.g.
+            ``lambda t: t.endswith("\\n\\n")``. Part of the program: the target is over
+            texts that stop there.
 
     Raises:
         ValueError: both ``prompt`` and ``messages``, or ``messages`` for a model without a
@@ -428,4 +443,5 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
                         top_k=top_k, top_p=top_p, min_p=min_p, truncation=truncation,
                         truncation_floor=truncation_floor,
                         unit=unit, process_reward=process_reward,
-                        reward_aggregate=reward_aggregate, reward_as=reward_as)
+                        reward_aggregate=reward_aggregate, reward_as=reward_as,
+                        terminate_when=terminate_when)

@@ -65,3 +65,21 @@ def test_process_reward_errors():
         ppl.steer(_lm(), "", process_reward=_prm, reward_as="factor")
     with pytest.raises(TypeError, match="process_reward"):
         ppl.steer(_lm(), "", process_reward=3)
+
+
+def test_terminate_when_stops_at_the_first_prefix_that_satisfies_it():
+    lm = _lm()
+    prog = ppl.steer(lm, "", max_tokens=4, terminate_when=lambda t: t.endswith("b"))
+    exact = enumerate_posterior(prog)
+    for seq in exact.log_weights:
+        body = [t for t in seq if t != EOS]
+        prefixes = [lm.vocab.decode(body[:k]) for k in range(1, len(body) + 1)]
+        hits = [p.endswith("b") for p in prefixes]
+        if not hits:
+            continue
+        assert not any(hits[:-1]), seq  # never continues past a stop
+        assert hits[-1] or seq[-1] == EOS or len(seq) == 4, seq
+    res = ppl.infer(prog, method="smc", particles=32, seed=0)
+    assert all(t.count("b") <= 1 and ("b" not in t or t.endswith("b")) for t in res.texts)
+    with pytest.raises(TypeError, match="terminate_when"):
+        ppl.steer(lm, "", terminate_when="b")

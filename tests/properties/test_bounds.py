@@ -30,6 +30,7 @@ def _posterior_samples(exact, num, seed):
     return [seqs[i] for i in rng.choice(len(seqs), size=num, p=p / p.sum())]
 
 
+@pytest.mark.slow  # about 1.5 min on 2 shared cores (hundreds of compiled runs)
 @settings(max_examples=2)
 @given(params=H.params_strategy())
 def test_bounds_bracket_log_z(params):

@@ -47,6 +47,7 @@ def frequency_discrepancies(samples, post, alpha=ALPHA, min_prob=0.03):
     return bad
 
 
+@pytest.mark.slow  # about 1.5 min on 2 shared cores (hundreds of compiled runs)
 @pytest.mark.parametrize("ancestor_sampling,threshold", [(True, 1.0), (False, 0.0)])
 @settings(max_examples=2)
 @given(params=H.params_strategy())
