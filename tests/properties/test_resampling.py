@@ -120,7 +120,9 @@ def test_in_place_cache_copy_equals_gather(n, k, data):
 
     anc = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=n, max_size=n)), np.int32)
     anc = _stable(jnp.asarray(anc))
-    setup = E.Setup(None, None, ((0,),) * k, 1, 2, ())
+    prompts = E.Prompts(np.zeros((k, 1), np.int32), np.ones((k,), np.int32))
+    setup = E.Setup(program=None, lm=None, prompt_len=1, max_tokens=1, max_len=2,
+                    condition_names=(), prompts=prompts)
     rng = np.random.default_rng(n * 7 + k)
     cache = ((jnp.asarray(rng.normal(size=(n * k, 2, 3)), jnp.float32),
               jnp.asarray(rng.integers(0, 9, size=(n * k,)), jnp.int32)),)
