@@ -90,21 +90,27 @@ def systematic(key, log_weights, num_samples):
 
 def residual(key, log_weights, num_samples):
     """``floor(n w_i)`` deterministic copies, the remainder drawn multinomially from the residuals."""
+    return _residual_draws(key, log_weights, num_samples, num_samples)
+
+
+def _residual_draws(key, log_weights, scale, num_out):
+    """Residual resampling of ``scale`` ancestors (``scale`` may be traced) into ``num_out``
+    slots: ``floor(scale w_i)`` copies first, then multinomial draws from the residuals."""
     m = log_weights.shape[0]
     w = jnp.exp(log_normalize(log_weights))
-    scaled = num_samples * w
+    scaled = scale * w
     counts = jnp.floor(scaled).astype(jnp.int32)
     n_det = jnp.sum(counts)
-    det = jnp.repeat(jnp.arange(m, dtype=jnp.int32), counts, total_repeat_length=num_samples)
+    det = jnp.repeat(jnp.arange(m, dtype=jnp.int32), counts, total_repeat_length=num_out)
     resid = scaled - counts
     resid_log = jnp.where(resid > 0, jnp.log(jnp.maximum(resid, 1e-38)), -jnp.inf)
     # If floor() already used every slot the residual draws are unused; avoid an all -inf cdf.
     resid_log = jnp.where(jnp.any(resid > 0), resid_log, jnp.zeros_like(resid_log))
-    # i.i.d. draws in unsorted order: the first num_samples - n_det of them are used, and the
+    # i.i.d. draws in unsorted order: the first num_out - n_det of them are used, and the
     # first k of a *sorted* sample are its k smallest, which would favour low indices.
-    extra = _from_points(resid_log, jax.random.uniform(key, (num_samples,)))
-    slot = jnp.arange(num_samples)
-    idx = jnp.where(slot < n_det, det, extra[jnp.clip(slot - n_det, 0, num_samples - 1)])
+    extra = _from_points(resid_log, jax.random.uniform(key, (num_out,)))
+    slot = jnp.arange(num_out)
+    idx = jnp.where(slot < n_det, det, extra[jnp.clip(slot - n_det, 0, num_out - 1)])
     return idx.astype(jnp.int32)
 
 
@@ -327,16 +333,7 @@ def _masked_draws(scheme: str, key, log_weights, m):
     if scheme == "multinomial":  # i.i.d., so any m of them are m independent draws
         return _from_points(log_weights, jax.random.uniform(key, (n,)))
     if scheme == "residual":
-        w = jnp.exp(log_normalize(log_weights))
-        scaled = mf * w
-        counts = jnp.floor(scaled).astype(jnp.int32)
-        n_det = jnp.sum(counts)
-        det = jnp.repeat(jnp.arange(n, dtype=jnp.int32), counts, total_repeat_length=n)
-        resid = scaled - counts
-        resid_log = jnp.where(resid > 0, jnp.log(jnp.maximum(resid, 1e-38)), -jnp.inf)
-        resid_log = jnp.where(jnp.any(resid > 0), resid_log, jnp.zeros_like(resid_log))
-        extra = _from_points(resid_log, jax.random.uniform(key, (n,)))
-        return jnp.where(j < n_det, det, extra[jnp.clip(j - n_det, 0, n - 1)]).astype(jnp.int32)
+        return _residual_draws(key, log_weights, mf, n)
     raise ValueError(f"unknown resampling scheme {scheme!r}")
 
 
