@@ -545,6 +545,16 @@ def _raise_if_user_nan(setup: E.Setup, res: Result) -> None:
     names = setup.condition_names
     bad = {names[c][len(NAN_CAUSE):]: int(np.sum(causes == c)) for c in range(len(names))
            if names[c].startswith(NAN_CAUSE) and np.any(causes == c)}
+    seen = int(np.asarray(res.extras.get("nan_cause", -1)))
+    if not bad and 0 <= seen < len(names) and names[seen].startswith(NAN_CAUSE):
+        # Every particle it happened to was resampled away; the run still reports it.
+        culprit = names[seen][len(NAN_CAUSE):]
+        raise InferenceError(
+            f"{culprit} produced NaN or +inf during the run (the particles it happened to were "
+            "later resampled away, which does not make the program correct). "
+            "Rule: a log-weight is a finite number or -inf (which removes the particle); NaN "
+            "and +inf are errors in the program, never a silent loss of particles. Fix the "
+            "expression (e.g. guard a log of 0 or a division by 0, or clip it).")
     if bad:
         worst = max(bad, key=bad.get)
         raise InferenceError(

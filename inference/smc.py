@@ -52,6 +52,9 @@ class SMCState(NamedTuple):
     hist_tokens: jax.Array  # int32[T, N]: token slot i's sequence got at step t (-1: finished)
     hist_logw: jax.Array  # float32[T, N]: log-weights after step t
     move_acc: jax.Array  # float32[T]: acceptance rate of the moves after step t's resampling (NaN: none)
+    # int32: the first NaN/+inf cause code any particle got (-1: none). Kept for the run, not
+    # per particle, so that resampling a bad particle away cannot hide the error.
+    nan_cause: jax.Array = None
 
 
 class SMCInfo(NamedTuple):
@@ -123,7 +126,21 @@ def init(key, setup: E.Setup, params, num_particles: int) -> SMCState:
         jnp.full((t_max, num_particles), -1, jnp.int32),
         jnp.zeros((t_max, num_particles), jnp.float32),
         jnp.full((t_max,), jnp.nan, jnp.float32),
+        jnp.full((), -1, jnp.int32),
     )
+
+
+def nan_cause_seen(setup: E.Setup, parts: E.Particles, seen: jax.Array) -> jax.Array:
+    """``seen``, or else the first NaN/+inf cause code among ``parts`` (-1: none): the
+    run-level record [ppl.inference.driver.raise_if_failed][] reports."""
+    from ppl.context import NAN_CAUSE
+
+    mask = np.array([n.startswith(NAN_CAUSE) for n in setup.condition_names], bool)
+    if not mask.any():
+        return seen
+    hit = (parts.cause >= 0) & jnp.asarray(mask)[jnp.maximum(parts.cause, 0)]
+    first = jnp.where(jnp.any(hit), parts.cause[jnp.argmax(hit)], -1).astype(jnp.int32)
+    return jnp.where(seen >= 0, seen, first)
 
 
 def build_kernel(setup: E.Setup, config: RunConfig, params, resampling: R.Resampling,
@@ -162,6 +179,7 @@ def build_kernel(setup: E.Setup, config: RunConfig, params, resampling: R.Resamp
                                   bias=bias, force=force, boundaries=units)
         eligible = _eligible(parts, unit) if units else None
         parts = parts._replace(boundary=None)
+        parts0_new = parts  # before resampling: every particle's cause as it happened
         if eligible is not None and not resampling.units:
             raise OptionError("This resampling strategy (islands, conditional SMC) does not "
                               "support units; drop unit= / ctx.boundary() or use islands=1.")
@@ -232,6 +250,7 @@ def build_kernel(setup: E.Setup, config: RunConfig, params, resampling: R.Resamp
             state.hist_tokens.at[t].set(jnp.where(parts0.done[idx], -1, tokens)),
             state.hist_logw.at[t].set(parts.logw),
             state.move_acc.at[t].set(move_acc),
+            nan_cause_seen(setup, parts0_new, state.nan_cause),
         )
         return new, SMCInfo(ess, do_res, idx)
 
@@ -322,8 +341,11 @@ def run_loop(key, setup: E.Setup, config: RunConfig, params, kernel_fn, init_fn=
 
 def population_info(state: SMCState, extras: dict | None = None) -> PopulationInfo:
     """The runner's ``info`` from the final loop state."""
+    extras = dict(extras or {})
+    if state.nan_cause is not None:
+        extras.setdefault("nan_cause", state.nan_cause)
     return PopulationInfo(state.t, state.ess, state.ancestors, state.resampled,
-                          state.hist_tokens, state.hist_logw, state.kv.nan, dict(extras or {}))
+                          state.hist_tokens, state.hist_logw, state.kv.nan, extras)
 
 
 def population_result(name: str):

@@ -72,7 +72,8 @@ def build_kernel(setup: E.Setup, config: RunConfig, params, num_beams: int):
                            state.ancestors.at[t].set(parents),
                            state.resampled.at[t].set(True),
                            state.hist_tokens.at[t].set(jnp.where(parts0.done[parents], -1, tok)),
-                           state.hist_logw.at[t].set(parts.logw), state.move_acc)
+                           state.hist_logw.at[t].set(parts.logw), state.move_acc,
+                           smc.nan_cause_seen(setup, cand, state.nan_cause))
         return new, smc.SMCInfo(ess, jnp.ones((), bool), parents)
 
     return step

@@ -251,6 +251,22 @@ def test_nan_factor_in_device_code_names_the_line():
         ppl.infer(program(step, max_tokens=2), method="is", particles=16)
 
 
+@pytest.mark.parametrize("method, opts", [("smc", {"ess_threshold": 1.0}),
+                                          ("smc_steer", {"num_beams": 2})])
+def test_nan_resampled_away_is_still_an_error(method, opts):
+    """A NaN factor on token 0 at the first step only: resampling removes those particles
+    before the end, so none is in the final population; the run still names the culprit."""
+    def step(self, ctx, s):
+        tok = ctx.sample(ctx.lm.next_token())
+        ctx.factor(jnp.where(ctx.length == 0, jnp.log(tok - 1.0), 0.0))
+        return s
+
+    with pytest.raises(ppl.InferenceError,
+                       match=r"ctx.factor\(\) at .*test_user_errors.py:\d+ produced NaN or \+inf "
+                             r"during the run .*resampled away"):
+        ppl.infer(program(step, max_tokens=3), method=method, particles=16, seed=0, **opts)
+
+
 # ---- memory: a container's limit counts ---------------------------------------------------
 
 def test_available_memory_reads_the_cgroup_limit(tmp_path, monkeypatch):
