@@ -372,10 +372,18 @@ AUTO_UNROLL_MAX_LAYERS = 4
 
 
 def resolve_layer_loop(choice, n_layers: int, name: str) -> str:
-    """``"scan"`` or ``"unroll"`` for ``layer_loop=choice`` (None means ``"auto"``)."""
-    choice = "auto" if choice is None else choice
+    """``"scan"`` or ``"unroll"`` for ``layer_loop=choice``.
+
+    ``None`` means the environment variable ``PPL_LAYER_LOOP`` when set, else ``"auto"``.
+    """
+    import os
+
+    where = "layer_loop"
+    if choice is None:
+        choice, where = os.environ.get("PPL_LAYER_LOOP") or "auto", "PPL_LAYER_LOOP"
     if choice not in LAYER_LOOPS:
-        raise ValueError(f"{name}: layer_loop={choice!r} is not one of {', '.join(map(repr, LAYER_LOOPS))}.")
+        raise ValueError(f"{name}: {where}={choice!r} is not one of "
+                         f"{', '.join(map(repr, LAYER_LOOPS))}.")
     if choice != "auto":
         return choice
     if n_layers <= AUTO_UNROLL_MAX_LAYERS and jax.default_backend() == "cpu":

@@ -423,8 +423,9 @@ def load(path_or_name: str | os.PathLike, dtype: str | Any = None, *,
         layer_loop: how the transformer runs its layers: ``"scan"`` (one ``lax.scan`` over
             stacked layers: compile time independent of depth), ``"unroll"`` (a Python loop
             XLA unrolls: compile time linear in depth, a little faster per step on the CPU)
-            or ``"auto"`` (default: ``"unroll"`` for models of at most 4 layers on the CPU,
-            else ``"scan"``); see [LAYER_LOOPS][ppl.models._common.LAYER_LOOPS].
+            or ``"auto"`` (``"unroll"`` for models of at most 4 layers on the CPU, else
+            ``"scan"``). Default: the environment variable ``PPL_LAYER_LOOP`` when set, else
+            ``"auto"``; see [LAYER_LOOPS][ppl.models._common.LAYER_LOOPS].
 
     Returns:
         A [GPT2LM][ppl.models.GPT2LM] or [LlamaLM][ppl.models.LlamaLM] with ``tokenizer``,
