@@ -391,14 +391,20 @@ def resolve_layer_loop(choice, n_layers: int, name: str) -> str:
     return "scan"
 
 
-def stack_layers(layers):
-    """Per-layer parameter dicts as one dict of ``[L, ...]`` arrays (for ``lax.scan``)."""
+def stack_layers(layers, consume: bool = False):
+    """Per-layer parameter dicts as one dict of ``[L, ...]`` arrays (for ``lax.scan``).
+
+    ``consume=True`` empties the given dicts tensor by tensor as it stacks, so the peak memory
+    is the weights plus one tensor's layers instead of twice the weights (the loader's use).
+    """
     keys = set(layers[0])
     for i, lp in enumerate(layers):
         if set(lp) != keys:
             raise ValueError(f"layer {i} has tensors {sorted(set(lp) ^ keys)} that layer 0 has not "
                              "(or the reverse): layers of one model must have the same tensors.")
-    return jax.tree.map(lambda *a: jnp.stack(a), *layers)
+    if not consume:
+        return jax.tree.map(lambda *a: jnp.stack(a), *layers)
+    return {k: jnp.stack([lp.pop(k) for lp in layers]) for k in sorted(keys)}
 
 
 def unstack_layers(stacked, n_layers: int):

@@ -395,6 +395,11 @@ def _assemble(cls, model_type: str, config, raw: dict, state, tokenizer, generat
 
         layer_windows(config, model_type)  # refuses an ignored sliding window
     params = cls.convert_state_dict(state, config, dtype=dtype, **family)
+    from ppl.models._common import resolve_layer_loop, stack_layers
+
+    layer_loop = resolve_layer_loop(layer_loop, len(params["layers"]), str(where))
+    if layer_loop == "scan":  # stacked here, freeing each layer's tensors as they are copied
+        params["layers"] = stack_layers(params["layers"], consume=True)
     lm = cls(config, params, tokenizer=tokenizer, name=name, eos_token_id=int(eos),
              bos_token_id=bos, eos_token_ids=extra, layer_loop=layer_loop, **family)
     lm.add_bos_token = _add_bos(tokenizer, lm.bos_token_id)
