@@ -16,6 +16,17 @@ weight must be ``Z = Σ_{v valid} p(v)``; we use an unbiased estimate independen
 A random but unbiased weight independent of the draw keeps IS/SMC exact (a random-weight /
 pseudo-marginal argument), while the parser checks only a handful of tokens per step
 (expected ``2 / Z`` draws, memoised).
+
+Budget: the run ends after ``max_tokens`` tokens, and a text still unfinished then has zero
+target mass. A token is therefore also rejected when the text after it cannot become a
+sentence within the tokens left: `LarkChecker.distance` is a lower bound ``d(x)`` on the
+characters any completion of ``x`` needs (from the LALR parser's stack and the partially
+matched terminal), and each token spells at most ``L`` characters, so ``x`` needs at least
+``ceil(d(x) / L)`` more tokens. With ``R`` tokens left after this one the token is kept iff
+``ceil(d / L) <= R`` (iff the text is a complete sentence when ``R = 0``). Only tokens after
+which *no* completion fits are removed, so ``Z`` becomes the mass of tokens that can still
+finish and the weights stay exact for the target ``p_LM(x) 1[x ∈ L(G), |x| <= max_tokens]``,
+the same as the device automata's ``within_budget``.
 """
 
 from __future__ import annotations
@@ -28,6 +39,266 @@ import numpy as np
 from ppl.stdlib.base import BoundSampler, HostSampler
 
 __all__ = ["LarkChecker", "rejection_step"]
+
+
+_INF = float("inf")
+
+
+class _TerminalDFA:
+    """A terminal's character automaton with each state's distance (characters) to a match.
+
+    Built with the engine of `ppl.stdlib._fa`; a terminal it cannot express (lookarounds,
+    anchors, too many states) gets the *universal* automaton: every remainder may still be
+    extended and needs 0 more characters, which keeps every bound below a lower bound.
+    """
+
+    def __init__(self, pattern: str, min_width: int):
+        import bisect
+
+        from ppl.stdlib import _fa as F
+        from ppl.stdlib import _regex as R
+
+        self._bisect = bisect.bisect_right
+        try:
+            R.validate(pattern)
+            d = F.compile_dfa(R.to_node(pattern), max_states=2048, what="lark terminal")
+        except Exception:  # outside our regex subset: fall back to the universal automaton
+            self.bounds, self.trans, self.start, self.dist = [0], [[0], [1]], 1, [_INF, 0]
+            self.min_len = max(0, int(min(min_width, 1 << 30)))
+            self.exact = False
+            return
+        trans = np.asarray(d.trans)
+        acc = np.asarray(d.accepting)
+        dist = np.where(acc, 0, np.iinfo(np.int64).max).astype(np.int64)
+        dist[0] = np.iinfo(np.int64).max
+        for _ in range(len(dist)):  # backward relaxation: fewest characters to a match
+            via = dist[trans].min(axis=1)
+            new = np.minimum(dist, np.where(via == np.iinfo(np.int64).max, via, via + 1))
+            new[0] = np.iinfo(np.int64).max
+            if np.array_equal(new, dist):
+                break
+            dist = new
+        self.bounds = [int(b) for b in np.asarray(d.bounds)[:-1]]
+        self.trans = trans.tolist()
+        self.start = int(d.start)
+        self.dist = [(_INF if int(x) == np.iinfo(np.int64).max else int(x)) for x in dist]
+        self.min_len = self.dist[self.start]
+        self.exact = True
+
+    def step(self, state: int, ch: str) -> int:
+        return self.trans[state][self._bisect(self.bounds, ord(ch)) - 1]
+
+
+class _Completion:
+    """Fewest characters from a text prefix to a sentence: a lower bound from the LALR tables.
+
+    The pieces:
+
+    * ``minlen(X)``: the shortest string a symbol derives (terminals: their automaton's
+      distance from its start; rules: the least fixed point of ``minlen(A) = min over
+      A -> X1..Xn of Σ minlen(Xi)``).
+    * ``f(stack)``: the fewest characters that take an LALR stack to acceptance. Any
+      completion must at some point reduce a rule ``A -> α β`` that pops the top state, and
+      ``α β``'s part ``α`` is on the stack already: ``A -> α • β`` is a kernel item of the top
+      state consistent with the states below it. So ``f`` is a shortest path (Dijkstra) over
+      configurations (depth, top state) whose edges are those kernel items, cost
+      ``minlen(β)``, landing on ``goto(state below α, A)``. Lookaheads are ignored, which can
+      only make the bound smaller.
+    * the text's own last terminal may be unfinished, and (maximal munch) may even start at
+      any earlier token boundary whose terminal keeps matching to the end of the text: every
+      boundary ``p`` of Lark's own lexing of the prefix (token starts, positions among ignored
+      text, the position where lexing failed) and every terminal ``T`` the parser accepts
+      there contributes ``dist_T(text[p:]) + f(stack_p after T)``.
+
+    The minimum over these interpretations is a lower bound on the characters any
+    completion needs: the tokens of a finished text that end inside the prefix are exactly
+    the tokens Lark lexes from the prefix itself (a regular-expression match that ends inside
+    the prefix does not depend on what follows it), so the finished text's first token that
+    reaches past the prefix starts at one of those boundaries, in that boundary's parser state.
+    """
+
+    def __init__(self, lark_obj, start: str):
+        lalr = lark_obj.parser.parser  # ParsingFrontend -> LALR_Parser
+        table = lalr._parse_table
+        self.states = {s: dict(a) for s, a in table.states.items()}
+        self.start_state = table.start_states[start]
+        self.end_state = table.end_states[start]
+        rules = list(lalr.parser_conf.rules)
+        nonterms = {r.origin.name for r in rules}
+        self.ignore = set(lark_obj.lexer_conf.ignore)
+        self.terms = {t.name: _TerminalDFA(t.pattern.to_regexp(), t.pattern.min_width)
+                      for t in lark_obj.terminals}
+        minlen = {name: t.min_len for name, t in self.terms.items()}
+        for r in rules:
+            for x in r.expansion:
+                if x.is_term:
+                    minlen.setdefault(x.name, 0)  # declared without a pattern: no bound
+        for a in nonterms:
+            minlen[a] = _INF
+        changed = True
+        while changed:
+            changed = False
+            for r in rules:
+                v = sum(minlen[x.name] for x in r.expansion)
+                if v < minlen[r.origin.name]:
+                    minlen[r.origin.name] = v
+                    changed = True
+        self.minlen = minlen
+        self.start_len = minlen.get(start, _INF)
+        # Rules as (origin, symbol names, minlen of each suffix); kernel items per state,
+        # from "state s has a goto on A" <=> "A -> • γ is in the closure of s".
+        self.rules = []
+        by_origin: dict[str, list[int]] = {}
+        for i, r in enumerate(rules):
+            names = tuple(x.name for x in r.expansion)
+            suffix = [0] * (len(names) + 1)
+            for j in range(len(names) - 1, -1, -1):
+                suffix[j] = suffix[j + 1] + minlen[names[j]]
+            self.rules.append((r.origin.name, names, tuple(suffix)))
+            by_origin.setdefault(r.origin.name, []).append(i)
+        kernel: dict[int, set] = {s: set() for s in self.states}
+        for s, acts in self.states.items():
+            for a, (act, _) in acts.items():
+                if a not in nonterms or act.name != "Shift":
+                    continue
+                for ri in by_origin.get(a, ()):
+                    cur = s
+                    for m, x in enumerate(self.rules[ri][1], start=1):
+                        nxt = self.states[cur].get(x)
+                        if nxt is None or nxt[0].name != "Shift":
+                            break
+                        cur = nxt[1]
+                        kernel[cur].add((ri, m))
+        self.kernel = {s: sorted(k) for s, k in kernel.items()}
+        self.f = functools.lru_cache(maxsize=100_000)(self._f)
+        self.feed = functools.lru_cache(maxsize=100_000)(self._feed)
+
+    def _goto(self, state, symbol):
+        a = self.states[state].get(symbol)
+        return a[1] if a is not None and a[0].name == "Shift" else None
+
+    def _feed(self, stack: tuple, term: str):
+        """The stack after the parser reads terminal ``term`` (None: a syntax error)."""
+        st = list(stack)
+        while True:
+            a = self.states[st[-1]].get(term)
+            if a is None:
+                return None
+            act, arg = a
+            if act.name == "Shift":
+                st.append(arg)
+                return tuple(st)
+            n = len(arg.expansion)
+            if n:
+                del st[-n:]
+            g = self._goto(st[-1], arg.origin.name)
+            if g is None:
+                return None
+            st.append(g)
+
+    def _f(self, stack: tuple) -> float:
+        """Lower bound on the characters from ``stack`` to acceptance (Dijkstra)."""
+        import heapq
+
+        if len(stack) == 1:
+            return self.start_len
+        heap = [(0, len(stack) - 1, stack[-1])]
+        done = set()
+        while heap:
+            c, h, t = heapq.heappop(heap)
+            if (h, t) in done:
+                continue
+            done.add((h, t))
+            if h == 1 and t == self.end_state:
+                return c
+            for ri, m in self.kernel.get(t, ()):
+                if m > h:
+                    continue
+                origin, names, suffix = self.rules[ri]
+                base = stack[h - m]
+                # α must be the symbols of the states on the stack (only the top is virtual)
+                cur, ok = base, True
+                for j in range(m):
+                    cur = self._goto(cur, names[j])
+                    want = t if j == m - 1 else stack[h - m + 1 + j]
+                    if cur != want:
+                        ok = False
+                        break
+                if not ok:
+                    continue
+                g = self._goto(base, origin)
+                if g is None:
+                    continue
+                nc = c + suffix[m]
+                if nc < _INF and (h - m + 1, g) not in done:
+                    heapq.heappush(heap, (nc, h - m + 1, g))
+        return _INF
+
+    def distance(self, parser, text: str) -> float:
+        import lark
+
+        ip = parser.parse_interactive(text)
+        ps = ip.parser_state
+        gaps = []  # (first, last boundary position, parser stack there)
+        lo, finished = 0, False
+        gen = ip.lexer_thread.lex(ps)
+        while True:
+            try:
+                tok = next(gen)
+            except StopIteration:
+                gaps.append((lo, len(text), tuple(ps.state_stack)))
+                finished = True
+                break
+            except lark.exceptions.UnexpectedToken as e:  # lexed by the root lexer only
+                gaps.append((lo, int(getattr(e.token, "start_pos", lo) or lo), tuple(ps.state_stack)))
+                break
+            except lark.exceptions.UnexpectedInput as e:
+                gaps.append((lo, int(getattr(e, "pos_in_stream", lo) or lo), tuple(ps.state_stack)))
+                break
+            gaps.append((lo, tok.start_pos, tuple(ps.state_stack)))
+            try:
+                ps.feed_token(tok)
+            except lark.exceptions.UnexpectedInput:
+                break
+            lo = tok.end_pos
+        best = self.f(gaps[-1][2]) if finished else _INF
+        n = len(text)
+        for name, term in self.terms.items():
+            ignored = name in self.ignore
+            starts: dict[int, list[int]] = {}
+            for gi, (a, b, stack) in enumerate(gaps):
+                if not ignored and name not in self.states[stack[-1]]:
+                    continue
+                for p in range(a, min(b, n - 1) + 1):
+                    starts.setdefault(p, []).append(gi)
+            if not starts:
+                continue
+            active: dict[int, set] = {}
+            for i in range(min(starts), n):
+                if i in starts:
+                    active.setdefault(term.start, set()).update(starts[i])
+                nxt: dict[int, set] = {}
+                ch = text[i]
+                for s, gs in active.items():
+                    s2 = term.step(s, ch)
+                    if s2:
+                        nxt.setdefault(s2, set()).update(gs)
+                active = nxt
+                if not active and max(starts) <= i:
+                    break
+            for s, gs in active.items():
+                d = term.dist[s]
+                if d >= best:
+                    continue
+                for gi in gs:
+                    stack = gaps[gi][2]
+                    if ignored:
+                        rest = self.f(stack)
+                    else:
+                        after = self.feed(stack, name)
+                        rest = _INF if after is None else self.f(after)
+                    best = min(best, d + rest)
+        return best
 
 
 class LarkChecker:
@@ -59,6 +330,29 @@ class LarkChecker:
         }
         self.valid_prefix = functools.lru_cache(maxsize=200_000)(self._valid_prefix)
         self.complete = functools.lru_cache(maxsize=50_000)(self._complete)
+        try:
+            self._completion = _Completion(self.parser, start)
+        except Exception:  # a Lark version whose tables we cannot read: no budget pruning
+            self._completion = None
+        self.distance = functools.lru_cache(maxsize=200_000)(self._distance)
+
+    def _distance(self, text: str) -> float:
+        """A lower bound on the characters that any completion of ``text`` into a sentence
+        needs: 0 when ``text`` is a sentence, ``inf`` when no completion exists (see
+        `_Completion`). Never larger than the true fewest-characters completion, so masking
+        on it removes only texts that cannot finish."""
+        if self._completion is None:
+            return 0.0
+        return self._completion.distance(self.parser, text)
+
+    def within_budget(self, text: str, tokens_left: int, max_token_chars: int) -> bool:
+        """Whether ``text`` may still become a sentence with at most ``tokens_left`` more
+        tokens of at most ``max_token_chars`` characters each (exact when no tokens are left:
+        the text must be a sentence; otherwise ``ceil(distance / max_token_chars) <= tokens_left``,
+        a necessary condition)."""
+        if tokens_left <= 0:
+            return self.complete(text)
+        return self.distance(text) <= tokens_left * max(1, int(max_token_chars))
 
     def _partial_ok(self, rest: str, names) -> bool:
         return any(
@@ -107,9 +401,14 @@ class LarkChecker:
 
 
 def rejection_step(checker: LarkChecker, token_strings: Sequence[str], eos: int, special: np.ndarray,
-                   prefix: str, logprobs: np.ndarray, rng: np.random.Generator, max_draws: int):
+                   prefix: str, logprobs: np.ndarray, rng: np.random.Generator, max_draws: int,
+                   tokens_left: int | None = None, max_token_chars: int = 1):
     """One exact weighted-rejection draw. Returns ``(token, log Ẑ)``; ``log Ẑ = -inf`` when no
-    token is valid."""
+    token is valid.
+
+    A text token ``t`` is valid when ``prefix + t`` is a prefix of a sentence and, given
+    ``tokens_left`` (the tokens the budget allows after ``t``; None: unlimited), can still
+    become one within them (`LarkChecker.within_budget`); EOS when ``prefix`` is a sentence."""
     p = np.exp(logprobs.astype(np.float64) - np.max(logprobs))
     p /= p.sum()
     cdf = np.cumsum(p)
@@ -119,7 +418,10 @@ def rejection_step(checker: LarkChecker, token_strings: Sequence[str], eos: int,
             return checker.complete(prefix)
         if special[t]:
             return False
-        return checker.valid_prefix(prefix + token_strings[t])
+        text = prefix + token_strings[t]
+        if not checker.valid_prefix(text):
+            return False
+        return tokens_left is None or checker.within_budget(text, tokens_left, max_token_chars)
 
     first, draws = None, 0
     for draws in range(1, max_draws + 1):
@@ -176,6 +478,9 @@ class _BoundLark(BoundSampler):
     def __init__(self, c: LarkConstraint, strings, eos, special):
         self.c, self.strings, self.eos, self.special = c, strings, eos, special
         self.name = c.name
+        # The most characters one token can add: converts the grammar's character bound into
+        # a token bound (``tokens >= ceil(chars / max_chars)``).
+        self.max_chars = max((len(s) for s, sp in zip(strings, special) if not sp), default=1)
 
     def check(self, text: str) -> bool:
         return self.c.check(text)
@@ -189,13 +494,17 @@ class _BoundLark(BoundSampler):
 
         seed = jax.random.bits(ctx.key(), dtype=jnp.uint32)
         strings, eos, special, c = self.strings, self.eos, self.special, self.c
+        max_tokens, max_chars = int(ctx.max_tokens), self.max_chars
 
         def row(tokens, length, lps, seed, active):
             if not active:
                 return eos, 0.0
             prefix = "".join(strings[int(t)] for t in tokens[: int(length)])
+            # Tokens the budget allows after this one (0: this is the last).
+            left = max_tokens - int(length) - 1 if max_tokens > 0 else None
             return rejection_step(c.checker, strings, eos, special, prefix, lps,
-                                  np.random.default_rng(int(seed)), c.max_draws)
+                                  np.random.default_rng(int(seed)), c.max_draws,
+                                  tokens_left=left, max_token_chars=max_chars)
 
         return host_map(row, (jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32)),
                         ctx.tokens, ctx.length, logprobs, seed, ctx.active)
