@@ -45,14 +45,14 @@ _INF = float("inf")
 
 
 class _TerminalDFA:
-    """A terminal's character automaton with each state's distance (characters) to a match.
+    """A terminal's character automaton (the engine of `ppl.stdlib._fa`).
 
-    Built with the engine of `ppl.stdlib._fa`; a terminal it cannot express (lookarounds,
-    anchors, too many states) gets the *universal* automaton: every remainder may still be
-    extended and needs 0 more characters, which keeps every bound below a lower bound.
+    A terminal the engine cannot express (lookarounds, anchors, too many states) gets the
+    *universal* automaton instead: every remainder may still be extended and costs nothing
+    more, which keeps every bound built on it a lower bound.
     """
 
-    def __init__(self, pattern: str, min_width: int):
+    def __init__(self, pattern: str):
         import bisect
 
         from ppl.stdlib import _fa as F
@@ -62,62 +62,77 @@ class _TerminalDFA:
         try:
             R.validate(pattern)
             d = F.compile_dfa(R.to_node(pattern), max_states=2048, what="lark terminal")
-        except Exception:  # outside our regex subset: fall back to the universal automaton
-            self.bounds, self.trans, self.start, self.dist = [0], [[0], [1]], 1, [_INF, 0]
-            self.min_len = max(0, int(min(min_width, 1 << 30)))
+        except Exception:  # outside our regex subset
+            self.bounds, self.trans, self.start, self.accepting = [0], [[0], [1]], 1, [False, True]
             self.exact = False
             return
-        trans = np.asarray(d.trans)
-        acc = np.asarray(d.accepting)
-        dist = np.where(acc, 0, np.iinfo(np.int64).max).astype(np.int64)
-        dist[0] = np.iinfo(np.int64).max
-        for _ in range(len(dist)):  # backward relaxation: fewest characters to a match
-            via = dist[trans].min(axis=1)
-            new = np.minimum(dist, np.where(via == np.iinfo(np.int64).max, via, via + 1))
-            new[0] = np.iinfo(np.int64).max
-            if np.array_equal(new, dist):
-                break
-            dist = new
         self.bounds = [int(b) for b in np.asarray(d.bounds)[:-1]]
-        self.trans = trans.tolist()
+        self.trans = np.asarray(d.trans).tolist()
         self.start = int(d.start)
-        self.dist = [(_INF if int(x) == np.iinfo(np.int64).max else int(x)) for x in dist]
-        self.min_len = self.dist[self.start]
+        self.accepting = [bool(a) for a in np.asarray(d.accepting)]
         self.exact = True
 
+    def atom(self, ch: str) -> int:
+        return self._bisect(self.bounds, ord(ch)) - 1
+
     def step(self, state: int, ch: str) -> int:
-        return self.trans[state][self._bisect(self.bounds, ord(ch)) - 1]
+        return self.trans[state][self.atom(ch)]
+
+    def last_atoms(self) -> set:
+        """Atoms whose character can be a match's last character."""
+        return {a for row in self.trans for a, s in enumerate(row) if s and self.accepting[s]}
+
+    def distances(self, cost) -> list:
+        """Each state's cheapest path to a match; ``cost(lo, hi)`` is the cheapest character
+        of the code-point interval ``[lo, hi)`` (``inf``: none may occur)."""
+        ends = self.bounds[1:] + [0x110000]
+        ac = [cost(lo, hi) for lo, hi in zip(self.bounds, ends)]
+        n = len(self.trans)
+        dist = [0.0 if self.accepting[s] and s else _INF for s in range(n)]
+        for _ in range(n):  # backward relaxation (costs are >= 0)
+            changed = False
+            for s in range(1, n):
+                best = dist[s]
+                for a, s2 in enumerate(self.trans[s]):
+                    if s2 and ac[a] + dist[s2] < best:
+                        best = ac[a] + dist[s2]
+                if best < dist[s]:
+                    dist[s], changed = best, True
+            if not changed:
+                break
+        return dist
 
 
 class _Completion:
-    """Fewest characters from a text prefix to a sentence: a lower bound from the LALR tables.
+    """Cheapest completion of a text prefix into a sentence: a lower bound from the LALR tables.
 
-    The pieces:
+    Each character ``c`` has a cost ``w(c) >= 0`` (1: the bound counts characters; see
+    `TokenBudget` for token costs). The pieces:
 
-    * ``minlen(X)``: the shortest string a symbol derives (terminals: their automaton's
-      distance from its start; rules: the least fixed point of ``minlen(A) = min over
+    * ``minlen(X)``: the cheapest string a symbol derives (terminals: the cheapest path
+      through their automaton; rules: the least fixed point of ``minlen(A) = min over
       A -> X1..Xn of Σ minlen(Xi)``).
-    * ``f(stack)``: the fewest characters that take an LALR stack to acceptance. Any
-      completion must at some point reduce a rule ``A -> α β`` that pops the top state, and
-      ``α β``'s part ``α`` is on the stack already: ``A -> α • β`` is a kernel item of the top
-      state consistent with the states below it. So ``f`` is a shortest path (Dijkstra) over
-      configurations (depth, top state) whose edges are those kernel items, cost
-      ``minlen(β)``, landing on ``goto(state below α, A)``. Lookaheads are ignored, which can
-      only make the bound smaller.
-    * the text's own last terminal may be unfinished, and (maximal munch) may even start at
-      any earlier token boundary whose terminal keeps matching to the end of the text: every
-      boundary ``p`` of Lark's own lexing of the prefix (token starts, positions among ignored
-      text, the position where lexing failed) and every terminal ``T`` the parser accepts
-      there contributes ``dist_T(text[p:]) + f(stack_p after T)``.
+    * ``f(stack)``: the cheapest way from an LALR stack to acceptance. Any completion must at
+      some point reduce a rule ``A -> α β`` that pops the top state, with ``α`` on the stack
+      already: ``A -> α • β`` is a kernel item of the top state, consistent with the states
+      below it. So ``f`` is a shortest path (Dijkstra) over configurations (depth, top state)
+      whose edges are those kernel items, cost ``minlen(β)``, landing on
+      ``goto(state below α, A)``. Lookaheads are ignored, which only lowers the bound.
+    * the text's last terminal may be unfinished and, under maximal munch, may even start at
+      an earlier token boundary (``"ab-"`` + ``"c"`` can lex as one terminal ``"ab-c"``):
+      every boundary ``p`` of Lark's own lexing of the prefix (token starts, positions among
+      ignored text, the position where lexing failed) and every terminal ``T`` the parser
+      accepts there contributes ``dist_T(text[p:]) + f(stack_p after T)``.
 
-    The minimum over these interpretations is a lower bound on the characters any
-    completion needs: the tokens of a finished text that end inside the prefix are exactly
-    the tokens Lark lexes from the prefix itself (a regular-expression match that ends inside
-    the prefix does not depend on what follows it), so the finished text's first token that
-    reaches past the prefix starts at one of those boundaries, in that boundary's parser state.
+    The minimum over these interpretations is at most the cost of any completion: the tokens
+    of a finished text that end inside the prefix are exactly the tokens Lark lexes from the
+    prefix itself (a regular-expression match that ends inside the prefix does not depend on
+    what follows), so the finished text's first token that reaches past the prefix starts at
+    one of those boundaries, in that boundary's parser state.
     """
 
-    def __init__(self, lark_obj, start: str):
+    def __init__(self, lark_obj, start: str, dfas: dict, cost=None):
+        cost = cost or (lambda lo, hi: 1.0)
         lalr = lark_obj.parser.parser  # ParsingFrontend -> LALR_Parser
         table = lalr._parse_table
         self.states = {s: dict(a) for s, a in table.states.items()}
@@ -126,13 +141,13 @@ class _Completion:
         rules = list(lalr.parser_conf.rules)
         nonterms = {r.origin.name for r in rules}
         self.ignore = set(lark_obj.lexer_conf.ignore)
-        self.terms = {t.name: _TerminalDFA(t.pattern.to_regexp(), t.pattern.min_width)
-                      for t in lark_obj.terminals}
-        minlen = {name: t.min_len for name, t in self.terms.items()}
+        self.terms = dfas
+        self.tdist = {name: d.distances(cost) for name, d in dfas.items()}
+        minlen = {name: self.tdist[name][d.start] for name, d in dfas.items()}
         for r in rules:
             for x in r.expansion:
                 if x.is_term:
-                    minlen.setdefault(x.name, 0)  # declared without a pattern: no bound
+                    minlen.setdefault(x.name, 0.0)  # declared without a pattern: no bound
         for a in nonterms:
             minlen[a] = _INF
         changed = True
@@ -151,7 +166,7 @@ class _Completion:
         by_origin: dict[str, list[int]] = {}
         for i, r in enumerate(rules):
             names = tuple(x.name for x in r.expansion)
-            suffix = [0] * (len(names) + 1)
+            suffix = [0.0] * (len(names) + 1)
             for j in range(len(names) - 1, -1, -1):
                 suffix[j] = suffix[j + 1] + minlen[names[j]]
             self.rules.append((r.origin.name, names, tuple(suffix)))
@@ -197,12 +212,12 @@ class _Completion:
             st.append(g)
 
     def _f(self, stack: tuple) -> float:
-        """Lower bound on the characters from ``stack`` to acceptance (Dijkstra)."""
+        """Lower bound on the cost from ``stack`` to acceptance (Dijkstra)."""
         import heapq
 
         if len(stack) == 1:
             return self.start_len
-        heap = [(0, len(stack) - 1, stack[-1])]
+        heap = [(0.0, len(stack) - 1, stack[-1])]
         done = set()
         while heap:
             c, h, t = heapq.heappop(heap)
@@ -220,17 +235,14 @@ class _Completion:
                 cur, ok = base, True
                 for j in range(m):
                     cur = self._goto(cur, names[j])
-                    want = t if j == m - 1 else stack[h - m + 1 + j]
-                    if cur != want:
+                    if cur != (t if j == m - 1 else stack[h - m + 1 + j]):
                         ok = False
                         break
                 if not ok:
                     continue
                 g = self._goto(base, origin)
-                if g is None:
-                    continue
                 nc = c + suffix[m]
-                if nc < _INF and (h - m + 1, g) not in done:
+                if g is not None and nc < _INF and (h - m + 1, g) not in done:
                     heapq.heappush(heap, (nc, h - m + 1, g))
         return _INF
 
@@ -249,7 +261,7 @@ class _Completion:
                 gaps.append((lo, len(text), tuple(ps.state_stack)))
                 finished = True
                 break
-            except lark.exceptions.UnexpectedToken as e:  # lexed by the root lexer only
+            except lark.exceptions.UnexpectedToken as e:  # only the root lexer matched here
                 gaps.append((lo, int(getattr(e.token, "start_pos", lo) or lo), tuple(ps.state_stack)))
                 break
             except lark.exceptions.UnexpectedInput as e:
@@ -273,7 +285,9 @@ class _Completion:
                     starts.setdefault(p, []).append(gi)
             if not starts:
                 continue
+            # One walk of the terminal's automaton per start, merged by automaton state.
             active: dict[int, set] = {}
+            last = max(starts)
             for i in range(min(starts), n):
                 if i in starts:
                     active.setdefault(term.start, set()).update(starts[i])
@@ -284,10 +298,11 @@ class _Completion:
                     if s2:
                         nxt.setdefault(s2, set()).update(gs)
                 active = nxt
-                if not active and max(starts) <= i:
+                if not active and i >= last:
                     break
+            dist = self.tdist[name]
             for s, gs in active.items():
-                d = term.dist[s]
+                d = dist[s]
                 if d >= best:
                     continue
                 for gi in gs:
@@ -299,6 +314,75 @@ class _Completion:
                         rest = _INF if after is None else self.f(after)
                     best = min(best, d + rest)
         return best
+
+
+class TokenBudget:
+    """Whether a text can still become a sentence within a number of tokens of one vocabulary.
+
+    A completion spelled by ``k`` tokens costs at most ``k`` when each character ``c`` costs
+    ``w(c) = 1 / M(c)``, ``M(c)`` the length of the longest token that contains ``c``
+    (a token ``u`` then costs ``Σ_{c in u} w(c) <= Σ 1/len(u) = 1``; a character no token
+    contains costs ``inf``). So `_Completion`'s cheapest completion under ``w``, ``D(x)``,
+    bounds the tokens any completion of ``x`` needs from below: ``D(x) <= k``. Newlines and
+    punctuation, which most vocabularies spell in short tokens only, count nearly a whole
+    token each; letters count ``1 / 14`` of one on a vocabulary whose longest word has 14.
+
+    With no tokens left the text must be a sentence; with one left, one of the vocabulary's
+    tokens that can end a sentence (its last character can end the grammar's last terminal,
+    or an ignored one) must complete it, checked exactly when there are few such tokens.
+
+    Args:
+        checker: the grammar's [LarkChecker][ppl.stdlib._lark.LarkChecker].
+        token_strings: the vocabulary's token texts.
+        special: ``bool[V]``, tokens that never occur inside text (EOS included).
+        max_finishers: above this many sentence-ending tokens, one token left uses the
+            bound ``D(x) <= 1`` instead of the exact check.
+    """
+
+    def __init__(self, checker: "LarkChecker", token_strings: Sequence[str], special,
+                 max_finishers: int = 256):
+        import bisect
+
+        self.checker = checker
+        longest: dict[str, int] = {}
+        texts = [s for s, sp in zip(token_strings, special) if not sp and s]
+        for s in texts:
+            for ch in set(s):
+                if len(s) > longest.get(ch, 0):
+                    longest[ch] = len(s)
+        codes = sorted(ord(c) for c in longest)
+        weights = [1.0 / longest[chr(c)] for c in codes]
+        # A sparse table of min(weights[i:j]) would be faster; intervals per atom are few.
+
+        def cost(lo: int, hi: int) -> float:
+            i, j = bisect.bisect_left(codes, lo), bisect.bisect_left(codes, hi)
+            return min(weights[i:j], default=_INF)
+
+        self.completion = None
+        if checker._completion is not None:
+            try:
+                self.completion = _Completion(checker.parser, checker.start, checker._dfas, cost)
+            except Exception:  # pragma: no cover - a table shape we cannot read
+                self.completion = None
+        ends = checker.ends_sentence
+        self.finishers = sorted({s for s in texts if ends(s[-1])}, key=len)
+        self.exact_last = len(self.finishers) <= max_finishers
+        self.tokens_lower_bound = functools.lru_cache(maxsize=200_000)(self._bound)
+
+    def _bound(self, text: str) -> float:
+        if self.completion is None:
+            return 0.0
+        return self.completion.distance(self.checker.parser, text)
+
+    def allows(self, text: str, tokens_left: int) -> bool:
+        """False only when no completion of ``text`` within ``tokens_left`` tokens exists."""
+        c = self.checker
+        if tokens_left <= 0:
+            return c.complete(text)
+        if tokens_left == 1 and self.exact_last:
+            return c.complete(text) or any(c.complete(text + u) for u in self.finishers)
+        # 1e-6: D is a sum of float reciprocals; its rounding must not mask a finishable text.
+        return self.tokens_lower_bound(text) <= tokens_left + 1e-6
 
 
 class LarkChecker:
@@ -330,29 +414,50 @@ class LarkChecker:
         }
         self.valid_prefix = functools.lru_cache(maxsize=200_000)(self._valid_prefix)
         self.complete = functools.lru_cache(maxsize=50_000)(self._complete)
+        self.start = start
         try:
-            self._completion = _Completion(self.parser, start)
+            self._dfas = {t.name: _TerminalDFA(t.pattern.to_regexp()) for t in self.parser.terminals}
+            self._completion = _Completion(self.parser, start, self._dfas)
+            self._last = self._last_atoms()
         except Exception:  # a Lark version whose tables we cannot read: no budget pruning
-            self._completion = None
+            self._completion, self._last = None, None
         self.distance = functools.lru_cache(maxsize=200_000)(self._distance)
 
     def _distance(self, text: str) -> float:
-        """A lower bound on the characters that any completion of ``text`` into a sentence
-        needs: 0 when ``text`` is a sentence, ``inf`` when no completion exists (see
-        `_Completion`). Never larger than the true fewest-characters completion, so masking
-        on it removes only texts that cannot finish."""
+        """A lower bound on the characters any completion of ``text`` into a sentence needs
+        (see `_Completion`): 0 when ``text`` is a sentence, ``inf`` when no completion exists.
+        Never above the true fewest-characters completion, so a mask built on it removes only
+        texts that cannot finish."""
         if self._completion is None:
             return 0.0
         return self._completion.distance(self.parser, text)
 
-    def within_budget(self, text: str, tokens_left: int, max_token_chars: int) -> bool:
-        """Whether ``text`` may still become a sentence with at most ``tokens_left`` more
-        tokens of at most ``max_token_chars`` characters each (exact when no tokens are left:
-        the text must be a sentence; otherwise ``ceil(distance / max_token_chars) <= tokens_left``,
-        a necessary condition)."""
-        if tokens_left <= 0:
-            return self.complete(text)
-        return self.distance(text) <= tokens_left * max(1, int(max_token_chars))
+    def _last_atoms(self):
+        """Per terminal that can end a sentence (a last terminal of the start rule, or an
+        ignored one), the automaton atoms its last character may come from; None: unknown."""
+        comp = self._completion
+        nonterms = {origin for origin, _, _ in comp.rules}
+        last: dict[str, set] = {a: set() for a in nonterms}
+        changed = True
+        while changed:  # Last(A) ⊇ Last(Xk) for A -> X1..Xn with Xk+1..Xn nullable
+            changed = False
+            for origin, names, _ in comp.rules:
+                acc, before = last[origin], len(last[origin])
+                for x in reversed(names):
+                    acc |= last[x] if x in nonterms else {x}
+                    if comp.minlen[x] > 0:
+                        break
+                changed |= len(acc) != before
+        ends = last.get(self.start, set()) | set(comp.ignore)
+        if any(t not in self._dfas for t in ends):
+            return None  # a terminal without a pattern may end the text
+        return {t: self._dfas[t].last_atoms() for t in ends}
+
+    def ends_sentence(self, ch: str) -> bool:
+        """Whether a sentence may end with the character ``ch`` (a necessary condition)."""
+        if self._last is None:
+            return True
+        return any(self._dfas[t].atom(ch) in atoms for t, atoms in self._last.items())
 
     def _partial_ok(self, rest: str, names) -> bool:
         return any(
@@ -402,13 +507,13 @@ class LarkChecker:
 
 def rejection_step(checker: LarkChecker, token_strings: Sequence[str], eos: int, special: np.ndarray,
                    prefix: str, logprobs: np.ndarray, rng: np.random.Generator, max_draws: int,
-                   tokens_left: int | None = None, max_token_chars: int = 1):
+                   tokens_left: int | None = None, budget: "TokenBudget | None" = None):
     """One exact weighted-rejection draw. Returns ``(token, log Ẑ)``; ``log Ẑ = -inf`` when no
     token is valid.
 
     A text token ``t`` is valid when ``prefix + t`` is a prefix of a sentence and, given
     ``tokens_left`` (the tokens the budget allows after ``t``; None: unlimited), can still
-    become one within them (`LarkChecker.within_budget`); EOS when ``prefix`` is a sentence."""
+    become one within them (`TokenBudget.allows`); EOS when ``prefix`` is a sentence."""
     p = np.exp(logprobs.astype(np.float64) - np.max(logprobs))
     p /= p.sum()
     cdf = np.cumsum(p)
@@ -421,7 +526,7 @@ def rejection_step(checker: LarkChecker, token_strings: Sequence[str], eos: int,
         text = prefix + token_strings[t]
         if not checker.valid_prefix(text):
             return False
-        return tokens_left is None or checker.within_budget(text, tokens_left, max_token_chars)
+        return tokens_left is None or budget is None or budget.allows(text, tokens_left)
 
     first, draws = None, 0
     for draws in range(1, max_draws + 1):
@@ -478,9 +583,9 @@ class _BoundLark(BoundSampler):
     def __init__(self, c: LarkConstraint, strings, eos, special):
         self.c, self.strings, self.eos, self.special = c, strings, eos, special
         self.name = c.name
-        # The most characters one token can add: converts the grammar's character bound into
-        # a token bound (``tokens >= ceil(chars / max_chars)``).
-        self.max_chars = max((len(s) for s, sp in zip(strings, special) if not sp), default=1)
+        text_special = special.copy()
+        text_special[eos] = True  # EOS spells no text
+        self.budget = TokenBudget(c.checker, strings, text_special)
 
     def check(self, text: str) -> bool:
         return self.c.check(text)
@@ -494,7 +599,7 @@ class _BoundLark(BoundSampler):
 
         seed = jax.random.bits(ctx.key(), dtype=jnp.uint32)
         strings, eos, special, c = self.strings, self.eos, self.special, self.c
-        max_tokens, max_chars = int(ctx.max_tokens), self.max_chars
+        max_tokens, budget = int(ctx.max_tokens), self.budget
 
         def row(tokens, length, lps, seed, active):
             if not active:
@@ -504,7 +609,7 @@ class _BoundLark(BoundSampler):
             left = max_tokens - int(length) - 1 if max_tokens > 0 else None
             return rejection_step(c.checker, strings, eos, special, prefix, lps,
                                   np.random.default_rng(int(seed)), c.max_draws,
-                                  tokens_left=left, max_token_chars=max_chars)
+                                  tokens_left=left, budget=budget)
 
         return host_map(row, (jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32)),
                         ctx.tokens, ctx.length, logprobs, seed, ctx.active)
