@@ -137,6 +137,7 @@ class _Completion:
         table = lalr._parse_table
         self.states = {s: dict(a) for s, a in table.states.items()}
         self.start_state = table.start_states[start]
+        self.start_name = start
         self.end_state = table.end_states[start]
         rules = list(lalr.parser_conf.rules)
         nonterms = {r.origin.name for r in rules}
@@ -246,20 +247,24 @@ class _Completion:
                     heapq.heappush(heap, (nc, h - m + 1, g))
         return _INF
 
-    def distance(self, parser, text: str) -> float:
+    def interpretations(self, parser, text: str):
+        """How the text's end may lie in a finished text: ``(end, partial)``. ``end`` is the
+        parser stack when the whole text lexes into tokens the parser accepts (None if not);
+        ``partial[T][s]`` the stacks before a terminal ``T`` that starts at a boundary and
+        is still being matched at the end of the text, in automaton state ``s``."""
         import lark
 
         ip = parser.parse_interactive(text)
         ps = ip.parser_state
         gaps = []  # (first, last boundary position, parser stack there)
-        lo, finished = 0, False
+        lo, end = 0, None
         gen = ip.lexer_thread.lex(ps)
         while True:
             try:
                 tok = next(gen)
             except StopIteration:
-                gaps.append((lo, len(text), tuple(ps.state_stack)))
-                finished = True
+                end = tuple(ps.state_stack)
+                gaps.append((lo, len(text), end))
                 break
             except lark.exceptions.UnexpectedToken as e:  # only the root lexer matched here
                 gaps.append((lo, int(getattr(e.token, "start_pos", lo) or lo), tuple(ps.state_stack)))
@@ -273,8 +278,8 @@ class _Completion:
             except lark.exceptions.UnexpectedInput:
                 break
             lo = tok.end_pos
-        best = self.f(gaps[-1][2]) if finished else _INF
         n = len(text)
+        partial: dict[str, dict[int, set]] = {}
         for name, term in self.terms.items():
             ignored = name in self.ignore
             starts: dict[int, list[int]] = {}
@@ -300,19 +305,201 @@ class _Completion:
                 active = nxt
                 if not active and i >= last:
                     break
+            if active:
+                partial[name] = {s: {gaps[gi][2] for gi in gs} for s, gs in active.items()}
+        return end, partial
+
+    def distance(self, interp) -> float:
+        """The cheapest completion over the interpretations `interpretations` found."""
+        end, partial = interp
+        best = self.f(end) if end is not None else _INF
+        for name, by_state in partial.items():
+            ignored = name in self.ignore
             dist = self.tdist[name]
-            for s, gs in active.items():
+            for s, stacks in by_state.items():
                 d = dist[s]
                 if d >= best:
                     continue
-                for gi in gs:
-                    stack = gaps[gi][2]
+                for stack in stacks:
                     if ignored:
                         rest = self.f(stack)
                     else:
                         after = self.feed(stack, name)
                         rest = _INF if after is None else self.f(after)
                     best = min(best, d + rest)
+        return best
+
+
+class _BreakBound:
+    """Tokens needed to complete a text, from the token boundaries its completion forces.
+
+    Characters fall into a few classes (each character of the grammar's literal terminals
+    and each whitespace character on its own, everything else together). A boundary between
+    consecutive characters of classes ``a, b`` is *forced* when no token of the vocabulary
+    contains a character of class ``a`` directly followed by one of class ``b``; a
+    completion's first character starts a token too. Every tokenization of a completion
+    ``s`` then has at least ``B(s) = 1[s != ""] + #forced boundaries in s`` tokens.
+
+    ``min_s B(s)`` is computed like `_Completion`'s distance, with min-plus matrices over
+    classes in place of lengths: ``M_X[l][b]`` is the fewest forced boundaries of a string
+    derived from ``X`` that follows a character of class ``l`` and ends with class ``b``
+    (the class ``NONE`` = nothing yet). Ignored terminals may be inserted before any
+    terminal (they can turn one forced boundary into two free ones), so each terminal's
+    matrix is multiplied by the Kleene star of the ignored terminals' matrices.
+    """
+
+    def __init__(self, comp: _Completion, literal_chars: set, token_strings: Sequence[str]):
+        self.comp = comp
+        special = sorted(set(literal_chars) | set(" \t\r\n"))
+        self.cls = {ch: i + 1 for i, ch in enumerate(special)}
+        self.special = special
+        k = len(special) + 1
+        self.none = k
+        size = k + 1
+        pairs = np.ones((size, size))  # 1: forced boundary
+        for s in token_strings:
+            for x, y in zip(s, s[1:]):
+                pairs[self.cls.get(x, 0), self.cls.get(y, 0)] = 0
+        pairs[self.none, :] = 1  # the completion's first character starts a token
+        pairs[:, self.none] = _INF
+        self.brk = pairs
+        self.size = size
+        eye = np.full((size, size), _INF)
+        np.fill_diagonal(eye, 0.0)
+        self.eye = eye
+        self.rem = {}  # (terminal, automaton state) -> row-vector costs from NONE
+        term_m = {name: self._term_matrix(name, d.start) for name, d in comp.terms.items()}
+        star = eye.copy()
+        for _ in range(size + 1):  # Kleene star of the ignored terminals (min-plus)
+            step = star
+            for name in comp.ignore:
+                if name in term_m:
+                    step = np.minimum(step, self._mul(star, term_m[name]))
+            if np.array_equal(step, star):
+                break
+            star = step
+        self.star = star
+        mats = {name: self._mul(star, m) for name, m in term_m.items()}
+        nonterms = {origin for origin, _, _ in comp.rules}
+        for r in comp.rules:
+            for x in r[1]:
+                if x not in mats and x not in nonterms:  # declared without a pattern
+                    mats[x] = np.minimum(eye, np.zeros((size, size)))
+        for a in nonterms:
+            mats[a] = np.full((size, size), _INF)
+        for _ in range(10_000):
+            changed = False
+            for origin, names, _ in comp.rules:
+                m = eye
+                for x in names:
+                    m = self._mul(m, mats[x])
+                new = np.minimum(mats[origin], m)
+                if not np.array_equal(new, mats[origin]):
+                    mats[origin], changed = new, True
+            if not changed:
+                break
+        self.mats = mats
+        self.suffix = []
+        for origin, names, _ in comp.rules:
+            suf = [eye] * (len(names) + 1)
+            for j in range(len(names) - 1, -1, -1):
+                suf[j] = self._mul(mats[names[j]], suf[j + 1])
+            self.suffix.append(suf)
+        self.f = functools.lru_cache(maxsize=100_000)(self._f)
+
+    @staticmethod
+    def _mul(a, b):
+        return (a[:, :, None] + b[None, :, :]).min(axis=1)
+
+    def _atom_classes(self, d: _TerminalDFA, atom: int) -> list:
+        lo = d.bounds[atom]
+        hi = d.bounds[atom + 1] if atom + 1 < len(d.bounds) else 0x110000
+        inside = [self.cls[ch] for ch in self.special if lo <= ord(ch) < hi]
+        return inside + ([0] if hi - lo > len(inside) else [])
+
+    def _walk(self, name: str, state: int, l: int) -> np.ndarray:
+        """Fewest forced boundaries from automaton ``state`` (after class ``l``) to a match,
+        per last class (a Dijkstra over (state, last class))."""
+        import heapq
+
+        d = self.comp.terms[name]
+        edges = getattr(d, "_class_edges", None)
+        if edges is None:
+            edges = [sorted({(c, s2) for a, s2 in enumerate(row) if s2
+                             for c in self._atom_classes(d, a)}) for row in d.trans]
+            d._class_edges = edges
+        out = np.full(self.size, _INF)
+        heap, done = [(0.0, state, l)], set()
+        while heap:
+            c, s, last = heapq.heappop(heap)
+            if (s, last) in done:
+                continue
+            done.add((s, last))
+            if d.accepting[s]:
+                out[last] = min(out[last], c)
+            for cl, s2 in edges[s]:
+                nc = c + self.brk[last, cl]
+                if (s2, cl) not in done:
+                    heapq.heappush(heap, (nc, s2, cl))
+        return out
+
+    def _term_matrix(self, name: str, state: int) -> np.ndarray:
+        return np.stack([self._walk(name, state, l) for l in range(self.size)])
+
+    def _f(self, stack: tuple, l: int) -> float:
+        import heapq
+
+        comp = self.comp
+        if len(stack) == 1:
+            m = self.mats.get(comp.start_name)
+            return _INF if m is None else float(m[l].min())
+        heap = [(0.0, len(stack) - 1, stack[-1], l)]
+        done = set()
+        while heap:
+            c, h, t, last = heapq.heappop(heap)
+            if (h, t, last) in done:
+                continue
+            done.add((h, t, last))
+            if h == 1 and t == comp.end_state:
+                return c
+            for ri, m in comp.kernel.get(t, ()):
+                if m > h:
+                    continue
+                origin, names, _ = comp.rules[ri]
+                base = stack[h - m]
+                cur, ok = base, True
+                for j in range(m):
+                    cur = comp._goto(cur, names[j])
+                    if cur != (t if j == m - 1 else stack[h - m + 1 + j]):
+                        ok = False
+                        break
+                g = comp._goto(base, origin) if ok else None
+                if g is None:
+                    continue
+                row = self.suffix[ri][m][last]
+                for b in np.nonzero(row < _INF)[0]:
+                    key = (h - m + 1, g, int(b))
+                    if key not in done:
+                        heapq.heappush(heap, (c + float(row[b]), *key))
+        return _INF
+
+    def tokens(self, interp) -> float:
+        """Fewest tokens any completion needs (a lower bound), over the interpretations."""
+        end, partial = interp
+        best = self.f(end, self.none) if end is not None else _INF
+        comp = self.comp
+        for name, by_state in partial.items():
+            ignored = name in comp.ignore
+            for s, stacks in by_state.items():
+                key = (name, s)
+                if key not in self.rem:
+                    self.rem[key] = self._walk(name, s, self.none)
+                row = self.rem[key]
+                for b in np.nonzero(row < best)[0]:
+                    for stack in stacks:
+                        after = stack if ignored else comp.feed(stack, name)
+                        if after is not None:
+                            best = min(best, float(row[b]) + self.f(after, int(b)))
         return best
 
 
@@ -364,6 +551,12 @@ class TokenBudget:
                 self.completion = _Completion(checker.parser, checker.start, checker._dfas, cost)
             except Exception:  # pragma: no cover - a table shape we cannot read
                 self.completion = None
+        self.breaks = None
+        if checker._completion is not None:
+            try:
+                self.breaks = _BreakBound(checker._completion, checker._literal_chars, texts)
+            except Exception:  # pragma: no cover - a table shape we cannot read
+                self.breaks = None
         ends = checker.ends_sentence
         self.finishers = sorted({s for s in texts if ends(s[-1])}, key=len)
         self.exact_last = len(self.finishers) <= max_finishers
@@ -372,7 +565,11 @@ class TokenBudget:
     def _bound(self, text: str) -> float:
         if self.completion is None:
             return 0.0
-        return self.completion.distance(self.checker.parser, text)
+        interp = self.checker.interpretations(text)
+        bound = self.completion.distance(interp)
+        if self.breaks is not None and bound < _INF:
+            bound = max(bound, self.breaks.tokens(interp))
+        return bound
 
     def allows(self, text: str, tokens_left: int) -> bool:
         """False only when no completion of ``text`` within ``tokens_left`` tokens exists."""
@@ -418,10 +615,14 @@ class LarkChecker:
         try:
             self._dfas = {t.name: _TerminalDFA(t.pattern.to_regexp()) for t in self.parser.terminals}
             self._completion = _Completion(self.parser, start, self._dfas)
+            self._literal_chars = {ch for t in self.parser.terminals
+                                   if type(t.pattern).__name__ == "PatternStr" for ch in t.pattern.value}
             self._last = self._last_atoms()
         except Exception:  # a Lark version whose tables we cannot read: no budget pruning
             self._completion, self._last = None, None
         self.distance = functools.lru_cache(maxsize=200_000)(self._distance)
+        self.interpretations = functools.lru_cache(maxsize=4096)(
+            lambda text: self._completion.interpretations(self.parser, text))
 
     def _distance(self, text: str) -> float:
         """A lower bound on the characters any completion of ``text`` into a sentence needs
@@ -430,7 +631,7 @@ class LarkChecker:
         texts that cannot finish."""
         if self._completion is None:
             return 0.0
-        return self._completion.distance(self.parser, text)
+        return self._completion.distance(self.interpretations(text))
 
     def _last_atoms(self):
         """Per terminal that can end a sentence (a last terminal of the start rule, or an
