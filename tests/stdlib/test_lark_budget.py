@@ -61,7 +61,7 @@ def test_token_bound_never_masks_a_prefix_that_finishes_in_budget():
     """Every split of every token sentence of <= 4 tokens: the text before the split must be
     allowed with the tokens after it (brute force over the token vocabulary)."""
     checker = LarkChecker(STMTS)
-    vocab = ["(", "a", "aa", ")", "=", ";", " ", "(a", "a)", " =", "=a", "aa;", ";("]
+    vocab = ["(", "a", "aa", ")", "=", ";", " ", "aa;", ";(", "a =aa;", "a)", "=a"]
     budget = TokenBudget(checker, vocab, np.zeros(len(vocab), bool))
     seen, masked = 0, 0
     shortest = {}
