@@ -756,7 +756,10 @@ class LarkConstraint(HostSampler):
     """``lark(grammar)``: the final text is a sentence of the Lark grammar (exact).
 
     Enforced token by token by `rejection_step` on the host (one batched
-    ``pure_callback`` per step), and checked again on the finished text.
+    ``pure_callback`` per step), and checked again on the finished text. Tokens after which
+    the text cannot become a sentence within the program's remaining ``max_tokens`` are
+    rejected as well (`TokenBudget`), so grammars with unbounded terminals (``/./+``) finish
+    instead of running every particle out of tokens; the target stays exact.
 
     Args:
         grammar: Lark grammar text (LALR(1)-compatible).
