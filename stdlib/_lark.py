@@ -673,7 +673,10 @@ class LarkChecker:
         history = []  # (start position, parser state before the token)
         try:
             for tok in ip.iter_parse():
-                history.append((tok.start_pos, ip.copy()))
+                # Only the last entry is read, and only for `accepts()` (which runs without
+                # callbacks): a shallow copy, not a deep copy of the trees built so far (that
+                # made each check quadratic in the text's length).
+                history[:] = [(tok.start_pos, ip.copy(deepcopy_values=False))]
         except lark.exceptions.UnexpectedCharacters as e:
             pos = e.pos_in_stream
             if self._partial_ok(text[pos:], ip.accepts()):
