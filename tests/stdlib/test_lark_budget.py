@@ -125,3 +125,15 @@ def test_unbounded_terminal_examples_finish_on_tiny(name, grammar, prompt):
     assert len(r.texts) == 8
     bad = [t for t in r.texts if not _parses(grammar, t)]
     assert not bad, bad
+
+
+def test_terminal_outside_the_regex_subset_counts_as_free():
+    """A lookahead terminal gets the universal automaton: the bound stays a lower bound."""
+    grammar = r"""
+start: WORD ";"
+WORD: /a(?=a)a|b/
+"""
+    checker = LarkChecker(grammar)
+    assert not checker._dfas["WORD"].exact and checker._dfas["SEMICOLON"].exact
+    truth = _true_distances(checker, "ab;", 4)
+    assert truth and all(checker.distance(x) <= d for x, d in truth.items())
