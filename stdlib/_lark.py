@@ -38,7 +38,7 @@ import numpy as np
 
 from ppl.stdlib.base import BoundSampler, HostSampler
 
-__all__ = ["LarkChecker", "rejection_step"]
+__all__ = ["LarkChecker", "TokenBudget", "rejection_step"]
 
 
 _INF = float("inf")
@@ -539,7 +539,6 @@ class TokenBudget:
                     longest[ch] = len(s)
         codes = sorted(ord(c) for c in longest)
         weights = [1.0 / longest[chr(c)] for c in codes]
-        # A sparse table of min(weights[i:j]) would be faster; intervals per atom are few.
 
         def cost(lo: int, hi: int) -> float:
             i, j = bisect.bisect_left(codes, lo), bisect.bisect_left(codes, hi)
