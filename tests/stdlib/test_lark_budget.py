@@ -49,6 +49,7 @@ def test_character_bound_never_exceeds_the_shortest_completion(grammar, alphabet
     assert len(truth) > 50
     over = {x: (checker.distance(x), d) for x, d in truth.items() if checker.distance(x) > d}
     assert not over, over
+    assert all(checker.valid_prefix(x) for x in truth)  # the sampler checks both
     # Not vacuous: the bound is exact on most prefixes, and is large where it should be.
     exact = sum(checker.distance(x) == d for x, d in truth.items())
     assert exact >= 0.9 * len(truth)
