@@ -47,7 +47,7 @@ How the rule is computed without the ``V^2`` pairs:
 
 Memory (``V`` tokens, ``M`` merges, spine widths ``W_r, W_l``, ``n_r x n_l`` class pairs):
 ``8 V (W_r + W_l) + 8 (M + K) + 16 V + n_r n_l`` bytes; for SmolLM2-135M (``V = 49152``)
-about 12 MiB (measured by ``CanonicalAutomaton.nbytes``), against 2.4 GB for a dense
+8.8 MiB (``CanonicalAutomaton.nbytes``; benchmarks/canonical_tokens.py), against 2.4 GB for a dense
 ``[V, V]`` boolean table (300 MiB as bits).
 """
 
@@ -386,7 +386,7 @@ class CanonicalAutomaton:
     """The pair rule as a device automaton: state ``1`` at the start, ``t + 2`` after token
     ``t``, ``0`` (DEAD) after a forbidden pair. Every live state accepts.
 
-    Duck-types the [TokenAutomaton][ppl.stdlib.base.TokenAutomaton] methods ``steer`` uses,
+    Duck-types the ``TokenAutomaton`` methods ``steer`` uses,
     without its ``[S, V]`` table (``S = V + 2`` here); it is masked beside the product of the
     table automata, not folded into it.
     """
@@ -471,7 +471,20 @@ class CanonicalAutomaton:
 
 
 class CanonicalTokens(Constraint):
-    """Only token sequences whose adjacent pairs BPE would produce (see the module doc).
+    """Only token sequences whose adjacent pairs the BPE tokenizer would produce.
+
+    After token ``a``, token ``b`` is allowed iff ``encode(bytes(a) + bytes(b)) == [a, b]``
+    (the tokenizer's pre-tokenizer and merges; a pair with a token that is not valid UTF-8 on
+    its own is checked by the merges alone). The first token must satisfy
+    ``encode(bytes(b)) == [b]``; EOS is always allowed and every state accepts, so the target
+    is ``p_LM(x) * 1[every adjacent pair of x passes]``. Pair canonicality is necessary, not
+    sufficient, for the whole sequence to be the tokenizer's output; with a pre-tokenizer a
+    rejected pair can rarely occur inside a longer canonical text (docs/constraints.md,
+    *Canonical tokenization*, gives the measured rate, the method and the memory: about
+    9 MiB of tables for a 50k vocabulary, no ``[V, V]`` table).
+
+    ``steer`` masks it beside the product automaton of the other device constraints; it
+    cannot join an ``all_of`` product (no state table).
 
     Args:
         tokenizer: the model (``ppl.models.load(...)``), its transformers tokenizer or a

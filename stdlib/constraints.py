@@ -40,6 +40,7 @@ from ppl.models.base import Vocab
 from ppl.stdlib import _automata as A
 from ppl.stdlib import _fa
 from ppl.stdlib import _jsonschema as _js
+from ppl.stdlib._canonical import CanonicalTokens
 from ppl.stdlib._regex import to_node, validate
 from ppl.stdlib.base import Constraint, TextPredicate, TokenAutomaton
 
@@ -70,6 +71,7 @@ __all__ = [
     "MaxChars",
     "MaxWords",
     "AllOf",
+    "CanonicalTokens",
     "ByteConstraint",
     "DEFAULT_WORD_CHARS",
     "MUST_CONTAIN_MAX_WORDS",
@@ -726,16 +728,13 @@ def all_of(*constraints: Constraint, max_states: int = 20_000) -> AllOf:
     return AllOf(*constraints, max_states=max_states)
 
 
-def canonical_tokens(tokenizer):
+def canonical_tokens(tokenizer) -> CanonicalTokens:
     """Only token sequences whose adjacent pairs the model's BPE tokenizer would produce
-    (``encode(bytes(a) + bytes(b)) == [a, b]``); see
-    [CanonicalTokens][ppl.stdlib._canonical.CanonicalTokens].
+    (``encode(bytes(a) + bytes(b)) == [a, b]``); see `CanonicalTokens`.
 
     Args:
         tokenizer: the model from ``ppl.models.load`` (or its tokenizer).
     """
-    from ppl.stdlib._canonical import CanonicalTokens
-
     return CanonicalTokens(tokenizer)
 
 
