@@ -60,7 +60,6 @@ import time
 import unicodedata
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
