@@ -475,7 +475,8 @@ class CanonicalTokens(Constraint):
     After token ``a``, token ``b`` is allowed iff ``encode(bytes(a) + bytes(b)) == [a, b]``
     (the tokenizer's pre-tokenizer and merges; a pair with a token that is not valid UTF-8 on
     its own is checked by the merges alone). The first token must satisfy
-    ``encode(bytes(b)) == [b]``; EOS is always allowed and every state accepts, so the target
+    ``encode(bytes(b)) == [b]`` (the prompt's last token is not paired with it); EOS is always
+    allowed and every state accepts, so the target
     is ``p_LM(x) * 1[every adjacent pair of x passes]``. Pair canonicality is necessary, not
     sufficient, for the whole sequence to be the tokenizer's output; with a pre-tokenizer a
     rejected pair can rarely occur inside a longer canonical text (docs/constraints.md,
