@@ -742,7 +742,11 @@ def lark(grammar: str, start: str = "start", max_draws: int = 64):
     """A Lark grammar (LALR(1)): the final text is a sentence of the grammar; exact.
 
     Enforced on the host with an incremental parser and unbiased weighted rejection (see
-    `ppl.stdlib._lark`); invalid grammars raise ``ValueError`` at construction.
+    `ppl.stdlib._lark`); invalid grammars raise ``ValueError`` at construction. Budget-aware:
+    a token is also refused when the text after it cannot become a sentence in the tokens
+    left (a lower bound on the tokens to the nearest sentence, from the parser state), so
+    grammars with unbounded terminals finish within ``max_tokens``; only texts of zero target
+    mass are removed, so the target stays exact (docs/constraints.md).
     """
     from ppl.stdlib._lark import LarkConstraint
 
