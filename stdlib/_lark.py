@@ -189,6 +189,17 @@ class _Completion:
         self.f = functools.lru_cache(maxsize=100_000)(self._f)
         self.feed = functools.lru_cache(maxsize=100_000)(self._feed)
 
+    def _fits(self, stack, h: int, m: int, names, t) -> bool:
+        """Whether a kernel item with ``m`` symbols ``names`` before the dot, in state ``t``
+        on top of ``stack[:h]``, matches the stack: the symbols must be those of the states
+        below the top (only the top state ``t`` is virtual)."""
+        cur = stack[h - m]
+        for j in range(m):
+            cur = self._goto(cur, names[j])
+            if cur != (t if j == m - 1 else stack[h - m + 1 + j]):
+                return False
+        return True
+
     def _goto(self, state, symbol):
         a = self.states[state].get(symbol)
         return a[1] if a is not None and a[0].name == "Shift" else None
@@ -232,14 +243,7 @@ class _Completion:
                     continue
                 origin, names, suffix = self.rules[ri]
                 base = stack[h - m]
-                # α must be the symbols of the states on the stack (only the top is virtual)
-                cur, ok = base, True
-                for j in range(m):
-                    cur = self._goto(cur, names[j])
-                    if cur != (t if j == m - 1 else stack[h - m + 1 + j]):
-                        ok = False
-                        break
-                if not ok:
+                if not self._fits(stack, h, m, names, t):
                     continue
                 g = self._goto(base, origin)
                 nc = c + suffix[m]
@@ -467,13 +471,7 @@ class _BreakBound:
                     continue
                 origin, names, _ = comp.rules[ri]
                 base = stack[h - m]
-                cur, ok = base, True
-                for j in range(m):
-                    cur = comp._goto(cur, names[j])
-                    if cur != (t if j == m - 1 else stack[h - m + 1 + j]):
-                        ok = False
-                        break
-                g = comp._goto(base, origin) if ok else None
+                g = comp._goto(base, origin) if comp._fits(stack, h, m, names, t) else None
                 if g is None:
                     continue
                 row = self.suffix[ri][m][last]
