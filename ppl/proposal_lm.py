@@ -36,6 +36,7 @@ Hand-written programs use the same two pieces::
 from __future__ import annotations
 
 import numbers
+import weakref
 from typing import Any, Sequence
 
 import jax.numpy as jnp
@@ -43,7 +44,7 @@ import jax.numpy as jnp
 from ppl.dists import TokenDist, check_temperature
 from ppl.models.base import LanguageModel
 
-__all__ = ["LMProposal", "PairedLM", "check_floor", "check_same_vocabulary"]
+__all__ = ["LMProposal", "PairedLM", "check_floor", "check_same_vocabulary", "paired"]
 
 
 def _name(lm) -> str:
@@ -227,6 +228,23 @@ class PairedLM(LanguageModel):
 
     def __repr__(self) -> str:
         return f"PairedLM({self.target!r}, proposal={self.proposal!r})"
+
+
+# target -> {id(proposal): weakref to their PairedLM}: weak both ways, so the cache keeps no
+# model alive and a PairedLM lives exactly as long as some program holds it.
+_PAIRS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def paired(target: LanguageModel, proposal: LanguageModel) -> PairedLM:
+    """The [PairedLM][ppl.proposal_lm.PairedLM] of two models, one object per live pair (so
+    that programs built alike share compiled runs: a run is keyed by its model's identity)."""
+    table = _PAIRS.setdefault(target, {})
+    ref = table.get(id(proposal))
+    pair = ref() if ref is not None else None
+    if pair is None or pair.proposal is not proposal:
+        pair = PairedLM(target, proposal)
+        table[id(proposal)] = weakref.ref(pair)
+    return pair
 
 
 class LMProposal:

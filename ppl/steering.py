@@ -60,7 +60,7 @@ class SteerProgram(Program):
                  proposal_floor: float = 0.05):
         guide = None
         if proposal_lm is not None or proposal_prompt is not None or proposal_temperature is not None:
-            from ppl.proposal_lm import LMProposal, PairedLM, check_same_vocabulary
+            from ppl.proposal_lm import LMProposal, check_same_vocabulary, paired
 
             q = lm if proposal_lm is None else proposal_lm
             check_same_vocabulary(lm, q)  # before any device work
@@ -69,7 +69,7 @@ class SteerProgram(Program):
                 # another temperature; nothing to carry.
                 guide = _Retempered(proposal_temperature, proposal_floor)
             else:
-                lm = PairedLM(lm, q)
+                lm = paired(lm, q)
                 guide = LMProposal(lm, prompt if proposal_prompt is None else proposal_prompt,
                                    max_tokens=max_tokens, temperature=proposal_temperature,
                                    floor=proposal_floor)

@@ -227,3 +227,12 @@ def test_paired_params_are_one_object_and_assignable():
     paired.params = new
     assert p.params is new["lm"] and q.params is new["proposal"]
     assert paired.params is not a
+
+
+def test_programs_built_alike_share_one_paired_model_and_executable():
+    p, q = _bigram(0), _bigram(1)
+    a = ppl.steer(p, "", max_tokens=T, proposal_lm=q)
+    b = ppl.steer(p, "", max_tokens=T, proposal_lm=q)
+    assert a.lm is b.lm and a.lm.target is p and a.lm.proposal is q
+    ppl.infer(a, method="is", particles=4, seed=0)
+    assert ppl.infer(b, method="is", particles=4, seed=0).timings["compile"] == 0
