@@ -61,19 +61,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=16)
     ap.add_argument("--particles", type=int, default=256)
-    ap.add_argument("--floor", type=float, default=0.2)
+    ap.add_argument("--floors", type=float, nargs="+", default=[0.2, 0.5])
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args(argv)
     lm = ppl.models.load("tiny")
     base = dict(potentials=[theme], max_tokens=12)
-    configs = {
-        "prior proposal": {},
-        f"proposal_prompt (themed), floor {args.floor}": dict(
-            proposal_lm=lm, proposal_prompt=THEMED, proposal_floor=args.floor),
-        f"proposal_temperature 1.5, floor {args.floor}": dict(
-            proposal_temperature=1.5, proposal_floor=args.floor),
-    }
+    configs = {"prior proposal": {}}
+    for f in args.floors:
+        configs[f"proposal_prompt (themed), floor {f}"] = dict(
+            proposal_lm=lm, proposal_prompt=THEMED, proposal_floor=f)
+        configs[f"proposal_temperature 1.5, floor {f}"] = dict(
+            proposal_temperature=1.5, proposal_floor=f)
     rows = {}
     for name, kw in configs.items():
         rows[name] = measure(ppl.steer(lm, PROMPT, **base, **kw), args.runs, args.particles,
@@ -87,7 +86,8 @@ def main(argv=None):
     lines = ["## Proposal LM (`steer(proposal_lm=...)`)", "",
              f"The embedded `tiny` model, 12 tokens after {PROMPT!r}, weight `e^2` per "
              f"occurrence of a theme word; {args.runs} independent IS runs of {args.particles} "
-             f"particles per proposal ({out['jax_backend']}, {out['machine']}). Reproduce: "
+             f"particles per proposal ({out['jax_backend']}, {out['machine']}, "
+             f"{time.strftime('%Y-%m-%d')}). Reproduce: "
              f"`python benchmarks/proposal_lm.py --runs {args.runs} --particles "
              f"{args.particles}`.", "",
              "| proposal | mean ESS | sd of log Z_hat | mean log Z_hat (± s.e.) | s / run |",

@@ -16,11 +16,14 @@ which gathers the state along ancestors, forks them together with the LM's own c
 parameters reach compiled runs as an input, not as constants: the program's model is a
 [PairedLM][ppl.proposal_lm.PairedLM] whose ``params`` hold both models' parameters.
 
-Hand-written programs use the same two pieces::
+Hand-written programs use the same two pieces (``paired(lm, small)`` returns the
+[PairedLM][ppl.proposal_lm.PairedLM] of the two models)::
+
+    from ppl.proposal_lm import LMProposal, paired
 
     class Guided(ppl.Program):
         def __init__(self, lm, small):
-            super().__init__(lm=PairedLM(lm, small), max_tokens=16)
+            super().__init__(lm=paired(lm, small), max_tokens=16)
             self.guide = LMProposal(self.lm, prompt="Story:", max_tokens=16)
 
         def init(self, ctx):
@@ -209,7 +212,12 @@ class PairedLM(LanguageModel):
         return self.target.init_cache_bytes(max_len)
 
     def cache_layout_bytes(self, prompt_len: int, max_tokens: int) -> tuple[int, int]:
-        return self.target.cache_layout_bytes(prompt_len, max_tokens)
+        """The target's layout, plus, per row, what the proposal model's state holds for
+        each particle: its prompt's keys and values (estimated at ``prompt_len`` positions),
+        its generated rows and its next-token row (``4 V`` bytes)."""
+        shared, rows = self.target.cache_layout_bytes(prompt_len, max_tokens)
+        q_shared, q_rows = self.proposal.cache_layout_bytes(prompt_len, max_tokens)
+        return shared, rows + int(q_shared) + int(q_rows) + 4 * int(self.vocab_size)
 
     def is_eos(self, tokens):
         return self.target.is_eos(tokens)

@@ -58,9 +58,9 @@ class SteerProgram(Program):
                  reward_as: str = "likelihood", terminate_when=None, proposal_lm=None,
                  proposal_prompt=None, proposal_temperature: float | None = None,
                  proposal_floor: float = 0.05):
-        guide = None
+        guide, own_context = None, False
         if proposal_lm is not None or proposal_prompt is not None or proposal_temperature is not None:
-            from ppl.proposal_lm import LMProposal, check_same_vocabulary, paired
+            from ppl.proposal_lm import check_same_vocabulary, paired
 
             q = lm if proposal_lm is None else proposal_lm
             check_same_vocabulary(lm, q)  # before any device work
@@ -69,12 +69,15 @@ class SteerProgram(Program):
                 # another temperature; nothing to carry.
                 guide = _Retempered(proposal_temperature, proposal_floor)
             else:
-                lm = paired(lm, q)
-                guide = LMProposal(lm, prompt if proposal_prompt is None else proposal_prompt,
-                                   max_tokens=max_tokens, temperature=proposal_temperature,
-                                   floor=proposal_floor)
-        self.guide = guide
+                lm, own_context = paired(lm, q), True
         super().__init__(lm=lm, prompt=prompt, max_tokens=max_tokens)
+        if own_context:
+            from ppl.proposal_lm import LMProposal
+
+            guide = LMProposal(self.lm, prompt if proposal_prompt is None else proposal_prompt,
+                               max_tokens=self.max_tokens, temperature=proposal_temperature,
+                               floor=proposal_floor)
+        self.guide = guide
         if terminate_when is not None and not callable(terminate_when):
             raise TypeError(f"steer: terminate_when must be a function text -> bool, got "
                             f"{terminate_when!r}.")

@@ -236,3 +236,32 @@ def test_programs_built_alike_share_one_paired_model_and_executable():
     assert a.lm is b.lm and a.lm.target is p and a.lm.proposal is q
     ppl.infer(a, method="is", particles=4, seed=0)
     assert ppl.infer(b, method="is", particles=4, seed=0).timings["compile"] == 0
+
+
+def test_hand_written_program_with_a_proposal_lm_has_exact_weights():
+    """The module's recipe (PairedLM + LMProposal in the program's state) gives the same
+    exact weights as steer()."""
+    from ppl.proposal_lm import LMProposal, paired
+
+    f = 0.25
+
+    class Guided(ppl.Program):
+        def __init__(self, lm, small):
+            super().__init__(lm=paired(lm, small), max_tokens=T)
+            self.guide = LMProposal(self.lm, "", max_tokens=T, floor=f)
+
+        def init(self, ctx):
+            return self.guide.init()
+
+        def step(self, ctx, g):
+            p = ctx.lm.next_token()
+            tok = ctx.sample(p, proposal=self.guide.proposal(g, p))
+            ctx.finish_if(tok == self.lm.eos_token_id)
+            return self.guide.advance(g, tok, ctx.length)
+
+    p, q = _bigram(5), _bigram(6)
+    oracle = _oracle(p, q, f, 1.0, lambda text: True)
+    res = ppl.infer(Guided(p, q), method="is", particles=64, seed=1)
+    for row, n, lw in zip(res.tokens, res.lengths, res.log_weights):
+        lp, lq = oracle[tuple(int(t) for t in row[:n])]
+        assert lw == pytest.approx(lp - lq, abs=1e-4)
