@@ -53,7 +53,8 @@ def measure(prog, runs, particles, seed):
         ess.append(float(r.final_ess))
         lz.append(float(r.log_evidence))
     return dict(mean_ess=float(np.mean(ess)), sd_log_z=float(np.std(lz, ddof=1)),
-                mean_log_z=float(np.mean(lz)), se_mean_log_z=float(np.std(lz, ddof=1) / np.sqrt(runs)),
+                mean_log_z=float(np.mean(lz)),
+                se_mean_log_z=float(np.std(lz, ddof=1) / np.sqrt(runs)),
                 seconds_per_run=float(np.median(secs)))
 
 

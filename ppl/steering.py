@@ -59,7 +59,7 @@ class SteerProgram(Program):
                  proposal_prompt=None, proposal_temperature: float | None = None,
                  proposal_floor: float = 0.05):
         guide, own_context = None, False
-        if proposal_lm is not None or proposal_prompt is not None or proposal_temperature is not None:
+        if any(x is not None for x in (proposal_lm, proposal_prompt, proposal_temperature)):
             from ppl.proposal_lm import check_same_vocabulary, paired
 
             q = lm if proposal_lm is None else proposal_lm
