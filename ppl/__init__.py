@@ -37,7 +37,7 @@ _LAZY = {
 }
 _SUBMODULES = {"models", "stdlib", "inference", "testing", "viz", "cli", "gallery", "handlers",
                "strategies", "api", "context", "dists", "program", "result", "steering",
-               "errors"}
+               "errors", "proposal_lm"}
 
 if TYPE_CHECKING:  # what type checkers and the API docs see
     from ppl import inference, models, stdlib, testing, viz  # noqa: F401

@@ -36,6 +36,17 @@ class SteerProgram(Program):
     ``g`` are applied as ``twist(g(text so far))`` at every unit boundary (every token by
     default) and held fixed in between; SMC resamples a particle only at its boundaries
     ([Context.boundary][ppl.Context.boundary]). Neither changes the target.
+
+    With a proposal model (``proposal_lm``, ``proposal_prompt`` or ``proposal_temperature``)
+    each token is drawn from ``q = (1 - f) r + f b``: ``r`` the proposal model's next-token
+    distribution (tempered, masked by the device constraints), ``b`` the proposal the
+    program uses without it (the masked, possibly truncated LM) and ``f = proposal_floor``;
+    the weight increment is ``log p(x_t | x_<t) - log q(x_t | x_<t)`` (plus the program's
+    factors). ``f > 0`` keeps every token ``b`` proposes proposable, so the target and the
+    evidence are unchanged (see [ppl.proposal_lm][]). ``self.lm`` is then a
+    [PairedLM][ppl.proposal_lm.PairedLM] (the LM with the proposal model's weights riding
+    along), and the proposal model's KV cache lives in the particle state (index ``1``;
+    index ``0`` is the state without it), so resampling forks it with the particle.
     """
 
     def __init__(self, lm, prompt="", constraints: Sequence = (), potentials: Sequence = (),
@@ -44,8 +55,29 @@ class SteerProgram(Program):
                  min_p: float | None = None, truncation: str = "prior",
                  truncation_floor: float = 0.05,
                  unit="token", process_reward=None, reward_aggregate: str = "product",
-                 reward_as: str = "likelihood", terminate_when=None):
+                 reward_as: str = "likelihood", terminate_when=None, proposal_lm=None,
+                 proposal_prompt=None, proposal_temperature: float | None = None,
+                 proposal_floor: float = 0.05):
+        guide, own_context = None, False
+        if any(x is not None for x in (proposal_lm, proposal_prompt, proposal_temperature)):
+            from ppl.proposal_lm import check_same_vocabulary, paired
+
+            q = lm if proposal_lm is None else proposal_lm
+            check_same_vocabulary(lm, q)  # before any device work
+            if q is lm and proposal_prompt is None:
+                # The same model and context: the proposal is the LM's own distribution at
+                # another temperature; nothing to carry.
+                guide = _Retempered(proposal_temperature, proposal_floor)
+            else:
+                lm, own_context = paired(lm, q), True
         super().__init__(lm=lm, prompt=prompt, max_tokens=max_tokens)
+        if own_context:
+            from ppl.proposal_lm import LMProposal
+
+            guide = LMProposal(self.lm, prompt if proposal_prompt is None else proposal_prompt,
+                               max_tokens=self.max_tokens, temperature=proposal_temperature,
+                               floor=proposal_floor)
+        self.guide = guide
         if terminate_when is not None and not callable(terminate_when):
             raise TypeError(f"steer: terminate_when must be a function text -> bool, got "
                             f"{terminate_when!r}.")
@@ -122,6 +154,10 @@ class SteerProgram(Program):
             raise ValueError("steer(truncation='proposal') does not combine with a grammar "
                              "constraint (its sampler draws from the LM itself); use "
                              "truncation='prior' or drop top_k/top_p/min_p.")
+        if self.host and guide is not None:
+            raise ValueError("steer(proposal_lm=...) does not combine with a grammar constraint "
+                             "(its sampler draws from the LM itself); drop proposal_lm/"
+                             "proposal_prompt/proposal_temperature or use device constraints.")
 
     @property
     def _truncates(self) -> bool:
@@ -144,17 +180,35 @@ class SteerProgram(Program):
 
     def init(self, ctx: Context):
         states = tuple(a.init_state() for a in self.automata)
-        if not self._rich:
-            return states
-        # The twists of the last boundary (held in between) and the process reward's
-        # aggregate of the units completed so far, with their count.
-        return (states, jnp.zeros((len(self.twists),), jnp.float32),
-                (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)))
+        if self._rich:
+            # The twists of the last boundary (held in between) and the process reward's
+            # aggregate of the units completed so far, with their count.
+            states = (states, jnp.zeros((len(self.twists),), jnp.float32),
+                      (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32),
+                       jnp.zeros((), jnp.int32)))
+        if self._carries_guide:
+            return states, self.guide.init()
+        return states
+
+    @property
+    def _carries_guide(self) -> bool:
+        """A proposal model with its own context (its cache is part of the state)."""
+        from ppl.proposal_lm import LMProposal
+
+        return isinstance(self.guide, LMProposal)
 
     def step(self, ctx: Context, state):
-        if not self._rich:
-            return self._step(ctx, state, None)
-        return self._step(ctx, *state)
+        g = None
+        if self._carries_guide:
+            state, g = state
+        if self._rich:
+            out = self._step(ctx, *state, guide=g)
+        else:
+            out = self._step(ctx, state, None, guide=g)
+        if g is None:
+            return out
+        # The proposal model reads the token the LM was extended by.
+        return out, self.guide.advance(g, ctx.token, ctx.length)
 
     def _boundary(self, ctx: Context, tok):
         """Whether the text after ``tok`` ends a unit (EOS always does: the particle ends)."""
@@ -172,14 +226,14 @@ class SteerProgram(Program):
                      & jnp.asarray(tabs["starts_nl"])[tok])
         return b
 
-    def _step(self, ctx: Context, state, held=None, agg=None):
-        out = self._step_inner(ctx, state, held, agg)
+    def _step(self, ctx: Context, state, held=None, agg=None, guide=None):
+        out = self._step_inner(ctx, state, held, agg, guide)
         if self.terminate_when is not None:
             stop = self.terminate_when
             ctx.finish_if(ctx.text(lambda t: bool(stop(t)), dtype=bool))
         return out
 
-    def _step_inner(self, ctx: Context, state, held=None, agg=None):
+    def _step_inner(self, ctx: Context, state, held=None, agg=None, guide=None):
         p, q = self._truncated(ctx.lm.next_token(self.temperature))
         if self.automata:
             mask = jnp.ones((self.lm.vocab_size,), bool)
@@ -188,7 +242,7 @@ class SteerProgram(Program):
             remaining = self.max_tokens - (ctx.length + 1)
             for a, s in zip(self.automata, state):
                 mask = mask & a.allowed(s) & a.within_budget(s, remaining)
-            tok = self._draw(ctx, p, (p if q is None else q).mask(mask))
+            tok = self._draw(ctx, p, (p if q is None else q).mask(mask), mask, guide)
             state = tuple(a.advance(s, tok) for a, s in zip(self.automata, state))
             for a, s in zip(self.automata, state):
                 ctx.condition(a.alive(s), name=a.name)
@@ -196,7 +250,7 @@ class SteerProgram(Program):
                 if a.halts:  # a stop string was completed: the text ends here, no EOS draw
                     ctx.finish_if(a.is_final(s) & ~_is_eos(self.lm, tok))
         else:
-            tok = self._draw(ctx, p, q)
+            tok = self._draw(ctx, p, q, None, guide)
         ctx.finish_if(_is_eos(self.lm, tok))
         for pred in self.predicates:
             if pred.incremental:  # prefix-closed: check every prefix
@@ -251,7 +305,16 @@ class SteerProgram(Program):
         return (new.astype(jnp.float32), count + at.astype(jnp.int32),
                 jnp.where(at, ctx.length + 1, scored_len).astype(jnp.int32))
 
-    def _draw(self, ctx: Context, p, q):
+    def _draw(self, ctx: Context, p, q, mask=None, guide=None):
+        if self.guide is not None:
+            # q' = (1 - f) r + f b, b the proposal without the proposal model (masked
+            # alike): the weight log p(x) - log q'(x) is exact as f > 0 keeps b's support.
+            base = p if q is None else q
+            r = (self.guide.next_token(guide) if guide is not None
+                 else ctx.lm.next_token(self.guide.temperature))
+            if mask is not None:
+                r = r.mask(mask)
+            return ctx.sample(p, proposal=r.mix(base, self.guide.floor))
         if not self.host:
             return ctx.sample(p, proposal=q)
         # Device masks first (their kept mass is exact), then the host sampler's unbiased
@@ -262,6 +325,8 @@ class SteerProgram(Program):
         return ctx.extend(p, tok, lz_dev + lz_host)
 
     def final(self, ctx: Context, state):
+        if self._carries_guide:
+            state = state[0]
         if self._rich:
             state = state[0]
         for h in self.host:
@@ -272,6 +337,18 @@ class SteerProgram(Program):
             ctx.condition(ctx.text(pred, dtype=bool), name=pred.name)
         for f in self.potentials:
             ctx.factor(ctx.text(f), name=f"potential {f.name!r}")
+
+
+class _Retempered:
+    """The LM's own next-token distribution at another temperature, as the proposal model
+    (``proposal_lm`` the LM itself, no ``proposal_prompt``: no second context to carry)."""
+
+    def __init__(self, temperature, floor):
+        from ppl.dists import check_temperature
+        from ppl.proposal_lm import check_floor
+
+        self.temperature = None if temperature is None else check_temperature(temperature)
+        self.floor = check_floor(floor)
 
 
 def _check_automaton(a: TokenAutomaton, lm) -> None:
@@ -376,7 +453,10 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
           top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
           truncation: str = "prior", truncation_floor: float = 0.05,
           unit="token", process_reward=None, reward_aggregate: str = "product",
-          reward_as: str = "likelihood", terminate_when=None) -> SteerProgram:
+          reward_as: str = "likelihood", terminate_when=None, proposal_lm=None,
+          proposal_prompt: str | Sequence[int] | None = None,
+          proposal_temperature: float | None = None,
+          proposal_floor: float = 0.05) -> SteerProgram:
     """The common program without writing a class.
 
     Args:
@@ -427,10 +507,30 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
             the first token at which it holds (as at EOS; the text keeps that token), e.g.
             ``lambda t: t.endswith("\\n\\n")``. Part of the program: the target is over
             texts that stop there.
+        proposal_lm: a model that proposes the tokens instead of the LM: a smaller model with
+            the same tokenizer (cheaper, and close to the LM), or ``lm`` itself with another
+            ``proposal_prompt`` (e.g. an instruction the target does not see). Each token is
+            drawn from ``q = (1 - proposal_floor) r + proposal_floor b``, ``r`` the proposal
+            model's next-token distribution (at ``proposal_temperature``, masked by the
+            device constraints) and ``b`` what the program proposes without it (the masked,
+            possibly truncated LM), and weighted by the exact
+            ``log p(x_t | x_<t) - log q(x_t | x_<t)``: the posterior and the evidence stay
+            those of the program, only their variance changes. Its KV cache is part of the
+            particle state (forked on resampling); its weights are an input of the run.
+        proposal_prompt: the proposal model's prompt (default: ``prompt``); given without
+            ``proposal_lm``, the proposal model is ``lm`` itself in this other context.
+        proposal_temperature: the proposal model's temperature (default 1); given alone, the
+            proposal is the LM's own distribution at this temperature (no second context).
+        proposal_floor: ``b``'s share of the proposal mixture, in ``(0, 1]``. The support
+            rule: ``proposal_floor > 0`` makes every token the target allows proposable
+            (whatever ``r`` does, e.g. at temperature 0), and bounds each token's importance
+            weight relative to ``b`` by ``1 / proposal_floor``.
 
     Raises:
         ValueError: both ``prompt`` and ``messages``, or ``messages`` for a model without a
-            chat template.
+            chat template; a ``proposal_lm`` whose vocabulary (size or token strings) differs
+            from the LM's, or a proposal prompt that does not fit its context; a
+            ``proposal_floor`` outside ``(0, 1]``; a proposal model with a grammar constraint.
     """
     if messages is not None:
         if (isinstance(prompt, str) and prompt) or (not isinstance(prompt, str) and len(prompt)):
@@ -444,4 +544,7 @@ def steer(lm, prompt: str | Sequence[int] = "", constraints: Sequence = (),
                         truncation_floor=truncation_floor,
                         unit=unit, process_reward=process_reward,
                         reward_aggregate=reward_aggregate, reward_as=reward_as,
-                        terminate_when=terminate_when)
+                        terminate_when=terminate_when, proposal_lm=proposal_lm,
+                        proposal_prompt=proposal_prompt,
+                        proposal_temperature=proposal_temperature,
+                        proposal_floor=proposal_floor)

@@ -34,6 +34,7 @@ __all__ = [
     "logit_tables",
     "token_automata",
     "toy_params",
+    "trigram_params",
     "bigram_tables",
     "text_predicates",
     "text_potentials",
@@ -108,6 +109,17 @@ def toy_params(draw, vocab_size: int, num_states: int, eos_token_id: int, *, aut
         kw["twist"] = draw(hnp.arrays(np.float32, (s,), elements=_floats(-1, 1)))
     tables = pt.toy_program_tables(s, v, eos_token_id, **kw)
     return pt.TrigramLM.make_params(first, trans, tables)
+
+
+@st.composite
+def trigram_params(draw, vocab_size: int, impossible: float = 0.3):
+    """Parameters of a plain [ppl.testing.TrigramLM][] (no program tables), e.g. a proposal
+    LM for [ppl.testing.toy_program][]; ``impossible`` is the rate of zero-probability
+    entries (a proposal that misses tokens of the target)."""
+    v = vocab_size
+    first = draw(logit_tables((v,), impossible=impossible))
+    trans = draw(logit_tables((v + 1, v, v), impossible=impossible))
+    return pt.TrigramLM.make_params(first, trans)
 
 
 @st.composite

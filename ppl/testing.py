@@ -527,7 +527,8 @@ def _automaton(tables, eos):
     return a
 
 
-def toy_program(lm: TrigramLM, max_tokens: int, predicate=None, potential=None):
+def toy_program(lm: TrigramLM, max_tokens: int, predicate=None, potential=None,
+                proposal_lm=None, proposal_floor: float = 0.3):
     """A program exercising every primitive, with all its numbers read from ``lm.params``:
 
     * proposal ``q ∝ exp(log p / temperature + bias[s])`` masked by a random
@@ -537,12 +538,19 @@ def toy_program(lm: TrigramLM, max_tokens: int, predicate=None, potential=None):
     * optional host ``predicate(text) -> bool`` (condition) and ``potential(text) -> float``
       (factor) in ``final`` through ``ctx.text``. They are looked up at run time
       (``program.predicate`` / ``program.potential`` may be reassigned), but whether each is
-      present is fixed at construction.
+      present is fixed at construction;
+    * optional ``proposal_lm`` (another `TrigramLM`, empty prompt): tokens are drawn from
+      ``(1 - proposal_floor) r + proposal_floor q``, ``r`` its next-token distribution, both
+      masked alike ([LMProposal][ppl.proposal_lm.LMProposal]; its cache is in the state, so
+      resampling must fork it). The program's ``lm`` is then the
+      [PairedLM][ppl.proposal_lm.PairedLM] and its tables are read from
+      ``lm.params["lm"]["program"]``.
 
     Target: ``p_LM(x) exp(Σ token_factor[x_t] + potential(text)) 1[automaton accepts]
     1[predicate(text)]``; `toy_exact` computes it independently in numpy.
     """
     from ppl.program import Program
+    from ppl.proposal_lm import LMProposal, PairedLM
 
     eos = lm.eos_token_id
 
@@ -551,27 +559,39 @@ def toy_program(lm: TrigramLM, max_tokens: int, predicate=None, potential=None):
         # them reuse the compiled run (see ppl.inference.executables).
         host_attributes = ("predicate", "potential")
 
+        def _tables(self):
+            params = self.lm.params
+            return params["lm"]["program"] if self.guide is not None else params["program"]
+
         def init(self, ctx):
+            if self.guide is not None:
+                return jnp.int32(1), self.guide.init()
             return jnp.int32(1)
 
         def step(self, ctx, s):
-            tab = self.lm.params["program"]
+            g = None
+            if self.guide is not None:
+                s, g = s
+            tab = self._tables()
             a = _automaton(tab, eos)
             p = ctx.lm.next_token()
             q = p.temper(tab["temperature"]).add(tab["bias"][s])
             mask = a.allowed(s)
             last_ok = a.accepting[a.transitions[s]].at[eos].set(a.accepting[s])
             mask = jnp.where(ctx.is_last, mask & last_ok, mask)
-            tok = ctx.sample(p, proposal=q.mask(mask))
+            prop = q.mask(mask) if g is None else self.guide.proposal(g, q, mask)
+            tok = ctx.sample(p, proposal=prop)
             s2 = a.advance(s, tok)
             ctx.condition(a.alive(s2), name="automaton")
             ctx.factor(tab["token_factor"][tok])
             ctx.twist(tab["twist"][s2])
             ctx.finish_if(tok == eos)
-            return s2
+            return s2 if g is None else (s2, self.guide.advance(g, tok, ctx.length))
 
         def final(self, ctx, s):
-            tab = self.lm.params["program"]
+            if self.guide is not None:
+                s = s[0]
+            tab = self._tables()
             ctx.condition(tab["accepting"][s], name="automaton")
             if self.has_predicate:
                 ctx.condition(ctx.text(lambda t: bool(self.predicate(t)), dtype=bool),
@@ -579,7 +599,10 @@ def toy_program(lm: TrigramLM, max_tokens: int, predicate=None, potential=None):
             if self.has_potential:
                 ctx.factor(ctx.text(lambda t: float(self.potential(t))))
 
-    prog = _Toy(lm=lm, prompt="", max_tokens=max_tokens)
+    paired = None if proposal_lm is None else PairedLM(lm, proposal_lm)
+    prog = _Toy(lm=lm if paired is None else paired, prompt="", max_tokens=max_tokens)
+    prog.guide = None if paired is None else LMProposal(paired, "", max_tokens=max_tokens,
+                                                        floor=proposal_floor)
     prog.has_predicate = predicate is not None
     prog.has_potential = potential is not None
     prog.predicate = predicate
@@ -610,6 +633,9 @@ class ToyExact:
 def toy_exact(program) -> ToyExact:
     """Enumerates every sequence of a `toy_program` in numpy (no JAX, no engine code)."""
     lm = program.lm
+    guide = program.guide
+    if guide is not None:  # the proposal model's row r, mixed as (1 - f) r + f q, masked alike
+        lm, rlm, f = lm.target, lm.proposal, guide.floor
     tab = jax.tree.map(np.asarray, lm.params["program"])
     v, eos, t_max = lm.vocab_size, lm.eos_token_id, program.max_tokens
     tr, acc = tab["transitions"], tab["accepting"]
@@ -625,8 +651,11 @@ def toy_exact(program) -> ToyExact:
             last_ok[eos] = acc[s]
             allowed &= last_ok
         logits = np.where(allowed, lp / tau + bias[s], -np.inf)
-        mx = logits.max()
-        lq = logits - (mx + np.log(np.sum(np.exp(logits - mx)))) if np.isfinite(mx) else logits
+        lq = _log_normalise(logits)
+        if guide is not None:
+            r = _log_normalise(np.where(allowed, rlm.logprob_row(seq), -np.inf))
+            with np.errstate(divide="ignore"):
+                lq = _log_normalise(np.logaddexp(np.log1p(-f) + r, np.log(f) + lq))
         for x in range(v):
             s2 = s if (x == eos and acc[s]) else int(tr[s, x])
             new = seq + (x,)
@@ -651,6 +680,14 @@ def toy_exact(program) -> ToyExact:
     lw = np.array(list(weights.values()))
     log_z = float(lw.max() + np.log(np.sum(np.exp(lw - lw.max()))))
     return ToyExact(log_z, weights, props)
+
+
+def _log_normalise(logits):
+    """``logits - logsumexp(logits)`` (all ``-inf`` stays all ``-inf``)."""
+    mx = logits.max()
+    if not np.isfinite(mx):
+        return np.full_like(logits, -np.inf)
+    return logits - (mx + np.log(np.sum(np.exp(logits - mx))))
 
 
 def sbc_ranks(simulate, posterior_draws, num_replicates: int, num_draws: int, seed: int = 0):

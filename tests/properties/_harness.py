@@ -117,6 +117,38 @@ def program():
     return pt.toy_program(lm, T, predicate=_TRUE, potential=_ZERO)
 
 
+@functools.lru_cache(maxsize=None)
+def proposal_program():
+    """The toy program with a proposal LM (a second `TrigramLM`; see
+    [ppl.testing.toy_program][]), compiled once like `program`."""
+    def trigram():
+        return pt.TrigramLM(pt.TrigramLM.make_params(np.zeros(V), np.zeros((V + 1, V, V)),
+                                                     pt.toy_program_tables(S, V, EOS)), EOS,
+                            token_strings=list(ALPHABET) + [""])
+
+    return pt.toy_program(trigram(), T, predicate=_TRUE, potential=_ZERO,
+                          proposal_lm=trigram(), proposal_floor=PROPOSAL_FLOOR)
+
+
+#: The program's own proposal's share of the proposal-LM mixture (small, so that the
+#: proposal LM, which gives some tokens probability 0, does most of the proposing).
+PROPOSAL_FLOOR = 0.2
+
+
+def load_proposal(params, proposal_params, predicate=None, potential=None):
+    """`load` for `proposal_program`: the LM's and the proposal LM's parameters."""
+    prog = proposal_program()
+    prog.lm.params = {"lm": params, "proposal": proposal_params}
+    prog.predicate = predicate if predicate is not None else _TRUE
+    prog.potential = potential if potential is not None else _ZERO
+    return prog, pt.toy_exact(prog)
+
+
+def run_proposal(method: Method, seed, particles: int = N, **extra):
+    opts = {**method.opts, **extra}
+    return pt.run_or_none(proposal_program(), method.name, particles, seed, **opts)
+
+
 def load(params, predicate=None, potential=None):
     """Loads an example into the shared program; returns it and its exact (numpy) target."""
     prog = program()
