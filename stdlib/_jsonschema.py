@@ -444,6 +444,11 @@ class _Compiler:
             self.base_of[id(s)] = base
             for k, v in s.items():
                 if k in ("enum", "const", "examples", "default"):
+                    continue  # values, not schemas
+                if k in _NAME_MAPS and isinstance(v, dict):
+                    # names of subschemas: a $defs entry may be called "default"
+                    for name, sub in v.items():
+                        self._index(sub, f"{path}/{k}/{name}", base)
                     continue
                 self._index(v, f"{path}/{k}", base)
         elif isinstance(s, list):
@@ -1354,6 +1359,9 @@ _ARRAY_KW = {"items", "prefixItems", "contains", "minItems", "maxItems", "unique
              "minContains", "maxContains"}
 _OBJECT_KW = {"properties", "required", "additionalProperties", "patternProperties",
               "propertyNames", "minProperties", "maxProperties", "dependentRequired"}
+
+
+_NAME_MAPS = {"$defs", "definitions", "properties", "patternProperties", "dependentSchemas"}
 
 
 def _has(s: dict, kws) -> bool:
