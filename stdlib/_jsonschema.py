@@ -2,8 +2,10 @@
 
 The language is a set of *texts*: a document is accepted in its canonical serialisation
 (``json.dumps(doc, ensure_ascii=False, separators=seps)`` with object members in schema
-order: declared ``properties`` first, in the order the schema lists them, then any other
-members), or, with ``whitespace=True``, with any JSON whitespace between tokens.
+order: declared ``properties`` first, in the order the schema lists them, followed by those
+its in-place parts (``$ref``, ``allOf``, ``anyOf``, ``oneOf``, ``if``/``then``/``else``,
+``dependentSchemas``) declare, then any other members), or, with ``whitespace=True``, with
+any JSON whitespace between tokens.
 
 How keywords compile (all exact unless listed under approximations):
 
@@ -19,7 +21,13 @@ How keywords compile (all exact unless listed under approximations):
   ``minContains``/``maxContains``/``minProperties``/``maxProperties``, the declared-member
   order and ``required``).
 * ``$ref`` into the same document (``#``, ``#/$defs/...``, JSON pointers, ``$anchor``);
-  recursion is unrolled until the nesting depth ``max_depth`` is used up.
+  recursion is unrolled until the nesting depth ``max_depth`` is used up. ``$dynamicRef``
+  resolves as draft 2020-12 says: like ``$ref``, then, when the target carries the
+  ``$dynamicAnchor`` the fragment names, to the outermost resource of the dynamic scope
+  (the resources entered on the way) with that ``$dynamicAnchor``.
+* ``dependentSchemas``: per member ``k``, ``sub ∪ (objects without k)`` (the latter exact).
+* ``unevaluatedProperties`` / ``unevaluatedItems``: by evaluation cases (see
+  `_Compiler.unevaluated`), exact.
 
 Approximations are *sound*: each sub-schema is compiled either as a subset (positive
 position) or a superset (under ``not``, in the condition of ``if``, in the other branches of
