@@ -202,23 +202,32 @@ def lift(dfa: ByteDFA, vocab: Vocab, name: str = "constraint", method: str = "tr
     while i < len(order):
         frontier = np.asarray(order[i : i + rows_per_block], np.int64)
         i += len(frontier)
-        out = (_advance_trie(flat, frontier, trie, n_unique + 1) if method == "trie"
-               else _advance_columns(flat, frontier, groups, n_unique + 1))
-        seen = np.zeros(dfa.num_states, bool)
-        seen[out.ravel()] = True
-        seen[DEAD] = False
-        for s in np.flatnonzero(seen & (local == 0)):
-            order.append(int(s))
-            local[s] = len(order)
+        if method == "trie":
+            # only the live (state, token) ends: new states are numbered in increasing byte
+            # state order, as the reference does
+            fi, col, st = _advance_trie(flat, frontier, trie)
+            new = np.unique(st)
+            new = new[local[new] == 0]
+            local[new] = len(order) + 1 + np.arange(len(new))
+            order.extend(new.tolist())
+            block = np.zeros((len(frontier), n_unique + 1), np.int32)
+            block[fi, col] = local[st]
+        else:
+            out = _advance_columns(flat, frontier, groups, n_unique + 1)
+            seen = np.zeros(dfa.num_states, bool)
+            seen[out.ravel()] = True
+            seen[DEAD] = False
+            for s in np.flatnonzero(seen & (local == 0)):
+                order.append(int(s))
+                local[s] = len(order)
+            block = local.astype(np.int32)[out]
         if (len(order) + 1) * v * 4 > MAX_TABLE_BYTES:
             raise ValueError(
                 f"{name}: the token table would exceed {MAX_TABLE_BYTES >> 20} MiB "
                 f"(more than {len(order)} states x {v} tokens); shorten counted repeats such "
                 "as maxLength/maxItems/{m,n}, or split the constraint."
             )
-        # every state in `out` has its token-state number now: renumber block by block
-        # (int32), not one gather over the whole int64 table at the end
-        rows.append(local.astype(np.int32)[out])
+        rows.append(block)
     table = np.empty((len(order) + 1, n_unique + 1), np.int32)
     table[0] = 0
     r = 1
@@ -228,6 +237,7 @@ def lift(dfa: ByteDFA, vocab: Vocab, name: str = "constraint", method: str = "tr
     acc = np.zeros(len(order) + 1, bool)
     acc[1:] = dfa.accepting[np.asarray(order)]
     return table, acc, 1, columns
+
 
 def _advance_columns(flat: np.ndarray, frontier: np.ndarray, groups: list, width: int) -> np.ndarray:
     """``out[i, u]``: the byte state after unique token ``u`` from ``frontier[i]``, each
@@ -317,11 +327,12 @@ def _token_trie(groups: list, byte_class: np.ndarray) -> tuple:
     return rep, child_start, child_count, end_col, len(reps[0]) if reps else 0
 
 
-def _advance_trie(flat: np.ndarray, frontier: np.ndarray, trie: tuple, width: int) -> np.ndarray:
-    """As `_advance_columns`, walking the token trie over live (state, node) pairs only."""
+def _advance_trie(flat: np.ndarray, frontier: np.ndarray, trie: tuple) -> tuple:
+    """As `_advance_columns`, walking the token trie over live (state, node) pairs only;
+    returns the live entries ``(row, column, byte state)`` (every other entry is dead)."""
     rep, child_start, child_count, end_col, n_root = trie
     f = len(frontier)
-    out = np.zeros((f, width), np.int64)
+    ends = []
     fi = np.repeat(np.arange(f), n_root)
     node = np.tile(np.arange(n_root), f)
     state = flat[np.repeat(frontier, n_root) * 256 + rep[node]]
@@ -330,7 +341,7 @@ def _advance_trie(flat: np.ndarray, frontier: np.ndarray, trie: tuple, width: in
         fi, node, state = fi[alive], node[alive], state[alive]
         col = end_col[node]
         e = col >= 0
-        out[fi[e], col[e]] = state[e]
+        ends.append((fi[e], col[e], state[e]))
         counts = child_count[node]
         total = int(counts.sum())
         if not total:
@@ -340,7 +351,10 @@ def _advance_trie(flat: np.ndarray, frontier: np.ndarray, trie: tuple, width: in
         node = np.repeat(child_start[node], counts) + within
         fi = np.repeat(fi, counts)
         state = flat[np.repeat(state, counts) * 256 + rep[node]]
-    return out
+    if not ends:
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    return tuple(np.concatenate(x) for x in zip(*ends))
 
 
 # ---- pruning, renumbering, device arrays --------------------------------------------------
