@@ -376,6 +376,56 @@ def _edges(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(srcs), np.concatenate(dsts)
 
 
+def _csr(keys: np.ndarray, vals: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(keys, kind="stable")
+    return np.searchsorted(keys[order], np.arange(n + 1)), vals[order]
+
+
+def _gather_neighbours(starts: np.ndarray, vals: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """The neighbours of ``nodes``, node after node, each node's in CSR order."""
+    lo, hi = starts[nodes], starts[nodes + 1]
+    counts = hi - lo
+    total = int(counts.sum())
+    if not total:
+        return np.zeros(0, vals.dtype)
+    idx = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(lo, counts)
+    return vals[idx]
+
+
+def _bfs_order(src: np.ndarray, dst: np.ndarray, n: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """States reachable from ``start`` in breadth-first order (a queue that visits each
+    state's successors in increasing order, level by level, vectorised), and the mask."""
+    starts, vals = _csr(src, dst, n)
+    reach = np.zeros(n, bool)
+    reach[start] = True
+    levels = [np.asarray([start], np.int64)]
+    frontier = levels[0]
+    while frontier.size:
+        cand = _gather_neighbours(starts, vals, frontier)
+        cand = cand[~reach[cand]]
+        # first occurrences, in discovery order
+        _, first = np.unique(cand, return_index=True)
+        frontier = cand[np.sort(first)].astype(np.int64)
+        reach[frontier] = True
+        levels.append(frontier)
+    return np.concatenate(levels), reach
+
+
+def _coreachable(src: np.ndarray, dst: np.ndarray, n: int, seeds: np.ndarray,
+                 allowed: np.ndarray) -> np.ndarray:
+    """Mask of the ``allowed`` states from which a ``seeds`` state is reachable through
+    ``allowed`` states (backward search over the reversed edges)."""
+    starts, vals = _csr(dst, src, n)
+    found = seeds.copy()
+    frontier = np.flatnonzero(found)
+    while frontier.size:
+        cand = _gather_neighbours(starts, vals, frontier)
+        cand = np.unique(cand[allowed[cand] & ~found[cand]])
+        found[cand] = True
+        frontier = cand
+    return found
+
+
 def prune(
     table: np.ndarray,
     accepting: np.ndarray,
@@ -411,39 +461,14 @@ def prune(
     acc[DEAD] = False
     n = table.shape[0]
     src, dst = _edges(table)
-    # forward reachability from start
-    order_f = np.argsort(src, kind="stable")
-    src_f, dst_f = src[order_f], dst[order_f]
-    starts_f = np.searchsorted(src_f, np.arange(n + 1))
-    reach = np.zeros(n, bool)
-    reach[start] = True
-    bfs = [start]
-    k = 0
-    while k < len(bfs):
-        s = bfs[k]
-        k += 1
-        for t in dst_f[starts_f[s] : starts_f[s + 1]]:
-            if not reach[t]:
-                reach[t] = True
-                bfs.append(int(t))
-    # backward (co-)reachability from accepting states, over the reversed edges
-    order_b = np.argsort(dst, kind="stable")
-    src_b, dst_b = src[order_b], dst[order_b]
-    starts_b = np.searchsorted(dst_b, np.arange(n + 1))
-    coacc = acc & reach
-    stack = list(np.flatnonzero(coacc))
-    while stack:
-        s = stack.pop()
-        for t in src_b[starts_b[s] : starts_b[s + 1]]:
-            if not coacc[t] and reach[t]:
-                coacc[t] = True
-                stack.append(int(t))
+    bfs, reach = _bfs_order(src, dst, n, start)
+    coacc = _coreachable(src, dst, n, acc & reach, reach)
     if not coacc[start]:
         raise ValueError(
             f"{name}: no text that this vocabulary's tokens can spell satisfies the constraint "
             "(the automaton is empty after pruning)."
         )
-    kept = [s for s in bfs if coacc[s]]  # BFS order, start first
+    kept = bfs[coacc[bfs]]  # BFS order, start first
     new = np.zeros(n, np.int32)
     new[np.asarray(kept)] = np.arange(1, len(kept) + 1, dtype=np.int32)
     out = np.zeros((len(kept) + 1, table.shape[1]), np.int32)
