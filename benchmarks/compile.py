@@ -5,7 +5,8 @@ already compiled):
 
 * ``depth``: trace + compile time of ``ppl.infer`` (SMC, 8 particles, 16 tokens) on random
   Llama-architecture models of width 64 and 2, 4, 8, 16 and 30 layers (the embedded model's
-  tokenizer and vocabulary), persistent cache off.
+  tokenizer and vocabulary), persistent cache off, with each layer loop (``scan`` and
+  ``unroll``), and the run time after the compile.
 * ``prompts``: 64 different prompts of 5 to 60 tokens, N = 16, T = 32, on the embedded model,
   three ways in three fresh processes: one ``ppl.infer_many`` call; 64 sequential
   ``ppl.infer`` calls (after the first, nothing compiles); and the old behaviour, every prompt
@@ -37,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results" / "compile.json"
 DEPTHS = (2, 4, 8, 16, 30)
+LOOPS = ("scan", "unroll")
 WORDS = ("the king said unto them and all the people of the land went up to the city "
          "of david where the lord had set his name for ever and ever amen and it came to "
          "pass in those days that there went out a decree from the house of the lord").split()
@@ -60,12 +62,12 @@ import json, sys, time
 import numpy as np
 import ppl
 from ppl.models.llama import LlamaLM
-layers = int(sys.argv[1])
+layers, loop = int(sys.argv[1]), sys.argv[2]
 tiny = ppl.models.load("tiny")
 v, d, inter, heads = tiny.vocab_size, 64, 128, 4
 rng = np.random.default_rng(0)
 r = lambda *s: (0.1 * rng.standard_normal(s)).astype(np.float32)
-cfg = dict(num_hidden_layers=layers, hidden_size=d, intermediate_size=inter,
+cfg = dict(vocab_size=v, num_hidden_layers=layers, hidden_size=d, intermediate_size=inter,
            num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=512,
            rms_norm_eps=1e-6, tie_word_embeddings=True, eos_token_id=tiny.eos_token_id,
            bos_token_id=tiny.bos_token_id, hidden_act="silu", rope_theta=10000.0)
@@ -78,13 +80,15 @@ for i in range(layers):
                   p + "mlp.gate_proj.weight": r(inter, d), p + "mlp.up_proj.weight": r(inter, d),
                   p + "mlp.down_proj.weight": r(d, inter)})
 lm = LlamaLM(cfg, LlamaLM.convert_state_dict(state, cfg), tokenizer=tiny.tokenizer,
-             vocab=tiny.vocab, name=f"random-{layers}")
+             vocab=tiny.vocab, name=f"random-{layers}", layer_loop=loop)
 prog = ppl.steer(lm, "Once upon a time", max_tokens=16)
 t0 = time.perf_counter()
 res = ppl.infer(prog, method="smc", particles=8, seed=0)
 tm = res.timings
-print(json.dumps({"layers": layers, "trace_s": tm["trace"], "compile_s": tm["compile"],
-                  "first_call_s": time.perf_counter() - t0, "run_s": tm["run"]}))
+first = time.perf_counter() - t0
+runs = sorted(ppl.infer(prog, method="smc", particles=8, seed=s).timings["run"] for s in (1, 2, 3))
+print(json.dumps({"layers": layers, "layer_loop": loop, "trace_s": tm["trace"],
+                  "compile_s": tm["compile"], "first_call_s": first, "run_s": runs[1]}))
 '''
 
 PROMPTS_CHILD = r'''
@@ -144,9 +148,10 @@ def make_prompts(n: int = 64, lo: int = 5, hi: int = 60, seed: int = 0) -> list[
 def bench_depth() -> list[dict]:
     rows = []
     for layers in DEPTHS:
-        row = _child(DEPTH_CHILD, layers)
-        print(row, flush=True)
-        rows.append(row)
+        for loop in LOOPS:
+            row = _child(DEPTH_CHILD, layers, loop)
+            print(row, flush=True)
+            rows.append(row)
     return rows
 
 
@@ -187,15 +192,20 @@ def write_docs(data: dict) -> None:
              "rows of one run, not across runs.", ""]
     if "depth" in data:
         d = data["depth"]
-        base = next(r for r in d if r["layers"] == 2)
         lines += ["### Compile time against depth", "",
                   "Random Llama-architecture weights, width 64, the embedded model's vocabulary; "
-                  "`ppl.infer`, SMC, 8 particles, 16 tokens, persistent cache off.", "",
-                  "| layers | trace s | compile s | trace + compile vs 2 layers |", "|---|---|---|---|"]
+                  "`ppl.infer`, SMC, 8 particles, 16 tokens, persistent cache off. `scan` is "
+                  "`layer_loop=\"scan\"` (one `lax.scan` over stacked layers: the default "
+                  "above 4 layers), `unroll` the Python loop XLA unrolls (the default at 4 "
+                  "layers or fewer on the CPU). Run s: median of three runs after the compile.",
+                  "", "| layers | loop | trace s | compile s | trace + compile vs 2 layers "
+                  "(same loop) | run s |", "|---|---|---|---|---|---|"]
         for r in d:
+            loop = r.get("layer_loop", "unroll")
+            base = next(b for b in d if b["layers"] == 2 and b.get("layer_loop", "unroll") == loop)
             tot = r["trace_s"] + r["compile_s"]
-            lines.append(f"| {r['layers']} | {r['trace_s']:.2f} | {r['compile_s']:.2f} | "
-                         f"{tot / (base['trace_s'] + base['compile_s']):.2f}x |")
+            lines.append(f"| {r['layers']} | {loop} | {r['trace_s']:.2f} | {r['compile_s']:.2f} | "
+                         f"{tot / (base['trace_s'] + base['compile_s']):.2f}x | {r['run_s']:.3f} |")
         lines.append("")
     if "prompts" in data:
         lines += ["### 64 prompts", "",

@@ -30,8 +30,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
+
+# Decode throughput here is the unrolled layer loop's, as published in docs/benchmarks.md
+# (the default above 4 layers is the scanned loop: compile time independent of depth, some
+# speed per step on the CPU; docs/performance.md). PPL_LAYER_LOOP=scan measures that one.
+os.environ.setdefault("PPL_LAYER_LOOP", "unroll")
+import json
 import platform
 import statistics
 import subprocess

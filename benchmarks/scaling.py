@@ -31,8 +31,13 @@ new sweep is written, so the table never mixes two definitions of the ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+
+# Decode throughput here is the unrolled layer loop's, as published in docs/benchmarks.md
+# (the default above 4 layers is the scanned loop: compile time independent of depth, some
+# speed per step on the CPU; docs/performance.md). PPL_LAYER_LOOP=scan measures that one.
+os.environ.setdefault("PPL_LAYER_LOOP", "unroll")
+import json
 import platform
 import resource
 import statistics

@@ -4,9 +4,12 @@
 * **Lower:** an SMC run's ``log Z_hat`` has ``E[log Z_hat] <= log Z`` (Jensen on the unbiased
   ``Z_hat``), so the mean over independent runs is a stochastic lower bound.
 * **Upper:** a conditional SMC sweep whose retained sequence is an *exact* posterior sample
-  draws its particle system from SMC's extended target, under which ``E[1 / Z_hat] = 1 / Z``;
-  by Jensen ``E[log Z_hat] >= log Z``, so the mean over sweeps is a stochastic upper bound.
-  Plain CSMC is used (no ancestor sampling), for which the identity is exact.
+  draws its particle system from SMC's extended target (SMC's law reweighted by
+  ``Z_hat / Z``), under which ``E[1 / Z_hat] = P_SMC(Z_hat > 0) / Z <= 1 / Z`` (equality when
+  an unconditional sweep never loses every particle); by Jensen
+  ``E[log Z_hat] >= log Z - log P_SMC(Z_hat > 0) >= log Z``, so the mean over sweeps is a
+  stochastic upper bound. Plain CSMC is used (no ancestor sampling), for which the identity
+  is exact (tests/properties/test_csmc.py).
 
 The gap between the two says how far the inference is from exact at that particle count;
 each side is reported with its Monte Carlo standard error.

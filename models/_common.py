@@ -3,16 +3,18 @@
 Everything here is plain functional JAX over arrays. A transformer's cache is a
 [SharedCache][ppl.models.SharedCache]:
 
-* ``rows``: one pair ``(k, v)`` per layer, each ``[B, kv_heads, G, head_dim]``, the keys and
-  values of the tokens each row generated (slot ``j`` is position ``prompt_len + j``; ``G`` is
-  ``max_tokens`` rounded up to a whole number of attention blocks). Batch first so that
-  [reorder][ppl.models.reorder] and [broadcast_cache][ppl.models.broadcast_cache] work on it, and
-  one pair per layer (never one stacked array) so a decode step updates each layer's buffer in
-  place instead of rebuilding a whole-model array (measured 2.7-4x slower per decode step on
-  GPT-2-small shapes on CPU, when the project chose this layout).
-* ``shared``: ``{"kv": one (k, v) per layer, each [C, P, kv_heads, head_dim], "length":
-  int32[C]}``: the prompt of each of ``C`` contexts, stored once however many rows read it
-  (row ``b`` reads context ``b % C``).
+* ``rows``: the keys and values of the tokens each row generated (slot ``j`` is position
+  ``prompt_len + j``; ``G`` is ``max_tokens`` rounded up to a whole number of attention
+  blocks), batch first so that [reorder][ppl.models.reorder] and
+  [broadcast_cache][ppl.models.broadcast_cache] work on it. With ``layer_loop="unroll"``: one
+  pair ``(k, v)`` per layer, each ``[B, kv_heads, G, head_dim]``. With ``"scan"``: one pair,
+  each ``[B, L, kv_heads, G, head_dim]``, carried through the layer scan and updated by a
+  scatter at ``(row, layer, slot)``, never rebuilt with ``jnp.stack`` (a cache rebuilt each
+  step was measured 2.7-4x slower per decode step on GPT-2-small shapes on CPU).
+* ``shared``: ``{"kv": ..., "length": int32[C]}``: the prompt of each of ``C`` contexts,
+  stored once however many rows read it (row ``b`` reads context ``b % C``); ``kv`` is one
+  ``(k, v)`` per layer, each ``[C, P, kv_heads, head_dim]`` (unrolled), or one pair
+  ``[C, L, P, kv_heads, head_dim]`` (scanned).
 
 Decode attention combines the two parts exactly: a softmax over the prompt and an online
 (log-sum-exp) softmax over the generated part in blocks of ``BLOCK`` slots, with as many
@@ -34,6 +36,7 @@ __all__ = [
     "ACTIVATIONS",
     "BLOCK",
     "GLOBAL_WINDOW",
+    "LAYER_LOOPS",
     "attend_decode",
     "attend_decode_shared",
     "generated_capacity",
@@ -42,6 +45,9 @@ __all__ = [
     "check_max_len",
     "empty_layer_cache",
     "log_softmax_f32",
+    "resolve_layer_loop",
+    "stack_layers",
+    "unstack_layers",
     "write_decode",
     "write_prefill",
 ]
@@ -133,16 +139,21 @@ def prefix_layer(k, v, dtype):
     return k[None].astype(dtype), v[None].astype(dtype)
 
 
-def write_decode(cache, k, v, positions):
+def write_decode(cache, k, v, positions, layer=None):
     """Row ``b`` writes its key/value ``[B, kv_heads, hd]`` at slot ``positions[b]``.
 
     A scatter on the (donated) buffer: XLA updates it in place, touching ``B * kv_heads * hd``
-    elements instead of copying the cache.
+    elements instead of copying the cache. With ``layer`` (a traced index), ``cache`` is the
+    stacked layout ``[B, L, kv_heads, G, hd]`` and the write goes to that layer.
     """
     kc, vc = cache
     rows = jnp.arange(k.shape[0])
-    kc = kc.at[rows, :, positions].set(k.astype(kc.dtype), mode="drop")
-    vc = vc.at[rows, :, positions].set(v.astype(vc.dtype), mode="drop")
+    if layer is None:
+        kc = kc.at[rows, :, positions].set(k.astype(kc.dtype), mode="drop")
+        vc = vc.at[rows, :, positions].set(v.astype(vc.dtype), mode="drop")
+    else:
+        kc = kc.at[rows, layer, :, positions].set(k.astype(kc.dtype), mode="drop")
+        vc = vc.at[rows, layer, :, positions].set(v.astype(vc.dtype), mode="drop")
     return kc, vc
 
 
@@ -220,7 +231,7 @@ def attend_decode(q, cache, positions, scale: float, window=None, softcap: float
 
 
 def attend_decode_shared(q, rows, prefix, prefix_len, positions, scale: float, window=None,
-                         softcap: float | None = None):
+                         softcap: float | None = None, layer=None):
     """One query per row against its context's prompt and its own generated slots.
 
     Exactly the softmax over the concatenation (prompt slots ``< prefix_len``, then generated
@@ -237,17 +248,24 @@ def attend_decode_shared(q, rows, prefix, prefix_len, positions, scale: float, w
         scale: multiplier of the scores.
         window: sliding window over absolute positions (see ``attend_prefill``), or None.
         softcap: attention logit soft-capping, or None.
+        layer: a traced layer index for the stacked layout (``rows`` each
+            ``[B, L, KVH, G, hd]``, ``prefix`` each ``[C, L, P, KVH, hd]``): attention reads
+            that layer's slices (the blocks of the generated part are sliced straight out of
+            the stacked buffer, so no layer's cache is copied whole).
 
     Returns:
         ``[B, H * hd]``.
     """
     kr, vr = rows
     kp, vp = prefix
+    if layer is not None:
+        kp = jax.lax.dynamic_index_in_dim(kp, layer, 1, keepdims=False)
+        vp = jax.lax.dynamic_index_in_dim(vp, layer, 1, keepdims=False)
     b, h, hd = q.shape
     c, plen_slots, kvh = kp.shape[0], kp.shape[1], kp.shape[2]
     g = h // kvh
     n = b // c
-    gen = kr.shape[2]
+    gen = kr.shape[-2]
     qg = q.reshape(b, kvh, g, hd).astype(kr.dtype)
     plen = jnp.tile(prefix_len.astype(jnp.int32), n)  # [B]: each row's prompt length
 
@@ -276,8 +294,13 @@ def attend_decode_shared(q, rows, prefix, prefix_len, positions, scale: float, w
         def body(i, carry):
             m, l, acc = carry
             start = i * blk
-            kb = jax.lax.dynamic_slice_in_dim(kr, start, blk, axis=2)
-            vb = jax.lax.dynamic_slice_in_dim(vr, start, blk, axis=2)
+            if layer is None:
+                kb = jax.lax.dynamic_slice_in_dim(kr, start, blk, axis=2)
+                vb = jax.lax.dynamic_slice_in_dim(vr, start, blk, axis=2)
+            else:
+                at, size = (0, layer, 0, start, 0), (b, 1, kvh, blk, hd)
+                kb = jax.lax.dynamic_slice(kr, at, size)[:, 0]
+                vb = jax.lax.dynamic_slice(vr, at, size)[:, 0]
             s = jnp.einsum("bkgd,bkld->bkgl", qg, kb, preferred_element_type=jnp.float32)
             s = _scores(s, scale, softcap)
             j = start + offs[None, :]
@@ -336,6 +359,68 @@ def rms_norm(x, w, eps: float, offset: float = 0.0):
     return w * y.astype(x.dtype)
 
 
+#: How a transformer runs its layers (``layer_loop=`` of the models and of
+#: [ppl.models.load][]): ``"scan"`` stacks the layers' weights (``[L, ...]`` per tensor) and
+#: the KV cache (``[B, L, ...]``) and runs one ``lax.scan``, so compile time does not grow with
+#: depth; ``"unroll"`` keeps one array per layer and a Python loop that XLA unrolls (compile
+#: time linear in depth, no per-layer weight slicing at run time); ``"auto"`` picks one.
+LAYER_LOOPS = ("auto", "scan", "unroll")
+
+#: ``"auto"`` unrolls models this shallow on the CPU (compile time is small either way there,
+#: and XLA:CPU copies each layer's weights out of a stacked array before its matmuls).
+AUTO_UNROLL_MAX_LAYERS = 4
+
+
+def resolve_layer_loop(choice, n_layers: int, name: str) -> str:
+    """``"scan"`` or ``"unroll"`` for ``layer_loop=choice``.
+
+    ``None`` means the environment variable ``PPL_LAYER_LOOP`` when set, else ``"auto"``.
+    """
+    import os
+
+    where = "layer_loop"
+    if choice is None:
+        choice, where = os.environ.get("PPL_LAYER_LOOP") or "auto", "PPL_LAYER_LOOP"
+    if choice not in LAYER_LOOPS:
+        raise ValueError(f"{name}: {where}={choice!r} is not one of "
+                         f"{', '.join(map(repr, LAYER_LOOPS))}.")
+    if choice != "auto":
+        return choice
+    if n_layers <= AUTO_UNROLL_MAX_LAYERS and jax.default_backend() == "cpu":
+        return "unroll"
+    return "scan"
+
+
+def stack_layers(layers, consume: bool = False):
+    """Per-layer parameter dicts as one dict of ``[L, ...]`` arrays (for ``lax.scan``).
+
+    ``consume=True`` empties the given dicts tensor by tensor as it stacks, so the peak memory
+    is the weights plus one tensor's layers instead of twice the weights (the loader's use).
+    """
+    keys = set(layers[0])
+    for i, lp in enumerate(layers):
+        if set(lp) != keys:
+            raise ValueError(f"layer {i} has tensors {sorted(set(lp) ^ keys)} that layer 0 has not "
+                             "(or the reverse): layers of one model must have the same tensors.")
+    if not consume:
+        return jax.tree.map(lambda *a: jnp.stack(a), *layers)
+    return {k: jnp.stack([lp.pop(k) for lp in layers]) for k in sorted(keys)}
+
+
+def unstack_layers(stacked, n_layers: int):
+    """The inverse of [stack_layers][ppl.models._common.stack_layers]."""
+    return [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n_layers)]
+
+
+def _per_layer(values):
+    """A per-layer constant (window, scale): one Python scalar when every layer has the same
+    value (so it stays static in a scan), else the ``[L]`` array."""
+    a = np.asarray(values)
+    if a.size and np.all(a == a.flat[0]):
+        return a.flat[0].item(), None
+    return None, a
+
+
 class TransformerLM:
     """Mixin of what GPT-2 and Llama share: cache layout, memory estimate, host fields.
 
@@ -372,6 +457,55 @@ class TransformerLM:
                            generated_capacity(max_tokens), self.dtype)
         return shared, rows
 
+    # ---- the layer loop ---------------------------------------------------------------
+    @staticmethod
+    def _stacked(params) -> bool:
+        return not isinstance(params["layers"], (list, tuple))
+
+    def _layer_loop(self, params, x, step, per_layer, state=None):
+        """Runs ``x`` through every layer.
+
+        ``step(lp, x, value, state, layer) -> (x, state, out)`` is one layer: ``lp`` its
+        parameters, ``value`` its entry of ``per_layer`` (window or scale), ``layer`` its index
+        (a Python int when unrolled, traced under scan), ``state`` what the layers thread
+        through (the decode cache). Returns ``(x, state, outs)``: ``outs`` a tuple per layer
+        when unrolled, stacked on a leading layer axis under scan.
+        """
+        static, arr = _per_layer(per_layer)
+        layers = params["layers"]
+        if not self._stacked(params):
+            outs = []
+            for i, lp in enumerate(layers):
+                value = static if arr is None else arr[i].item()
+                x, state, o = step(lp, x, value, state, i)
+                outs.append(o)
+            return x, state, tuple(outs)
+
+        def body(carry, inp):
+            x, state = carry
+            lp, value, i = inp
+            x, state, o = step(lp, x, static if arr is None else value, state, i)
+            return (x, state), o
+
+        values = jnp.zeros(self.n_layers) if arr is None else jnp.asarray(arr)
+        (x, state), outs = jax.lax.scan(body, (x, state), (layers, values, jnp.arange(self.n_layers)))
+        return x, state, outs
+
+    def _prefix(self, params, outs):
+        """The shared part from the prompt layers' ``(k, v)`` (each ``[1, P, KVH, hd]``): a
+        tuple per layer, or (scan: ``outs`` stacked ``[L, 1, P, KVH, hd]``) the pair
+        ``[1, L, P, KVH, hd]``, context axis first."""
+        if not self._stacked(params):
+            return outs
+        return tuple(jnp.moveaxis(a, 0, 1) for a in outs)
+
+    def _empty_rows(self, params, batch: int, gen: int):
+        if self._stacked(params):
+            shape = (batch, self.n_layers, self.kv_heads, gen, self.head_dim)
+            return jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
+        return tuple(empty_layer_cache(batch, self.kv_heads, gen, self.head_dim, self.dtype)
+                     for _ in range(self.n_layers))
+
     def prefill(self, params, prompt_ids, max_len: int, length=None, return_hidden: bool = False):
         """See [LanguageModel.prefill][ppl.models.LanguageModel.prefill];
         ``return_hidden`` adds the final hidden state.
@@ -383,11 +517,9 @@ class TransformerLM:
         p = x.shape[0]
         last = x[-1] if length is None else jax.lax.dynamic_index_in_dim(x, length - 1, 0, False)
         h, lp_ = self._head(params, last)
-        gen = generated_capacity(max_len - p)
-        rows = tuple(empty_layer_cache(1, self.kv_heads, gen, self.head_dim, self.dtype)
-                     for _ in range(self.n_layers))
+        rows = self._empty_rows(params, 1, generated_capacity(max_len - p))
         n = jnp.asarray(p if length is None else length, jnp.int32).reshape(1)
-        cache = SharedCache(rows, {"kv": tuple(prefix), "length": n})
+        cache = SharedCache(rows, {"kv": prefix, "length": n})
         return (cache, lp_, h) if return_hidden else (cache, lp_)
 
     def _decode_cache(self, cache, positions):
@@ -406,10 +538,19 @@ class TransformerLM:
         return cache.rows, cache.shared["kv"], plen, slots
 
     @staticmethod
-    def _attend(q, k, v, rows, prefix, plen, slots, positions, scale, window=None, softcap=None):
-        """Writes this step's key/value in the row's generated slot, then attends."""
-        rows = write_decode(rows, k, v, slots)
-        return attend_decode_shared(q, rows, prefix, plen, positions, scale, window, softcap), rows
+    def _attend(q, k, v, rows, prefix, plen, slots, positions, scale, window, softcap, layer):
+        """Writes this step's key/value in the row's generated slot of ``layer``, then attends.
+
+        ``rows``/``prefix`` are the whole cache's (a tuple per layer with a Python ``layer``, or
+        the stacked arrays with a traced one); returns the attention output and the new rows.
+        """
+        if isinstance(layer, int):
+            r = write_decode(rows[layer], k, v, slots)
+            out = attend_decode_shared(q, r, prefix[layer], plen, positions, scale, window, softcap)
+            return out, rows[:layer] + (r,) + rows[layer + 1:]
+        rows = write_decode(rows, k, v, slots, layer)
+        return attend_decode_shared(q, rows, prefix, plen, positions, scale, window, softcap,
+                                    layer), rows
 
     def forward(self, params, ids):
         """Log-probs of the next token after every prefix of ``ids``: ``float32[P, V]``.
@@ -422,14 +563,21 @@ class TransformerLM:
         return self._head(params, x)[1]
 
     def _init_host(self, config, params, *, tokenizer, vocab, name, eos_token_id, bos_token_id,
-                   eos_key: str = "eos_token_id", eos_token_ids=None) -> None:
+                   eos_key: str = "eos_token_id", eos_token_ids=None, layer_loop=None) -> None:
         """The fields every transformer sets the same way: weights, dtype, vocabulary size,
         EOS/BOS, tokenizer, vocabulary tables and display name.
 
-        Explicit arguments win over the config. A config listing several EOS ids (Llama 3)
+        Explicit arguments win over the config. ``layer_loop`` (see
+        [LAYER_LOOPS][ppl.models._common.LAYER_LOOPS]) stacks or unstacks ``params["layers"]``
+        to match. A config listing several EOS ids (Llama 3)
         gives its first as ``eos_token_id`` and all of them as ``eos_token_ids``; every id
         must index a row of the embedding.
         """
+        self.layer_loop = resolve_layer_loop(layer_loop, self.n_layers, name)
+        if self.layer_loop == "scan" and not self._stacked(params):
+            params = dict(params, layers=stack_layers(params["layers"]))
+        elif self.layer_loop == "unroll" and self._stacked(params):
+            params = dict(params, layers=unstack_layers(params["layers"], self.n_layers))
         self.params = params
         self.dtype = params["embed"].dtype
         self.vocab_size = int(params["embed"].shape[0])

@@ -34,6 +34,8 @@ class GPT2LM(C.TransformerLM, LanguageModel):
         eos_token_id: overrides the config's EOS id.
         bos_token_id: overrides the config's BOS id.
         eos_token_ids: further ids that end a sequence (e.g. from ``generation_config.json``).
+        layer_loop: ``"scan"``, ``"unroll"`` or ``"auto"`` (default); see
+            [LAYER_LOOPS][ppl.models._common.LAYER_LOOPS].
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class GPT2LM(C.TransformerLM, LanguageModel):
         eos_token_id: int | None = None,
         bos_token_id: int | None = None,
         eos_token_ids=None,
+        layer_loop: str | None = None,
     ):
         self.config = config
         self.n_layers = int(_cfg(config, "n_layer"))
@@ -62,7 +65,7 @@ class GPT2LM(C.TransformerLM, LanguageModel):
         self.scales = [scale / (i + 1) if by_layer else scale for i in range(self.n_layers)]
         self._init_host(config, params, tokenizer=tokenizer, vocab=vocab, name=name,
                         eos_token_id=eos_token_id, bos_token_id=bos_token_id,
-                        eos_token_ids=eos_token_ids)
+                        eos_token_ids=eos_token_ids, layer_loop=layer_loop)
 
     # ---- weights -----------------------------------------------------------------------
     @staticmethod
@@ -141,15 +144,16 @@ class GPT2LM(C.TransformerLM, LanguageModel):
         if n > max_len:
             raise ValueError(f"{self.name}: a prompt of {n} tokens does not fit a cache of {max_len}.")
         x = params["embed"][ids] + params["pos"][:n]
-        prefix = []
-        for lp, scale in zip(params["layers"], self.scales):
 
+        def step(lp, x, scale, state, layer):
             def attn(q, k, v, s):
                 return C.attend_prefill(q, k, v, s), C.prefix_layer(k, v, self.dtype)
 
             x, c = self._block(lp, x, scale, attn)
-            prefix.append(c)
-        return tuple(prefix), x
+            return x, state, c
+
+        x, _, outs = self._layer_loop(params, x, step, self.scales)
+        return self._prefix(params, outs), x
 
     def decode_step(self, params, cache, tokens, positions, return_hidden: bool = False):
         """See [LanguageModel.decode_step][ppl.models.LanguageModel.decode_step]; ``return_hidden`` adds the final hidden states."""
@@ -157,14 +161,16 @@ class GPT2LM(C.TransformerLM, LanguageModel):
         positions = jnp.asarray(positions, jnp.int32)
         rows, prefix, plen, slots = self._decode_cache(cache, positions)
         x = params["embed"][tokens] + params["pos"][positions]
-        new = []
-        for lp, scale, r, pk in zip(params["layers"], self.scales, rows, prefix):
 
-            def attn(q, k, v, s, r=r, pk=pk):
-                return self._attend(q, k, v, r, pk, plen, slots, positions, s)
+        def step(lp, x, scale, rows, layer):
+            def attn(q, k, v, s):
+                return self._attend(q, k, v, rows, prefix, plen, slots, positions, s, None, None,
+                                    layer)
 
-            x, r = self._block(lp, x, scale, attn)
-            new.append(r)
-        cache = C.SharedCache(tuple(new), cache.shared)
+            x, rows = self._block(lp, x, scale, attn)
+            return x, rows, None
+
+        x, rows, _ = self._layer_loop(params, x, step, self.scales, rows)
+        cache = C.SharedCache(rows, cache.shared)
         h, lp_ = self._head(params, x)
         return (cache, lp_, h) if return_hidden else (cache, lp_)

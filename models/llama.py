@@ -248,6 +248,8 @@ class LlamaLM(C.TransformerLM, LanguageModel):
         eos_token_ids: further ids that end a sequence (e.g. from ``generation_config.json``).
         family: the [Family][ppl.models.llama.Family] (or its ``model_type``); default: the
             config's ``model_type``.
+        layer_loop: ``"scan"``, ``"unroll"`` or ``"auto"`` (default); see
+            [LAYER_LOOPS][ppl.models._common.LAYER_LOOPS].
     """
 
     def __init__(
@@ -262,6 +264,7 @@ class LlamaLM(C.TransformerLM, LanguageModel):
         bos_token_id: int | None = None,
         eos_token_ids=None,
         family: Family | str | None = None,
+        layer_loop: str | None = None,
     ):
         self.config = config
         self.family = fam = _family(config, family)
@@ -294,7 +297,7 @@ class LlamaLM(C.TransformerLM, LanguageModel):
             self.attn_softcap = self.final_softcap = None
         self._init_host(config, params, tokenizer=tokenizer, vocab=vocab, name=name,
                         eos_token_id=eos_token_id, bos_token_id=bos_token_id,
-                        eos_token_ids=eos_token_ids)
+                        eos_token_ids=eos_token_ids, layer_loop=layer_loop)
 
     # ---- weights -----------------------------------------------------------------------
     @staticmethod
@@ -463,16 +466,17 @@ class LlamaLM(C.TransformerLM, LanguageModel):
             raise ValueError(f"{self.name}: a prompt of {n} tokens does not fit a cache of {max_len}.")
         positions = jnp.arange(n, dtype=jnp.int32)
         x = self._embed(params, ids)
-        prefix = []
-        for lp, window in zip(params["layers"], self.layer_windows):
 
+        def step(lp, x, window, state, layer):
             def attn(q, k, v, w):
                 out = C.attend_prefill(q, k, v, self.scale, w, self.attn_softcap)
                 return out, C.prefix_layer(k, v, self.dtype)
 
-            x, c = self._block(lp, x, positions, int(window), attn)
-            prefix.append(c)
-        return tuple(prefix), x
+            x, c = self._block(lp, x, positions, window, attn)
+            return x, state, c
+
+        x, _, outs = self._layer_loop(params, x, step, self.layer_windows)
+        return self._prefix(params, outs), x
 
     def decode_step(self, params, cache, tokens, positions, return_hidden: bool = False):
         """See [LanguageModel.decode_step][ppl.models.LanguageModel.decode_step];
@@ -481,15 +485,19 @@ class LlamaLM(C.TransformerLM, LanguageModel):
         positions = jnp.asarray(positions, jnp.int32)
         rows, prefix, plen, slots = self._decode_cache(cache, positions)
         x = self._embed(params, tokens)
-        new = []
-        for lp, r, pk, window in zip(params["layers"], rows, prefix, self.layer_windows):
 
-            def attn(q, k, v, w, r=r, pk=pk):
-                return self._attend(q, k, v, r, pk, plen, slots, positions, self.scale, w,
-                                    self.attn_softcap)
+        def step(lp, x, window, rows, layer):
+            if isinstance(window, int) and window >= C.GLOBAL_WINDOW:
+                window = None  # every slot is inside a global window: skip the mask
 
-            x, r = self._block(lp, x, positions, int(window), attn)
-            new.append(r)
-        cache = C.SharedCache(tuple(new), cache.shared)
+            def attn(q, k, v, w):
+                return self._attend(q, k, v, rows, prefix, plen, slots, positions, self.scale, w,
+                                    self.attn_softcap, layer)
+
+            x, rows = self._block(lp, x, positions, window, attn)
+            return x, rows, None
+
+        x, rows, _ = self._layer_loop(params, x, step, self.layer_windows, rows)
+        cache = C.SharedCache(rows, cache.shared)
         h, lp_ = self._head(params, x)
         return (cache, lp_, h) if return_hidden else (cache, lp_)

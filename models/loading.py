@@ -315,6 +315,17 @@ def _implementation(raw: dict, folder: Path) -> tuple[str, type]:
     )
 
 
+_EMBEDDED_DIR = Path(__file__).resolve().parent / "tiny"
+
+
+def _is_tiny(folder: Path) -> bool:
+    """The embedded model's own folder (whose files this package wrote)."""
+    try:
+        return folder.resolve() == _EMBEDDED_DIR
+    except OSError:  # pragma: no cover
+        return False
+
+
 def _load_tokenizer(folder: Path):
     present = [n for n in _TOKENIZER_FILES if (folder / n).is_file()]
     if not present:
@@ -356,7 +367,7 @@ def _add_bos(tokenizer, bos: int | None) -> bool:
 
 
 def _assemble(cls, model_type: str, config, raw: dict, state, tokenizer, generation: dict,
-              name: str, where: Path, dtype) -> LanguageModel:
+              name: str, where: Path, dtype, layer_loop: str | None = None) -> LanguageModel:
     """The model from a config, tensors, tokenizer and generation settings (folder or GGUF)."""
     family = {} if cls is GPT2LM else {"family": model_type}
     from ppl.models._common import check_special_ids, config_value
@@ -384,8 +395,13 @@ def _assemble(cls, model_type: str, config, raw: dict, state, tokenizer, generat
 
         layer_windows(config, model_type)  # refuses an ignored sliding window
     params = cls.convert_state_dict(state, config, dtype=dtype, **family)
+    from ppl.models._common import resolve_layer_loop, stack_layers
+
+    layer_loop = resolve_layer_loop(layer_loop, len(params["layers"]), str(where))
+    if layer_loop == "scan":  # stacked here, freeing each layer's tensors as they are copied
+        params["layers"] = stack_layers(params["layers"], consume=True)
     lm = cls(config, params, tokenizer=tokenizer, name=name, eos_token_id=int(eos),
-             bos_token_id=bos, eos_token_ids=extra, **family)
+             bos_token_id=bos, eos_token_ids=extra, layer_loop=layer_loop, **family)
     lm.add_bos_token = _add_bos(tokenizer, lm.bos_token_id)
     base = build_vocab(tokenizer, vocab_size=lm.vocab_size, eos_token_id=lm.eos_token_id)
     lm.vocab = Vocab.from_bytes(base.token_bytes, lm.eos_token_id, base.special_ids,
@@ -396,7 +412,7 @@ def _assemble(cls, model_type: str, config, raw: dict, state, tokenizer, generat
 
 
 def load(path_or_name: str | os.PathLike, dtype: str | Any = None, *,
-         download: bool = False) -> LanguageModel:
+         download: bool = False, layer_loop: str | None = None) -> LanguageModel:
     """Loads a causal LM as a JAX [LanguageModel][ppl.models.LanguageModel].
 
     Args:
@@ -409,6 +425,12 @@ def load(path_or_name: str | os.PathLike, dtype: str | Any = None, *,
             accelerator, float32 on CPU. Log-probabilities are always float32.
         download: fetch a hub model that is not in the local cache with
             ``huggingface_hub.snapshot_download`` (needs network access; off by default).
+        layer_loop: how the transformer runs its layers: ``"scan"`` (one ``lax.scan`` over
+            stacked layers: compile time independent of depth), ``"unroll"`` (a Python loop
+            XLA unrolls: compile time linear in depth, a little faster per step on the CPU)
+            or ``"auto"`` (``"unroll"`` for models of at most 4 layers on the CPU, else
+            ``"scan"``). Default: the environment variable ``PPL_LAYER_LOOP`` when set, else
+            ``"auto"``; see [LAYER_LOOPS][ppl.models._common.LAYER_LOOPS].
 
     Returns:
         A [GPT2LM][ppl.models.GPT2LM] or [LlamaLM][ppl.models.LlamaLM] with ``tokenizer``,
@@ -431,21 +453,29 @@ def load(path_or_name: str | os.PathLike, dtype: str | Any = None, *,
         raw = ck.config
         model_type, cls = _implementation(raw, where)
         return _assemble(cls, model_type, raw, raw, ck.state, ck.tokenizer, ck.generation_config,
-                         name, where, resolve_dtype(dtype, raw))
+                         name, where, resolve_dtype(dtype, raw), layer_loop)
     raw = _read_config_json(where)
     model_type, cls = _implementation(raw, where)
     files = _weight_files(where)
     state = _LazyState(files)
-    tokenizer = _load_tokenizer(where)
     gen_file = where / "generation_config.json"
     generation = _read_json(gen_file) if gen_file.is_file() else {}
-    try:
-        config = _transformers().AutoConfig.from_pretrained(
-            str(where), local_files_only=True, trust_remote_code=False)
-    except Exception as e:
-        raise ValueError(f"{where}/config.json: transformers cannot read it: {e}") from e
+    if _is_tiny(where):
+        # The embedded model's files are ours: its config.json spells out every value the
+        # model reads and its tokenizer is plain byte-level BPE, so neither needs transformers
+        # (whose import pulls in PyTorch when installed: most of a short run's start-up).
+        from ppl.models._fasttok import TokenizersTokenizer
+
+        tokenizer, config = TokenizersTokenizer(where), raw
+    else:
+        tokenizer = _load_tokenizer(where)
+        try:
+            config = _transformers().AutoConfig.from_pretrained(
+                str(where), local_files_only=True, trust_remote_code=False)
+        except Exception as e:
+            raise ValueError(f"{where}/config.json: transformers cannot read it: {e}") from e
     return _assemble(cls, model_type, config, raw, state, tokenizer, generation, name, where,
-                     resolve_dtype(dtype, raw))
+                     resolve_dtype(dtype, raw), layer_loop)
 
 
 def available(cache_dir: str | os.PathLike | None = None) -> list[str]:

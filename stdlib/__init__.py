@@ -6,6 +6,7 @@ from ppl.stdlib.constraints import (
     all_of,
     allowed_words,
     banned_words,
+    canonical_tokens,
     json_schema,
     max_chars,
     max_tokens,
@@ -32,4 +33,5 @@ __all__ = [
     "max_chars",
     "max_words",
     "all_of",
+    "canonical_tokens",
 ]

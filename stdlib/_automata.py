@@ -605,6 +605,12 @@ def combine(automata: Sequence[TokenAutomaton], vocab: Vocab, max_states: int = 
     would exceed ``max_states`` (separate masks are still exact, only wasteful).
     """
     auts = list(automata)
+    # Automata without a state table (canonical_tokens: V + 2 states read from compact
+    # tables) are masked beside the product, not folded into it.
+    tableless = [a for a in auts if not isinstance(a, TokenAutomaton)]
+    if tableless:
+        return combine([a for a in auts if isinstance(a, TokenAutomaton)], vocab,
+                       max_states) + tableless
     if len(auts) < 2 or any(a.digest is None for a in auts):
         return auts
     key = (tuple(a.__fingerprint__() for a in auts), id(vocab), vocab.size)

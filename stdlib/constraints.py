@@ -21,6 +21,7 @@ Quick reference (details and examples in docs/constraints.md):
 | [max_chars(n)][ppl.stdlib.constraints.max_chars] | at most `n` characters (Unicode code points) |
 | [max_words(n)][ppl.stdlib.constraints.max_words] | at most `n` words |
 | [all_of(c1, c2, ...)][ppl.stdlib.constraints.all_of] | all constraints hold (product automaton) |
+| [canonical_tokens(lm)][ppl.stdlib.constraints.canonical_tokens] | every adjacent token pair is one the model's BPE tokenizer produces (a rule on tokens) |
 
 A *word* is a maximal run of word characters; word characters default to the ASCII letters
 ``[A-Za-z]`` and can be changed with ``word_chars=`` (ASCII only).
@@ -39,10 +40,12 @@ from ppl.models.base import Vocab
 from ppl.stdlib import _automata as A
 from ppl.stdlib import _fa
 from ppl.stdlib import _jsonschema as _js
+from ppl.stdlib._canonical import CanonicalTokens
 from ppl.stdlib._regex import to_node, validate
 from ppl.stdlib.base import Constraint, TextPredicate, TokenAutomaton
 
 __all__ = [
+    "canonical_tokens",
     "lark",
     "predicate",
     "Predicate",
@@ -68,6 +71,7 @@ __all__ = [
     "MaxChars",
     "MaxWords",
     "AllOf",
+    "CanonicalTokens",
     "ByteConstraint",
     "DEFAULT_WORD_CHARS",
     "MUST_CONTAIN_MAX_WORDS",
@@ -696,6 +700,11 @@ class AllOf(Constraint):
 
     def _compile(self, vocab: Vocab) -> TokenAutomaton:
         auts = [p.compile(vocab) for p in self.parts]
+        for p, a in zip(self.parts, auts):
+            if not isinstance(a, TokenAutomaton):
+                raise ValueError(f"all_of: {p.name} has no state table to join a product "
+                                 "automaton; pass it to steer(constraints=[...]) beside the "
+                                 "others (steer masks it separately).")
         table, acc, start, columns = A.product(auts, vocab, self.name, self.max_states)
         return A.to_automaton(table, acc, start, vocab, self.name, columns)
 
@@ -720,11 +729,25 @@ def all_of(*constraints: Constraint, max_states: int = 20_000) -> AllOf:
     return AllOf(*constraints, max_states=max_states)
 
 
+def canonical_tokens(tokenizer) -> CanonicalTokens:
+    """Only token sequences whose adjacent pairs the model's BPE tokenizer would produce
+    (``encode(bytes(a) + bytes(b)) == [a, b]``); see `CanonicalTokens`.
+
+    Args:
+        tokenizer: the model from ``ppl.models.load`` (or its tokenizer).
+    """
+    return CanonicalTokens(tokenizer)
+
+
 def lark(grammar: str, start: str = "start", max_draws: int = 64):
     """A Lark grammar (LALR(1)): the final text is a sentence of the grammar; exact.
 
     Enforced on the host with an incremental parser and unbiased weighted rejection (see
-    `ppl.stdlib._lark`); invalid grammars raise ``ValueError`` at construction.
+    `ppl.stdlib._lark`); invalid grammars raise ``ValueError`` at construction. Budget-aware:
+    a token is also refused when the text after it cannot become a sentence in the tokens
+    left (a lower bound on the tokens to the nearest sentence, from the parser state), so
+    grammars with unbounded terminals finish within ``max_tokens``; only texts of zero target
+    mass are removed, so the target stays exact (docs/constraints.md).
     """
     from ppl.stdlib._lark import LarkConstraint
 

@@ -20,11 +20,25 @@ TOL = 1e-4
 MAX_LEN = 24
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
+@pytest.fixture(scope="module", params=[(a, loop) for a in ("gpt2", "llama")
+                                         for loop in ("unroll", "scan")],
+                ids=lambda p: "-".join(p))
 def lm(request, tmp_path_factory, helpers, bpe_tokenizer):
-    folder = tmp_path_factory.mktemp(request.param)
-    helpers.random_checkpoint(request.param, folder, bpe_tokenizer, seed=3)
-    return M.load(folder)
+    arch, loop = request.param
+    folder = tmp_path_factory.mktemp(arch)
+    helpers.random_checkpoint(arch, folder, bpe_tokenizer, seed=3)
+    lm = M.load(folder, layer_loop=loop)
+    assert lm.layer_loop == loop
+    return lm
+
+
+def _per_layer(pair, lm, axis):
+    """``(k, v)`` of each layer, from either cache layout (a tuple per layer, or the stacked
+    pair with the layer axis at ``axis``)."""
+    if lm.layer_loop == "unroll":
+        return list(pair)
+    k, v = pair
+    return [(k.take(i, axis), v.take(i, axis)) for i in range(lm.n_layers)]
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +79,11 @@ def test_incremental_equals_full(lm, fns):
 def test_cache_layout(lm, fns):
     """The prompt's keys/values once (shared), a row of generated slots per sequence."""
     cache, _ = fns[0](lm.params, jnp.asarray([1, 2, 3]))
-    assert isinstance(cache, M.SharedCache) and len(cache.rows) == lm.n_layers
-    for k, v in cache.rows:
+    assert isinstance(cache, M.SharedCache)
+    assert len(_per_layer(cache.rows, lm, 1)) == lm.n_layers
+    for k, v in _per_layer(cache.rows, lm, 1):
         assert k.shape == v.shape == (1, lm.kv_heads, MAX_LEN - 3, lm.head_dim)
-    for k, v in cache.shared["kv"]:
+    for k, v in _per_layer(cache.shared["kv"], lm, 1):
         assert k.shape == v.shape == (1, 3, lm.kv_heads, lm.head_dim)
     assert cache.shared["length"].tolist() == [3]
     shared, per_row = lm.cache_layout_bytes(3, MAX_LEN - 3)
@@ -76,7 +91,8 @@ def test_cache_layout(lm, fns):
     assert shared == sum(x.nbytes for x in jax.tree.leaves(cache.shared))
     assert lm.init_cache_bytes(MAX_LEN) == shared - 4 + per_row
     many = M.broadcast_cache(cache, 5)
-    assert many.rows[0][0].shape[0] == 5 and many.shared["kv"][0][0].shape[0] == 1
+    assert all(x.shape[0] == 5 for x in jax.tree.leaves(many.rows))
+    assert all(x.shape[0] == 1 for x in jax.tree.leaves(many.shared["kv"]))
 
 
 def test_per_row_positions(lm, fns):
@@ -131,9 +147,9 @@ def test_stale_slots_are_masked(lm, fns):
     prefill, decode, _ = fns
     cache, _ = prefill(lm.params, jnp.asarray([3, 1, 4]))
     ref_cache, ref = decode(lm.params, cache, jnp.asarray([1]), jnp.asarray([3]))
-    dirty = cache._replace(rows=tuple(
-        (k.at[:, :, 1:].set(7.0), v.at[:, :, 1:].set(-7.0)) for k, v in cache.rows
-    ))
+    # Slot axis: 2 per layer (unrolled), 3 in the stacked [B, L, KVH, G, hd] layout.
+    dirty = cache._replace(rows=jax.tree.map(
+        lambda a: a.at[(slice(None),) * (a.ndim - 2) + (slice(1, None),)].set(7.0), cache.rows))
     _, got = decode(lm.params, dirty, jnp.asarray([1]), jnp.asarray([3]))
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-6, rtol=0)
 

@@ -30,8 +30,11 @@ def _case(name, tokenizers):
     gpt2_tok, bpe_tok, sp_tok = tokenizers
     if name == "gpt2":
         tok = gpt2_tok
+        # Per-layer attention scales (1 / layer), so the scanned layer loop is checked with a
+        # per-layer value that differs between layers.
         cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         scale_attn_by_inverse_layer_idx=True)
         return GPT2LMHeadModel, cfg, tok, None
     if name == "llama_gqa_untied":
         tok = sp_tok
@@ -93,7 +96,10 @@ def _torch_logprobs(model, ids):
     return torch.log_softmax(logits, -1).numpy()
 
 
-def test_logprobs_match_pytorch(case):
+@pytest.mark.parametrize("layer_loop", ["unroll", "scan"])
+def test_logprobs_match_pytorch(case, layer_loop):
+    """Both layer loops (a Python loop XLA unrolls; ``lax.scan`` over stacked layers, with
+    per-layer windows/scales as scanned data) against PyTorch."""
     import jax
     import jax.numpy as jnp
 
@@ -102,7 +108,7 @@ def test_logprobs_match_pytorch(case):
     name, model, folder, tok = case
     if name == "llama_tied_llama3_sharded":
         assert (folder / "model.safetensors.index.json").is_file(), "checkpoint was not sharded"
-    lm = M.load(folder)
+    lm = M.load(folder, layer_loop=layer_loop)
     assert lm.vocab_size == model.config.vocab_size
     assert lm.tokenizer is not None and len(lm.tokenizer) == len(tok)
     assert lm.eos_token_id == tok.eos_token_id

@@ -109,14 +109,17 @@ def test_variant_switches_are_on(case):
         assert lm.family.fused and windows == [5, 5] and lm.inv_freq.shape == (lm.head_dim // 4,)
 
 
-def test_logprobs_match_pytorch(case):
+@pytest.mark.parametrize("layer_loop", ["unroll", "scan"])
+def test_logprobs_match_pytorch(case, layer_loop):
+    """Both layer loops (a Python loop XLA unrolls; ``lax.scan`` over stacked layers, with
+    per-layer windows/scales as scanned data) against PyTorch."""
     import jax
     import jax.numpy as jnp
 
     import ppl.models as M
 
     name, model, folder, tok = case
-    lm = M.load(folder)
+    lm = M.load(folder, layer_loop=layer_loop)
     assert lm.vocab_size == model.config.vocab_size and lm.vocab.size == lm.vocab_size
     rng = np.random.default_rng(0)
     ids = [int(i) for i in rng.integers(3, len(tok), size=SEQ)]

@@ -167,3 +167,47 @@ def test_eos_is_likelier_after_a_finished_sentence(lm):
     open_ = tok.encode("There is no place like", add_special_tokens=False) + [eos]
     lp_done, lp_open = (lp[-1] for lp in _token_logprobs(lm, [done, open_]))
     assert lp_done > lp_open + 2.0, (lp_done, lp_open)
+
+
+def test_loads_without_transformers_as_transformers_would(tmp_path):
+    """``load("tiny")`` reads its config and tokenizer without transformers (whose import pulls
+    in PyTorch); the same files loaded through ``AutoConfig``/``AutoTokenizer`` (a copy of the
+    folder, which takes the general path) give the same tokenizer, vocabulary and model."""
+    import shutil
+    import subprocess
+    import sys
+
+    code = ("import sys, ppl; ppl.models.load('tiny'); "
+            "print(sorted(m for m in ('transformers', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+    fast = ppl.models.load("tiny")
+    copy = tmp_path / "tiny-copy"
+    shutil.copytree(TINY, copy)
+    slow = ppl.models.load(copy)
+    assert type(fast.tokenizer).__name__ == "TokenizersTokenizer"
+    assert type(slow.tokenizer).__name__ != "TokenizersTokenizer"
+    assert fast.vocab.token_bytes == slow.vocab.token_bytes
+    assert fast.vocab.special_ids == slow.vocab.special_ids
+    for attr in ("eos_token_id", "eos_token_ids", "bos_token_id", "add_bos_token", "vocab_size",
+                 "max_context", "eps", "scale", "n_layers", "head_dim", "kv_heads"):
+        assert getattr(fast, attr) == getattr(slow, attr), attr
+    np.testing.assert_array_equal(fast.layer_windows, slow.layer_windows)
+    np.testing.assert_array_equal(np.asarray(fast.inv_freq), np.asarray(slow.inv_freq))
+    assert fast.rope_attention_scaling == slow.rope_attention_scaling
+    assert len(fast.tokenizer) == len(slow.tokenizer)
+    assert fast.tokenizer.all_special_ids == sorted(slow.tokenizer.all_special_ids)
+    texts = SENTENCES + ["  two  spaces\tand a tab\n", "<|endoftext|>inside", "ünïcödé ✓ 日本", ""]
+    for text in texts:
+        for special in (False, True):
+            assert fast.tokenizer.encode(text, add_special_tokens=special) == list(
+                slow.tokenizer.encode(text, add_special_tokens=special)), (text, special)
+        assert fast.prompt_ids(text) == slow.prompt_ids(text)
+    ids = fast.encode(SENTENCES[0])
+    assert fast.tokenizer.convert_ids_to_tokens(ids) == slow.tokenizer.convert_ids_to_tokens(ids)
+    assert fast.tokenizer.convert_tokens_to_ids(EOS) == slow.tokenizer.convert_tokens_to_ids(EOS)
+    # Anything else is the full tokenizer's, loaded on first use.
+    assert fast.tokenizer(SENTENCES[1])["input_ids"] == slow.tokenizer(SENTENCES[1])["input_ids"]
+    assert fast.tokenizer.batch_decode([ids]) == slow.tokenizer.batch_decode([ids])
+    np.testing.assert_array_equal(fast.next_token_logprobs(ids), slow.next_token_logprobs(ids))
