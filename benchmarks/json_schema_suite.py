@@ -202,7 +202,7 @@ def _write_docs(out: dict) -> None:
         f"{out['ours']['tests']} tests, {out['wall_s']} s for ours. Categories as llguidance's "
         "report; per-keyword counts in docs/constraints.md.\n\n"
         "| engine | pass | false negative | compile error on valid | compile error | false positive |\n"
-        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
     replace_section("## JSON-Schema-Test-Suite (draft 2020-12)", body)
 
 

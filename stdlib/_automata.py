@@ -147,7 +147,8 @@ def _length_groups(vocab: Vocab) -> list[tuple[np.ndarray, np.ndarray]]:
 # ---- lifting bytes -> tokens ------------------------------------------------------------
 
 
-def lift(dfa: ByteDFA, vocab: Vocab, name: str = "constraint") -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+def lift(dfa: ByteDFA, vocab: Vocab, name: str = "constraint", method: str = "trie"
+         ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """Lifts a byte DFA to a token table over the states reachable at token boundaries.
 
     Only byte states reached after whole tokens become token states (states reachable only in
@@ -160,10 +161,18 @@ def lift(dfa: ByteDFA, vocab: Vocab, name: str = "constraint") -> tuple[np.ndarr
     ``table[:, columns]`` is the full ``[S, V]`` table. Column ``U`` (the last) is all-dead
     and is where special and empty tokens point.
 
+    The distinct tokens are advanced along their prefix trie (``method="trie"``): a
+    (state, trie node) pair costs one gather and is shared by every token through that
+    node, and a dead pair drops its whole subtree. ``method="columns"`` (the previous
+    implementation, kept as the reference the tests compare with) advances each token's
+    bytes separately; both give the same table.
+
     Returns:
         ``(table int32[S, U + 1], accepting bool[S], start, columns int64[V])`` with row 0
         the dead state; not yet pruned (see `to_automaton`).
     """
+    if method not in ("trie", "columns"):
+        raise ValueError(f"lift: method must be 'trie' or 'columns', got {method!r}")
     v = vocab.size
     # Bytes on which the DFA behaves identically form one class (e.g. "digit / '-' / other"
     # for a date regex: 50k tokens collapse to a few hundred distinct class sequences).
@@ -182,6 +191,7 @@ def lift(dfa: ByteDFA, vocab: Vocab, name: str = "constraint") -> tuple[np.ndarr
         columns[ids] = n_unique + inverse.reshape(-1)
         n_unique += len(first)
     columns[columns < 0] = n_unique  # special / empty tokens -> the all-dead column
+    trie = _token_trie(groups, byte_class) if method == "trie" else None
     flat = np.ascontiguousarray(dfa.trans, dtype=np.int64).ravel()
     local = np.zeros(dfa.num_states, np.int64)  # byte state -> token state (0 = unseen/dead)
     local[dfa.start] = 1
@@ -192,50 +202,159 @@ def lift(dfa: ByteDFA, vocab: Vocab, name: str = "constraint") -> tuple[np.ndarr
     while i < len(order):
         frontier = np.asarray(order[i : i + rows_per_block], np.int64)
         i += len(frontier)
-        out = np.zeros((len(frontier), n_unique + 1), np.int64)
-        f = len(frontier)
-        for off, mat in groups:
-            n, length = mat.shape
-            # All (state, token) pairs of this length group advance one byte position per
-            # step: cur <- trans[cur, byte_j], a single gather. Pairs that died are dropped
-            # once they are the majority (structured patterns kill most pairs at byte 0).
-            cur = np.repeat(frontier, n)
-            tok = None  # None: all pairs present, in [f, n] order
-            pos = None
-            for j in range(length):
-                byte_j = mat[:, j] if tok is None else mat[tok, j]
-                cur = flat[cur * 256 + (np.tile(byte_j, f) if tok is None else byte_j)]
-                if j + 1 < length:
-                    alive = cur != DEAD
-                    if 2 * int(np.count_nonzero(alive)) < alive.size:
-                        if tok is None:
-                            tok = np.tile(np.arange(n), f)
-                            pos = np.arange(f * n)
-                        cur, tok, pos = cur[alive], tok[alive], pos[alive]
-            if pos is None:
-                out[:, off : off + n] = cur.reshape(f, n)
-            else:
-                block = np.zeros(f * n, np.int64)
-                block[pos] = cur
-                out[:, off : off + n] = block.reshape(f, n)
-        seen = np.zeros(dfa.num_states, bool)
-        seen[out.ravel()] = True
-        seen[DEAD] = False
-        for s in np.flatnonzero(seen & (local == 0)):
-            order.append(int(s))
-            local[s] = len(order)
+        if method == "trie":
+            # only the live (state, token) ends: new states are numbered in increasing byte
+            # state order, as the reference does
+            fi, col, st = _advance_trie(flat, frontier, trie)
+            new = np.unique(st)
+            new = new[local[new] == 0]
+            local[new] = len(order) + 1 + np.arange(len(new))
+            order.extend(new.tolist())
+            block = np.zeros((len(frontier), n_unique + 1), np.int32)
+            block[fi, col] = local[st]
+        else:
+            out = _advance_columns(flat, frontier, groups, n_unique + 1)
+            seen = np.zeros(dfa.num_states, bool)
+            seen[out.ravel()] = True
+            seen[DEAD] = False
+            for s in np.flatnonzero(seen & (local == 0)):
+                order.append(int(s))
+                local[s] = len(order)
+            block = local.astype(np.int32)[out]
         if (len(order) + 1) * v * 4 > MAX_TABLE_BYTES:
             raise ValueError(
                 f"{name}: the token table would exceed {MAX_TABLE_BYTES >> 20} MiB "
                 f"(more than {len(order)} states x {v} tokens); shorten counted repeats such "
                 "as maxLength/maxItems/{m,n}, or split the constraint."
             )
-        rows.append(out)
-    table = np.zeros((len(order) + 1, n_unique + 1), np.int32)
-    table[1:] = local[np.concatenate(rows)]
+        rows.append(block)
+    table = np.empty((len(order) + 1, n_unique + 1), np.int32)
+    table[0] = 0
+    r = 1
+    for blk in rows:
+        table[r : r + len(blk)] = blk
+        r += len(blk)
     acc = np.zeros(len(order) + 1, bool)
     acc[1:] = dfa.accepting[np.asarray(order)]
     return table, acc, 1, columns
+
+
+def _advance_columns(flat: np.ndarray, frontier: np.ndarray, groups: list, width: int) -> np.ndarray:
+    """``out[i, u]``: the byte state after unique token ``u`` from ``frontier[i]``, each
+    token's bytes advanced separately (the reference for `_advance_trie`)."""
+    out = np.zeros((len(frontier), width), np.int64)
+    f = len(frontier)
+    for off, mat in groups:
+        n, length = mat.shape
+        # All (state, token) pairs of this length group advance one byte position per
+        # step: cur <- trans[cur, byte_j], a single gather. Pairs that died are dropped
+        # once they are the majority (structured patterns kill most pairs at byte 0).
+        cur = np.repeat(frontier, n)
+        tok = None  # None: all pairs present, in [f, n] order
+        pos = None
+        for j in range(length):
+            byte_j = mat[:, j] if tok is None else mat[tok, j]
+            cur = flat[cur * 256 + (np.tile(byte_j, f) if tok is None else byte_j)]
+            if j + 1 < length:
+                alive = cur != DEAD
+                if 2 * int(np.count_nonzero(alive)) < alive.size:
+                    if tok is None:
+                        tok = np.tile(np.arange(n), f)
+                        pos = np.arange(f * n)
+                    cur, tok, pos = cur[alive], tok[alive], pos[alive]
+        if pos is None:
+            out[:, off : off + n] = cur.reshape(f, n)
+        else:
+            block = np.zeros(f * n, np.int64)
+            block[pos] = cur
+            out[:, off : off + n] = block.reshape(f, n)
+    return out
+
+
+def _token_trie(groups: list, byte_class: np.ndarray) -> tuple:
+    """The prefix trie of the distinct tokens (as byte-class sequences), level by level.
+
+    Returns ``(rep, child_start, child_count, end_col, n_root)``: for every node (numbered
+    level by level, children of a node contiguous, the ``n_root`` first-level nodes first)
+    a representative byte of its class, its children's range, and the unique-token column
+    ending there (-1: none).
+    """
+    n_cls = int(byte_class.max()) + 1
+    rep_of_class = np.zeros(n_cls, np.int64)
+    rep_of_class[byte_class[::-1]] = np.arange(255, -1, -1)  # lowest byte of each class
+    cls = [(off, np.asarray(byte_class[mat], np.int64)) for off, mat in groups]
+    prev = [None] * len(cls)  # node id (global) of each token's prefix so far
+    reps, parents, ends = [], [], []
+    base = 0
+    k = 0
+    while True:
+        keys, who = [], []
+        for g, (off, cm) in enumerate(cls):
+            if cm.shape[1] > k:
+                p = prev[g] if k else np.zeros(cm.shape[0], np.int64)
+                keys.append(p * n_cls + cm[:, k])
+                who.append(g)
+        if not keys:
+            break
+        allk = np.concatenate(keys)
+        uniq, inv = np.unique(allk, return_inverse=True)
+        inv = inv.reshape(-1) + base
+        parents.append(uniq // n_cls if k else np.full(len(uniq), -1, np.int64))
+        reps.append(rep_of_class[uniq % n_cls])
+        pos = 0
+        end = np.full(len(uniq), -1, np.int64)
+        for g, kk in zip(who, keys):
+            off, cm = cls[g]
+            ids = inv[pos : pos + len(kk)]
+            pos += len(kk)
+            prev[g] = ids
+            if cm.shape[1] == k + 1:  # these tokens end at level k
+                end[ids - base] = off + np.arange(cm.shape[0])
+        ends.append(end)
+        base += len(uniq)
+        k += 1
+    n_nodes = base
+    rep = np.concatenate(reps)
+    end_col = np.concatenate(ends)
+    parent = np.concatenate(parents)
+    child_count = np.bincount(parent[parent >= 0], minlength=n_nodes).astype(np.int64)
+    child_start = np.zeros(n_nodes, np.int64)
+    has = parent >= 0
+    # children are sorted by parent (np.unique sorts the keys parent * n_cls + class)
+    kids = np.flatnonzero(has)
+    first = np.searchsorted(parent[kids], np.arange(n_nodes), side="left")
+    child_start[:] = kids[np.minimum(first, len(kids) - 1)] if len(kids) else 0
+    return rep, child_start, child_count, end_col, len(reps[0]) if reps else 0
+
+
+def _advance_trie(flat: np.ndarray, frontier: np.ndarray, trie: tuple) -> tuple:
+    """As `_advance_columns`, walking the token trie over live (state, node) pairs only;
+    returns the live entries ``(row, column, byte state)`` (every other entry is dead)."""
+    rep, child_start, child_count, end_col, n_root = trie
+    f = len(frontier)
+    ends = []
+    fi = np.repeat(np.arange(f), n_root)
+    node = np.tile(np.arange(n_root), f)
+    state = flat[np.repeat(frontier, n_root) * 256 + rep[node]]
+    while fi.size:
+        alive = state != DEAD
+        fi, node, state = fi[alive], node[alive], state[alive]
+        col = end_col[node]
+        e = col >= 0
+        ends.append((fi[e], col[e], state[e]))
+        counts = child_count[node]
+        total = int(counts.sum())
+        if not total:
+            break
+        starts = np.cumsum(counts) - counts
+        within = np.arange(total) - np.repeat(starts, counts)
+        node = np.repeat(child_start[node], counts) + within
+        fi = np.repeat(fi, counts)
+        state = flat[np.repeat(state, counts) * 256 + rep[node]]
+    if not ends:
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    return tuple(np.concatenate(x) for x in zip(*ends))
 
 
 # ---- pruning, renumbering, device arrays --------------------------------------------------
@@ -255,6 +374,56 @@ def _edges(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         srcs.append(a + lo)
         dsts.append(b)
     return np.concatenate(srcs), np.concatenate(dsts)
+
+
+def _csr(keys: np.ndarray, vals: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(keys, kind="stable")
+    return np.searchsorted(keys[order], np.arange(n + 1)), vals[order]
+
+
+def _gather_neighbours(starts: np.ndarray, vals: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """The neighbours of ``nodes``, node after node, each node's in CSR order."""
+    lo, hi = starts[nodes], starts[nodes + 1]
+    counts = hi - lo
+    total = int(counts.sum())
+    if not total:
+        return np.zeros(0, vals.dtype)
+    idx = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(lo, counts)
+    return vals[idx]
+
+
+def _bfs_order(src: np.ndarray, dst: np.ndarray, n: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """States reachable from ``start`` in breadth-first order (a queue that visits each
+    state's successors in increasing order, level by level, vectorised), and the mask."""
+    starts, vals = _csr(src, dst, n)
+    reach = np.zeros(n, bool)
+    reach[start] = True
+    levels = [np.asarray([start], np.int64)]
+    frontier = levels[0]
+    while frontier.size:
+        cand = _gather_neighbours(starts, vals, frontier)
+        cand = cand[~reach[cand]]
+        # first occurrences, in discovery order
+        _, first = np.unique(cand, return_index=True)
+        frontier = cand[np.sort(first)].astype(np.int64)
+        reach[frontier] = True
+        levels.append(frontier)
+    return np.concatenate(levels), reach
+
+
+def _coreachable(src: np.ndarray, dst: np.ndarray, n: int, seeds: np.ndarray,
+                 allowed: np.ndarray) -> np.ndarray:
+    """Mask of the ``allowed`` states from which a ``seeds`` state is reachable through
+    ``allowed`` states (backward search over the reversed edges)."""
+    starts, vals = _csr(dst, src, n)
+    found = seeds.copy()
+    frontier = np.flatnonzero(found)
+    while frontier.size:
+        cand = _gather_neighbours(starts, vals, frontier)
+        cand = np.unique(cand[allowed[cand] & ~found[cand]])
+        found[cand] = True
+        frontier = cand
+    return found
 
 
 def prune(
@@ -292,39 +461,14 @@ def prune(
     acc[DEAD] = False
     n = table.shape[0]
     src, dst = _edges(table)
-    # forward reachability from start
-    order_f = np.argsort(src, kind="stable")
-    src_f, dst_f = src[order_f], dst[order_f]
-    starts_f = np.searchsorted(src_f, np.arange(n + 1))
-    reach = np.zeros(n, bool)
-    reach[start] = True
-    bfs = [start]
-    k = 0
-    while k < len(bfs):
-        s = bfs[k]
-        k += 1
-        for t in dst_f[starts_f[s] : starts_f[s + 1]]:
-            if not reach[t]:
-                reach[t] = True
-                bfs.append(int(t))
-    # backward (co-)reachability from accepting states, over the reversed edges
-    order_b = np.argsort(dst, kind="stable")
-    src_b, dst_b = src[order_b], dst[order_b]
-    starts_b = np.searchsorted(dst_b, np.arange(n + 1))
-    coacc = acc & reach
-    stack = list(np.flatnonzero(coacc))
-    while stack:
-        s = stack.pop()
-        for t in src_b[starts_b[s] : starts_b[s + 1]]:
-            if not coacc[t] and reach[t]:
-                coacc[t] = True
-                stack.append(int(t))
+    bfs, reach = _bfs_order(src, dst, n, start)
+    coacc = _coreachable(src, dst, n, acc & reach, reach)
     if not coacc[start]:
         raise ValueError(
             f"{name}: no text that this vocabulary's tokens can spell satisfies the constraint "
             "(the automaton is empty after pruning)."
         )
-    kept = [s for s in bfs if coacc[s]]  # BFS order, start first
+    kept = bfs[coacc[bfs]]  # BFS order, start first
     new = np.zeros(n, np.int32)
     new[np.asarray(kept)] = np.arange(1, len(kept) + 1, dtype=np.int32)
     out = np.zeros((len(kept) + 1, table.shape[1]), np.int32)

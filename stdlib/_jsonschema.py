@@ -2,8 +2,10 @@
 
 The language is a set of *texts*: a document is accepted in its canonical serialisation
 (``json.dumps(doc, ensure_ascii=False, separators=seps)`` with object members in schema
-order: declared ``properties`` first, in the order the schema lists them, then any other
-members), or, with ``whitespace=True``, with any JSON whitespace between tokens.
+order: declared ``properties`` first, in the order the schema lists them, followed by those
+its in-place parts (``$ref``, ``allOf``, ``anyOf``, ``oneOf``, ``if``/``then``/``else``,
+``dependentSchemas``) declare, then any other members), or, with ``whitespace=True``, with
+any JSON whitespace between tokens.
 
 How keywords compile (all exact unless listed under approximations):
 
@@ -19,7 +21,13 @@ How keywords compile (all exact unless listed under approximations):
   ``minContains``/``maxContains``/``minProperties``/``maxProperties``, the declared-member
   order and ``required``).
 * ``$ref`` into the same document (``#``, ``#/$defs/...``, JSON pointers, ``$anchor``);
-  recursion is unrolled until the nesting depth ``max_depth`` is used up.
+  recursion is unrolled until the nesting depth ``max_depth`` is used up. ``$dynamicRef``
+  resolves as draft 2020-12 says: like ``$ref``, then, when the target carries the
+  ``$dynamicAnchor`` the fragment names, to the outermost resource of the dynamic scope
+  (the resources entered on the way) with that ``$dynamicAnchor``.
+* ``dependentSchemas``: per member ``k``, ``sub ∪ (objects without k)`` (the latter exact).
+* ``unevaluatedProperties`` / ``unevaluatedItems``: by evaluation cases (see
+  `_Compiler.unevaluated`), exact.
 
 Approximations are *sound*: each sub-schema is compiled either as a subset (positive
 position) or a superset (under ``not``, in the condition of ``if``, in the other branches of
@@ -52,10 +60,10 @@ ANNOTATIONS = frozenset(
      "contentMediaType", "contentEncoding", "contentSchema", "$defs", "definitions"}
 )
 #: Keywords of draft 2020-12 that are not implemented: refused with a message naming them.
-UNSUPPORTED = frozenset(
-    {"unevaluatedItems", "unevaluatedProperties", "dependentSchemas", "$dynamicRef",
-     "$recursiveRef", "dependencies"}
-)
+UNSUPPORTED = frozenset({"$recursiveRef", "dependencies"})
+#: most evaluation cases (combinations of anyOf/oneOf/if/dependentSchemas branches) an
+#: ``unevaluatedProperties``/``unevaluatedItems`` may distinguish
+MAX_EVAL_CASES = 64
 DEFAULT_DEPTH = 3
 
 _DIG = F.CharSet.range("0", "9")
@@ -411,12 +419,20 @@ class _Compiler:
         self.max_states = max_states
         self.ws = whitespace
         self.anchors = {}
+        self.dyn_anchors = {}
         self.ids = {}
         self.base_of = {}
         self._index(root, "")
         self._base = ""
         self._universe: dict = {}
         self._ref_chain = 0
+        #: the dynamic scope: base URIs of the schema resources entered, outermost first
+        self._scope: list = []
+        self._eval_chain = 0
+        self._eval_kw = "unevaluatedProperties"
+        #: member names declared by the in-place subschemas at the current instance location
+        #: (see `inplace_names`); None between locations
+        self._ctx = None
 
     # -- references --
     def _index(self, s, path, base: str = ""):
@@ -428,9 +444,19 @@ class _Compiler:
                 self.ids[base] = s
             if isinstance(s.get("$anchor"), str):
                 self.anchors[(base, s["$anchor"])] = s
+            if isinstance(s.get("$dynamicAnchor"), str):
+                # a $dynamicAnchor is also a plain anchor for $ref and for the initial
+                # resolution of $dynamicRef
+                self.anchors.setdefault((base, s["$dynamicAnchor"]), s)
+                self.dyn_anchors.setdefault((base, s["$dynamicAnchor"]), s)
             self.base_of[id(s)] = base
             for k, v in s.items():
                 if k in ("enum", "const", "examples", "default"):
+                    continue  # values, not schemas
+                if k in _NAME_MAPS and isinstance(v, dict):
+                    # names of subschemas: a $defs entry may be called "default"
+                    for name, sub in v.items():
+                        self._index(sub, f"{path}/{k}/{name}", base)
                     continue
                 self._index(v, f"{path}/{k}", base)
         elif isinstance(s, list):
@@ -463,6 +489,46 @@ class _Compiler:
             else:
                 raise _fail(path, f"'$ref' {ref!r} does not resolve in this schema")
         return node
+
+    def resolve_dynamic(self, ref: str, path: str, base: str = ""):
+        """The schema a ``$dynamicRef`` names (draft 2020-12, section 8.2.3.2): resolved as
+        ``$ref``; when the fragment is a plain name and the schema found carries a
+        ``$dynamicAnchor`` of that name, the outermost resource of the dynamic scope (the
+        resources entered on the way here) with a ``$dynamicAnchor`` of that name wins."""
+        if not isinstance(ref, str):
+            raise _fail(path, f"'$dynamicRef' must be a string, got {ref!r}")
+        target = self.resolve(ref, path, base)
+        frag = urllib.parse.unquote(_join(base, ref).partition("#")[2])
+        if frag and not frag.startswith("/") and isinstance(target, dict) \
+                and target.get("$dynamicAnchor") == frag:
+            for b in self._scope:
+                got = self.dyn_anchors.get((b, frag))
+                if got is not None:
+                    return got
+        return target
+
+    def _enter(self, s):
+        """Makes ``s`` the current schema: its base URI, and its resource pushed on the
+        dynamic scope when it starts a new one. Returns the state for `_leave`."""
+        saved = (self._base, len(self._scope))
+        self._base = self.base_of.get(id(s), self._base)
+        if not self._scope or self._scope[-1] != self._base:
+            self._scope.append(self._base)
+        return saved
+
+    def _leave(self, saved):
+        self._base = saved[0]
+        del self._scope[saved[1]:]
+
+    def refs_of(self, s, path):
+        """``[(target, path)]`` of the ``$ref`` and ``$dynamicRef`` of ``s``."""
+        out = []
+        if "$ref" in s:
+            out.append((self.resolve(s["$ref"], path + "/$ref", self._base), path + "/$ref"))
+        if "$dynamicRef" in s:
+            out.append((self.resolve_dynamic(s["$dynamicRef"], path + "/$dynamicRef", self._base),
+                        path + "/$dynamicRef"))
+        return out
 
     # -- universes --
     def sep(self, ch: str) -> F.Node:
@@ -524,12 +590,74 @@ class _Compiler:
         for kw in s:
             if kw in UNSUPPORTED:
                 raise _fail(path, f"unsupported keyword {kw!r}")
-        outer_base = self._base
-        self._base = self.base_of.get(id(s), self._base)
+        fresh = self._ctx is None
+        if fresh:
+            self._ctx = self.inplace_names(s)
+        saved = self._enter(s)
         try:
             return self._compile(s, path, d, pol)
         finally:
-            self._base = outer_base
+            self._leave(saved)
+            if fresh:
+                self._ctx = None
+
+    def descend(self, s, path, d, pol) -> dict:
+        """`compile` at a new instance location (a member or an item): a fresh context."""
+        outer, self._ctx = self._ctx, None
+        try:
+            return self.compile(s, path, d, pol)
+        finally:
+            self._ctx = outer
+
+    def inplace_pieces(self, s) -> list:
+        """The schemas applying to the same instance as ``s`` (``s``, then through ``$ref``,
+        ``$dynamicRef`` (resolved statically), ``allOf``, ``anyOf``, ``oneOf``, ``if``,
+        ``then``, ``else``, ``dependentSchemas``; not through ``not``), in that order."""
+        out, seen = [], set()
+
+        def walk(x, depth):
+            if not isinstance(x, dict) or id(x) in seen or depth > 32:
+                return
+            seen.add(id(x))
+            out.append(x)
+            base = self.base_of.get(id(x), "")
+            for kw in ("$ref", "$dynamicRef"):
+                if isinstance(x.get(kw), str):
+                    try:
+                        walk(self.resolve(x[kw], "", base), depth + 1)
+                    except ValueError:
+                        pass
+            for kw in ("allOf", "anyOf", "oneOf"):
+                if isinstance(x.get(kw), list):
+                    for y in x[kw]:
+                        walk(y, depth + 1)
+            for kw in ("if", "then", "else"):
+                walk(x.get(kw), depth + 1)
+            if isinstance(x.get("dependentSchemas"), dict):
+                for y in x["dependentSchemas"].values():
+                    walk(y, depth + 1)
+
+        walk(s, 0)
+        return out
+
+    def inplace_names(self, s) -> list:
+        """Member names the in-place subschemas of ``s`` declare (``properties``,
+        ``required``, ``dependentRequired``), in `inplace_pieces` order: the canonical member
+        order at this location, shared by all those subschemas so that their orders agree."""
+        names: dict = {}
+        for x in self.inplace_pieces(s):
+            props = x.get("properties")
+            if isinstance(props, dict):
+                names.update(dict.fromkeys(props))
+            if isinstance(x.get("required"), list):
+                names.update(dict.fromkeys(r for r in x["required"] if isinstance(r, str)))
+            dep = x.get("dependentRequired")
+            if isinstance(dep, dict):
+                for a, bs in dep.items():
+                    names[a] = None
+                    if isinstance(bs, list):
+                        names.update(dict.fromkeys(b for b in bs if isinstance(b, str)))
+        return list(names)
 
     def _compile(self, s, path, d, pol):
         # None: the slot is the universe (materialised only when something needs it, so an
@@ -548,15 +676,14 @@ class _Compiler:
             else:
                 slots[t] = F.inter(cur, node)
 
-        if "$ref" in s:
-            target = self.resolve(s["$ref"], path + "/$ref", self._base)
+        for target, rpath in self.refs_of(s, path):
             self._ref_chain += 1
             try:
                 if self._ref_chain > 24:
                     # a reference cycle that does not descend into the document
                     sub = {t: (F.EMPTY if pol else self.universe(t, d)) for t in SLOTS}
                 else:
-                    sub = self.compile(target, path + "/$ref", d, pol)
+                    sub = self.compile(target, rpath, d, pol)
             finally:
                 self._ref_chain -= 1
             for t in SLOTS:
@@ -651,7 +778,244 @@ class _Compiler:
             narrow("array", self.array_node(s, path, d, pol))
         if live("object") and _has(s, _OBJECT_KW):
             narrow("object", self.object_node(s, path, d, pol))
+        if "dependentSchemas" in s:
+            deps = s["dependentSchemas"]
+            if not isinstance(deps, dict):
+                raise _fail(path, "'dependentSchemas' must be an object of schemas")
+            for k, sub in deps.items():
+                if not live("object"):
+                    break
+                # (has k => sub) == sub or not has k; "not has k" is exact, so this is a
+                # subset/superset exactly when sub's compilation is
+                c = self.compile(sub, f"{path}/dependentSchemas/{_ptr(k)}", d, pol)
+                narrow("object", F.alt(c["object"], self.key_node(k, d, False)))
+        if "unevaluatedProperties" in s and live("object"):
+            narrow("object", self.unevaluated(s, path, d, pol, "object"))
+        if "unevaluatedItems" in s and live("array"):
+            narrow("array", self.unevaluated(s, path, d, pol, "array"))
         return {t: (self.universe(t, d) if n is None else n) for t, n in slots.items()}
+
+    # -- dependentSchemas, unevaluatedProperties, unevaluatedItems --
+    def key_node(self, k: str, d: int, present: bool) -> F.Node:
+        """Objects (any member order, keys in any spelling) that have (``present``) or lack a
+        member named ``k``: exact within the universe."""
+        key = ("key", k, d, present)
+        if key in self._universe:
+            return self._universe[key]
+        if d <= 0:
+            return F.EMPTY
+        v = self.value_universe(d - 1)
+        other = self.string_text(F.compile_dfa(F.inter(F.star(F.ANY), F.neg(F.lit(k))),
+                                               self.max_states, "json_schema key"))
+        other_m = F.cat(other, self.sep(":"), v)
+        if present:
+            this_m = F.cat(self.literal_node(k, "", False), self.sep(":"), v)
+            n = self.list_node("{", "}", [this_m, other_m], _seen_first, _is_one, 0)
+        else:
+            n = self.list_node("{", "}", [other_m], _loop, _yes, 0)
+        self._universe[key] = n
+        return n
+
+    def unevaluated(self, s, path, d, pol, kind) -> F.Node:
+        """The ``unevaluatedProperties`` (kind "object") or ``unevaluatedItems`` ("array")
+        constraint of ``s``.
+
+        Which members/items count as evaluated depends on which in-place subschemas
+        (``allOf``/``anyOf``/``oneOf``/``if``-``then``-``else``/``dependentSchemas``/``$ref``/
+        ``$dynamicRef``) the instance satisfies. `eval_cases` lists *cases* ``(C, K)``: when
+        the instance is in ``C`` (and valid), at least the members/items described by ``K``
+        are evaluated; for every valid instance some case has ``K`` = exactly its evaluated
+        set. Since the constraint ``U(K)`` ("every member outside K satisfies the schema")
+        only weakens as K grows, ``valid(s) = rest(s) ∧ ∪_cases (C ∩ U(K))``, exactly, and
+        with every part compiled with the same polarity the union is a subset (positive
+        positions) or a superset (under a negation) as required.
+        """
+        kw = "unevaluatedProperties" if kind == "object" else "unevaluatedItems"
+        outer_kw, self._eval_kw = self._eval_kw, kw
+        try:
+            cases = self.eval_cases(s, path, d, pol, kind, own=False)
+        finally:
+            self._eval_kw = outer_kw
+        out = []
+        for C, K in cases:
+            u = self.unevaluated_node(kind, K, s[kw], f"{path}/{kw}", d, pol)
+            if u is None:
+                out.append(C if C is not None else self.universe(kind, d))
+            else:
+                out.append(F.inter(C, u) if C is not None else u)
+        return F.alt(*out)
+
+    def unevaluated_node(self, kind, K, u, path, d, pol):
+        """Arrays/objects whose members/items outside ``K`` satisfy ``u``: exact up to the
+        compilation of ``u``; None when ``K`` covers everything."""
+        if (K[2] if kind == "object" else K[1]):
+            return None
+        if d <= 0:
+            return F.EMPTY
+        uval = self.sub_value(u, path, d - 1, pol)
+        if kind == "array":
+            prefix, _, contains = K
+            late = F.alt(uval, *contains)
+
+            def delta(q, a):
+                if a == 0:
+                    return q + 1 if q < prefix else None
+                return q if q >= prefix else None
+
+            return self.list_node("[", "]", [self.value_universe(d - 1), late], delta, _yes, 0)
+        names, pats, _ = K
+        parts = [F.lit(n) for n in sorted(names)]
+        for p in sorted(pats):
+            try:
+                parts.append(ecma_search_node(p))
+            except ValueError as e:
+                raise _fail(path, str(e)) from None
+        ev = F.alt(*parts)
+        what = f"json_schema object at {path}"
+        ev_dfa = F.compile_dfa(ev, self.max_states, what)
+        un_dfa = F.compile_dfa(F.inter(F.star(F.ANY), F.neg(ev)), self.max_states, what)
+        elems = []
+        if not ev_dfa.is_empty():
+            elems.append(F.cat(self.string_text(ev_dfa), self.sep(":"), self.value_universe(d - 1)))
+        if not un_dfa.is_empty() and uval.op != "empty":
+            elems.append(F.cat(self.string_text(un_dfa), self.sep(":"), uval))
+        return self.list_node("{", "}", elems, _loop, _yes, 0)
+
+    def own_evaluated(self, s, path, d, pol, kind, own):
+        """What the keywords of ``s`` itself evaluate (its subschemas aside)."""
+        if kind == "object":
+            props = s.get("properties", {})
+            pats = s.get("patternProperties", {})
+            names = frozenset(props) if isinstance(props, dict) else frozenset()
+            pats = frozenset(pats) if isinstance(pats, dict) else frozenset()
+            every = "additionalProperties" in s or (own and "unevaluatedProperties" in s)
+            return (names, pats, every)
+        prefix = s.get("prefixItems", [])
+        n = len(prefix) if isinstance(prefix, list) else 0
+        every = "items" in s or (own and "unevaluatedItems" in s)
+        contains = ()
+        if "contains" in s and not every and d > 0:
+            contains = (self.sub_value(s["contains"], path + "/contains", d - 1, pol),)
+        return (n, every, contains)
+
+    @staticmethod
+    def _k_union(kind, a, b):
+        if kind == "object":
+            return (a[0] | b[0], a[1] | b[1], a[2] or b[2])
+        every = a[1] or b[1]
+        return (max(a[0], b[0]), every, () if every else tuple(dict.fromkeys(a[2] + b[2])))
+
+    @staticmethod
+    def _k_covers(kind, a, b) -> bool:
+        """Whether ``a`` evaluates at least what ``b`` does."""
+        if kind == "object":
+            return a[2] or (not b[2] and b[0] <= a[0] and b[1] <= a[1])
+        return a[1] or (not b[1] and b[0] <= a[0] and set(b[2]) <= set(a[2]))
+
+    def _k_empty(self, kind):
+        return (frozenset(), frozenset(), False) if kind == "object" else (0, False, ())
+
+    def _product(self, kind, xs, ys, path):
+        out = []
+        for C1, K1 in xs:
+            for C2, K2 in ys:
+                C = C2 if C1 is None else (C1 if C2 is None else F.inter(C1, C2))
+                if C is not None and C.op == "empty":
+                    continue
+                out.append((C, self._k_union(kind, K1, K2)))
+        return self._prune(kind, out, path)
+
+    def _prune(self, kind, cases, path):
+        out = []
+        for C, K in cases:
+            if any((C2 is None or C2 == C) and self._k_covers(kind, K2, K) for C2, K2 in out):
+                continue
+            out = [(C2, K2) for C2, K2 in out
+                   if not ((C is None or C == C2) and self._k_covers(kind, K, K2))]
+            out.append((C, K))
+        if len(out) > MAX_EVAL_CASES:
+            raise _fail(path, f"{self._eval_kw!r}: more than {MAX_EVAL_CASES} evaluation cases "
+                        "(combinations of anyOf/oneOf/if/dependentSchemas branches that evaluate "
+                        "different members) are not supported")
+        return out
+
+    def eval_cases(self, s, path, d, pol, kind, own=True):
+        """``[(C, K)]``: see `unevaluated`. ``C`` is a Node of slot ``kind`` (None: no
+        condition); ``own``: whether ``s``'s own unevaluated keyword counts (it does in a
+        subschema: it evaluates everything it validated)."""
+        empty = self._k_empty(kind)
+        if not isinstance(s, dict):
+            return [(None, empty)]
+        saved = self._enter(s)
+        self._eval_chain += 1
+        try:
+            if self._eval_chain > 24:
+                raise _fail(path, f"{self._eval_kw!r} through a reference cycle that does not "
+                            "descend into the instance is not supported")
+            return self._eval_cases(s, path, d, pol, kind, own, empty)
+        finally:
+            self._eval_chain -= 1
+            self._leave(saved)
+
+    def _eval_cases(self, s, path, d, pol, kind, own, empty):
+        cases = [(None, self.own_evaluated(s, path, d, pol, kind, own))]
+
+        def branch(sub, spath):
+            """Cases of a subschema that may fail: conditioned on its validity."""
+            c = self.compile(sub, spath, d, pol)[kind]
+            out = []
+            for C, K in self.eval_cases(sub, spath, d, pol, kind):
+                if K != empty:
+                    C2 = c if C is None else F.inter(c, C)
+                    if C2.op != "empty":
+                        out.append((C2, K))
+            return out
+
+        for target, rpath in self.refs_of(s, path):
+            cases = self._product(kind, cases, self.eval_cases(target, rpath, d, pol, kind), path)
+        for k, sub in enumerate(s.get("allOf", []) if isinstance(s.get("allOf"), list) else []):
+            cases = self._product(kind, cases, self.eval_cases(sub, f"{path}/allOf/{k}", d, pol, kind),
+                                  path)
+        # a subset of the satisfied branches also witnesses the case (U only weakens as K
+        # grows): the empty subset (None, empty) is always a sound case
+        for kw in ("anyOf", "oneOf"):
+            subs = s.get(kw)
+            if not isinstance(subs, list):
+                continue
+            per = [b for b in (branch(sub, f"{path}/{kw}/{k}") for k, sub in enumerate(subs)) if b]
+            if kw == "oneOf":
+                opts = [(None, empty)] + [x for b in per for x in b]
+            else:
+                opts = [(None, empty)]
+                for b in per:
+                    opts = opts + self._product(kind, opts, b, path)
+            cases = self._product(kind, cases, self._prune(kind, opts, path), path)
+        if "if" in s:
+            ipath = path + "/if"
+            # when `if` holds: its cases and those of `then` (which must then hold too)
+            c_if = self.compile(s["if"], ipath, d, pol)[kind]
+            then = (self.eval_cases(s["then"], path + "/then", d, pol, kind) if "then" in s
+                    else [(None, empty)])
+            opts = [(None, empty)] + self._product(
+                kind, [(c_if, empty)] + branch(s["if"], ipath), then, path)
+            els = [x for x in self.eval_cases(s.get("else", True), path + "/else", d, pol, kind)
+                   if x[1] != empty]
+            if els:
+                co = self.compile(s["if"], ipath, d, not pol)[kind]
+                nif = F.inter(self.universe(kind, d), F.neg(co)) if co.op != "empty" else None
+                opts += [(nif if C is None else (C if nif is None else F.inter(nif, C)), K)
+                         for C, K in els]
+            cases = self._product(kind, cases, self._prune(kind, opts, path), path)
+        deps = s.get("dependentSchemas")
+        if kind == "object" and isinstance(deps, dict):
+            for k, sub in deps.items():
+                spath = f"{path}/dependentSchemas/{_ptr(k)}"
+                has = self.key_node(k, d, True)
+                opts = [(None, empty)] + [(has if C is None else F.inter(has, C), K)
+                                          for C, K in self.eval_cases(sub, spath, d, pol, kind)
+                                          if K != empty]
+                cases = self._product(kind, cases, opts, path)
+        return cases
 
     def literal_node(self, v, path: str, pol: bool = False) -> F.Node:
         """Every text of the universe that denotes the JSON value ``v`` (equal numbers in
@@ -772,7 +1136,7 @@ class _Compiler:
         return self.string_text(value)
 
     def sub_value(self, s, path, d, pol) -> F.Node:
-        c = self.compile(s, path, d, pol)
+        c = self.descend(s, path, d, pol)
         return F.alt(*[c[t] for t in SLOTS])
 
     def array_node(self, s, path, d, pol) -> F.Node:
@@ -877,12 +1241,18 @@ class _Compiler:
         dep = s.get("dependentRequired", {})
         lo = _count(s, "minProperties", path) or 0
         hi = _count(s, "maxProperties", path)
-        # declared members: required ones not in properties are declared with schema true
+        # declared members: those of every in-place subschema at this location, in one order
+        # (so that the canonical orders of allOf/$ref/... parts agree); a name this schema
+        # does not list in properties takes its value schema from patternProperties /
+        # additionalProperties, as an undeclared member would
         names = list(props) + [r for r in dict.fromkeys(req) if r not in props]
         for a, bs in dep.items():
             for b in [a, *bs]:
                 if b not in names:
                     names.append(b)
+        ctx = self._ctx or []
+        if ctx and len(set(ctx) | set(names)) <= 48:
+            names = list(dict.fromkeys(list(ctx) + names))
         if len(names) > 48:
             raise _fail(path, f"{len(names)} declared properties exceed the limit of 48")
         pats = []
@@ -893,19 +1263,26 @@ class _Compiler:
                 raise _fail(path + "/patternProperties", str(e)) from None
             pats.append((p, node, F.compile_dfa(node, self.max_states, "patternProperties")))
         what = f"json_schema object at {path or '#'}"
-        name_ok = self.compile(pnames, path + "/propertyNames", 0, pol)["string"]
+        name_ok = self.descend(pnames, path + "/propertyNames", 0, pol)["string"]
         name_dfa = F.compile_dfa(name_ok, self.max_states, what) if name_ok.op != "empty" else None
         elems, kinds = [], []
         for j, name in enumerate(names):
-            sch = [props.get(name, True)]
+            sch = [props[name]] if name in props else []
             for p, node, pd in pats:
                 if pd.accepts(name):
                     sch.append(pprops[p])
+            if not sch:
+                if addl is False:
+                    continue  # never a member here (it may still be required: then empty)
+                sch = [addl]
             key_text = canonical_text(name)
             if name_dfa is None or not _accepts_text(name_dfa, key_text):
                 continue  # propertyNames rejects this name: the member never occurs
             vals = [self.sub_value(x, f"{path}/properties/{name}", d - 1, pol) for x in sch]
-            elems.append(F.cat(F.lit(key_text), self.sep(":"), F.inter(*vals)))
+            # under a negation (a superset) the key in every spelling, else "\u0061" would
+            # escape the declared member's schema
+            key_node = F.lit(key_text) if pol else self.literal_node(name, path, False)
+            elems.append(F.cat(key_node, self.sep(":"), F.inter(*vals)))
             kinds.append(("decl", j))
         declared = F.alt(*[F.lit(n) for n in names]) if names else F.EMPTY
         req_idx = {names.index(r) for r in req}
@@ -992,6 +1369,9 @@ _OBJECT_KW = {"properties", "required", "additionalProperties", "patternProperti
               "propertyNames", "minProperties", "maxProperties", "dependentRequired"}
 
 
+_NAME_MAPS = {"$defs", "definitions", "properties", "patternProperties", "dependentSchemas"}
+
+
 def _has(s: dict, kws) -> bool:
     return any(k in s for k in kws)
 
@@ -1074,6 +1454,18 @@ def _loop(q, a):
     return 0
 
 
+def _seen_first(q, a):
+    return 1 if a == 0 else q
+
+
+def _is_one(q):
+    return q == 1
+
+
+def _ptr(k: str) -> str:
+    return k.replace("~", "~0").replace("/", "~1")
+
+
 def _yes(q):
     return True
 
@@ -1110,38 +1502,55 @@ def compile_schema(schema: Any, separators=(", ", ": "), max_depth: int = DEFAUL
     return dfa
 
 
-def reorder(doc: Any, schema: Any, root: Any = None, _depth: int = 0) -> Any:
-    """``doc`` with object members in the canonical order of ``schema`` (declared
-    ``properties`` first, as listed; other members after, in their order). Best effort
-    through ``$ref``/``allOf``; used to serialise documents for checks."""
+def reorder(doc: Any, schema: Any, root: Any = None, _depth: int = 0, _comp=None) -> Any:
+    """``doc`` with object members in the canonical order of ``schema``: the members
+    declared by its in-place subschemas first (``properties``, ``required``,
+    ``dependentRequired`` of the schema, then of its ``$ref``/``allOf``/``anyOf``/``oneOf``/
+    ``if``/``then``/``else``/``dependentSchemas`` parts, in that order), then the other
+    members in their order; recursively. Used to serialise documents for checks."""
     root = schema if root is None else root
-    if _depth > 64 or not isinstance(schema, dict):
+    comp = _comp
+    if comp is None:
+        comp = _Compiler.__new__(_Compiler)
+        comp.root, comp.anchors, comp.dyn_anchors, comp.ids, comp.base_of = root, {}, {}, {}, {}
+        comp._index(root, "")
+    if _depth > 64 or not isinstance(schema, dict) or not isinstance(doc, (dict, list)):
         return doc
-    if "$ref" in schema and isinstance(schema["$ref"], str) and schema["$ref"].startswith("#"):
-        try:
-            target = _Compiler.__new__(_Compiler)
-            target.root, target.anchors, target.ids, target.base_of = root, {}, {}, {}
-            target._index(root, "")
-            resolved = _Compiler.resolve(target, schema["$ref"], "")
-            if isinstance(resolved, dict):
-                schema = {**resolved, **{k: v for k, v in schema.items() if k != "$ref"}}
-        except ValueError:
-            pass
-    props = dict(schema.get("properties", {})) if isinstance(schema.get("properties"), dict) else {}
-    for r in schema.get("required", []) if isinstance(schema.get("required"), list) else []:
-        props.setdefault(r, True)
+    pieces = comp.inplace_pieces(schema)
     if isinstance(doc, dict):
-        out = {}
-        for k in props:
-            if k in doc:
-                out[k] = reorder(doc[k], props[k], root, _depth + 1)
-        for k, v in doc.items():
-            if k not in out:
-                out[k] = v
-        return out
-    if isinstance(doc, list):
-        prefix = schema.get("prefixItems", []) if isinstance(schema.get("prefixItems"), list) else []
-        items = schema.get("items", True)
-        return [reorder(v, prefix[i] if i < len(prefix) else items, root, _depth + 1)
-                for i, v in enumerate(doc)]
-    return doc
+        names = comp.inplace_names(schema)
+        keys = [k for k in names if k in doc] + [k for k in doc if k not in names]
+        return {k: reorder(doc[k], {"allOf": [m for x in pieces for m in _member_schemas(x, k)]}
+                           if pieces else True, root, _depth + 1, comp) for k in keys}
+    out = []
+    for i, v in enumerate(doc):
+        subs = []
+        for x in pieces:
+            prefix = x.get("prefixItems")
+            if isinstance(prefix, list) and i < len(prefix):
+                subs.append(prefix[i])
+            elif isinstance(x.get("items"), (dict, bool)):
+                subs.append(x["items"])
+        out.append(reorder(v, {"allOf": subs} if subs else True, root, _depth + 1, comp))
+    return out
+
+
+def _member_schemas(x: dict, k: str) -> list:
+    """The schemas of ``x`` that apply to member ``k`` (patterns by Python's ``re``: only
+    the member order depends on it)."""
+    props = x.get("properties")
+    if isinstance(props, dict) and k in props:
+        out = [props[k]]
+    else:
+        out = []
+    pp = x.get("patternProperties")
+    if isinstance(pp, dict):
+        for p, sub in pp.items():
+            try:
+                if re.search(p, k):
+                    out.append(sub)
+            except (re.error, TypeError):
+                pass
+    if not out and "additionalProperties" in x and not (isinstance(props, dict) and k in props):
+        out.append(x["additionalProperties"])
+    return [m for m in out if isinstance(m, dict)]

@@ -176,21 +176,27 @@ _UNREACHABLE = np.iinfo(np.int32).max // 2
 
 def _min_steps(transitions: np.ndarray, accepting: np.ndarray) -> np.ndarray:
     """``int32[S]``: fewest tokens from each state to an accepting state (a large number if
-    none), by backward relaxation over the state graph (S x S successor matrix, so the cost
-    does not grow with the vocabulary after one pass over the table)."""
-    s = transitions.shape[0]
+    none), by a backward breadth-first search over the state graph (an S x S successor
+    matrix, filled block by block, so the cost does not grow with the vocabulary after one
+    pass over the table; O(S^2) after that)."""
+    t = np.asarray(transitions)
+    s = t.shape[0]
     succ = np.zeros((s, s), bool)
-    succ[np.repeat(np.arange(s), transitions.shape[1]), transitions.reshape(-1)] = True
+    rows = max(1, (1 << 22) // max(t.shape[1], 1))
+    for i in range(0, s, rows):
+        blk = t[i : i + rows]
+        succ[np.arange(i, i + len(blk))[:, None], blk] = True
     succ[:, DEAD] = False
-    dist = np.where(accepting, 0, _UNREACHABLE).astype(np.int64)
-    for _ in range(s):
-        via = np.where(succ, dist[None, :], _UNREACHABLE).min(axis=1) + 1
-        new = np.minimum(dist, via)
-        if np.array_equal(new, dist):
-            break
-        dist = new
+    dist = np.full(s, _UNREACHABLE, np.int64)
+    frontier = np.flatnonzero(np.asarray(accepting))
+    dist[frontier] = 0
+    k = 0
+    while frontier.size:
+        k += 1
+        frontier = np.flatnonzero(succ[:, frontier].any(axis=1) & (dist == _UNREACHABLE))
+        dist[frontier] = k
     dist[DEAD] = _UNREACHABLE
-    return np.minimum(dist, _UNREACHABLE).astype(np.int32)
+    return dist.astype(np.int32)
 
 
 class Constraint(abc.ABC):

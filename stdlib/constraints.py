@@ -173,7 +173,8 @@ class JsonSchema(ByteConstraint):
 
     By default the text is the *canonical* serialisation: ``json.dumps(doc,
     ensure_ascii=False)`` with the given separators, object members in schema order
-    (declared ``properties`` as listed, then other members), numbers without exponent.
+    (declared ``properties`` as listed, then those of in-place parts such as ``allOf``
+    and ``$ref``, then other members), numbers without exponent.
     With ``whitespace=True`` any JSON whitespace is accepted between tokens. The supported
     keywords, and the few sound approximations, are listed in docs/constraints.md;
     an unsupported keyword raises naming it.

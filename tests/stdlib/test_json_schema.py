@@ -121,8 +121,8 @@ def test_accepted_text_is_valid_json_on_real_tokens(gpt2):
     [
         ({"$ref": "#/defs/x"}, "does not resolve"),
         ({"$ref": "http://example.com/s.json"}, "outside this schema"),
-        ({"type": "object", "unevaluatedProperties": False}, "unsupported keyword 'unevaluatedProperties'"),
-        ({"properties": {"a": {"dependentSchemas": {}}}}, "'dependentSchemas' (at /properties/a)"),
+        ({"type": "object", "$recursiveRef": "#"}, "unsupported keyword '$recursiveRef'"),
+        ({"properties": {"a": {"dependencies": {}}}}, "'dependencies' (at /properties/a)"),
         ({"type": "wat"}, "unknown type"),
         ({"type": "string", "minLength": 3, "maxLength": 2}, "exceeds"),
         ({"type": "string", "pattern": "a("}, "position 1"),

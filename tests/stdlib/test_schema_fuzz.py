@@ -1,7 +1,7 @@
 """Fuzzing JSON Schema compilation against the ``jsonschema`` validator (cheap: few examples).
 
 * Soundness on generated schemas: for hypothesis-generated schemas (combinators over numeric,
-  string, array and object keywords) and generated JSON values, whatever the constraint
+  string, array and object keywords, dependentSchemas, unevaluatedProperties/Items) and generated JSON values, whatever the constraint
   accepts in canonical form must be valid (an invalid document accepted is the worst outcome).
 * Completeness where the compilation is exact: instances that ``hypothesis-jsonschema``
   generates for a schema are accepted in canonical form; instances of ``{"not": schema}``
@@ -42,6 +42,12 @@ def _schemas():
         st.tuples(inner, st.integers(0, 2)).map(lambda t: {"type": "array", "items": t[0], "maxItems": t[1]}),
         st.tuples(inner, st.booleans()).map(lambda t: {"type": "object", "properties": {"k": t[0]},
                                                        "required": ["k"] if t[1] else []}),
+        st.tuples(inner, inner).map(lambda t: {"properties": {"k": t[0]}, "dependentSchemas": {"x": t[1]}}),
+        st.tuples(inner, st.one_of(inner, st.booleans())).map(
+            lambda t: {"anyOf": [{"properties": {"k": t[0]}}, {"properties": {"x": True}}],
+                       "unevaluatedProperties": t[1]}),
+        st.tuples(inner, st.one_of(inner, st.booleans())).map(
+            lambda t: {"allOf": [{"prefixItems": [t[0]]}], "unevaluatedItems": t[1]}),
     ), max_leaves=4)
 
 
