@@ -1,4 +1,4 @@
-"""The official JSON-Schema-Test-Suite (draft 2020-12) against C.json_schema (and llguidance).
+"""The official JSON-Schema-Test-Suite (draft 2020-12) against C.json_schema (and llguidance, xgrammar).
 
 The suite ships in the ``jsonschema`` sdist on the package index (``json/tests/``). Each test
 is a (schema, instance, valid) triple; categories as llguidance's report:
@@ -18,7 +18,15 @@ Usage::
     python benchmarks/json_schema_suite.py [--suite DIR] [--baseline] [--others]
 
 ``--baseline`` also writes ``tests/stdlib/schema_suite_baseline.json`` (the ratchet the fast
-test compares against). ``--others`` runs llguidance (when importable) on the same tests.
+test compares against). ``--others`` runs llguidance and xgrammar (when importable) on the same
+tests and the same texts. Both are benchmark-only, never dependencies of steerppl; the run
+published in docs/benchmarks.md installed them outside the venv::
+
+    pip install -q --no-deps --target /tmp/xg xgrammar==0.2.9 apache-tvm-ffi
+    pip install -q --no-deps --target /tmp/llgpkg llguidance
+    PYTHONPATH=/tmp/xg:/tmp/llgpkg python benchmarks/json_schema_suite.py --baseline --others
+
+(xgrammar imports torch and transformers, which the venv already has.)
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -170,6 +179,95 @@ def run_llguidance(groups: list[dict]) -> list[dict] | str:
     return rows
 
 
+def _byte_vocab():
+    """A byte-level vocabulary: token ``i < 256`` is the byte ``i``, token 256 the stop token."""
+    return [bytes([i]) for i in range(256)] + [b"<eos>"]
+
+
+def _capture_stderr(fn):
+    """``fn()`` and what it wrote to file descriptor 2 (xgrammar logs its warnings there from
+    C++, not through Python's ``warnings``)."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            res = fn()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        return res, f.read().decode(errors="replace")
+
+
+def run_xgrammar(groups: list[dict], strict_mode: bool = False) -> list[dict] | str:
+    """xgrammar on the same tests and the same texts as llguidance: its JSON-schema grammar with
+    the canonical formatting (one line, separators ``", "`` and ``": "``, no free whitespace),
+    a byte tokenizer (one token per byte, plus a stop token), each instance fed byte by byte,
+    then the stop token, then ``is_terminated()``. ``strict_mode=False`` keeps JSON Schema's
+    semantics (undeclared members and items allowed unless the schema forbids them), as
+    steerppl and llguidance do; ``strict_mode=True`` is xgrammar's default (as if
+    ``unevaluatedProperties``/``unevaluatedItems`` were false), reported for reference: it
+    rejects valid instances by design. A compile that only logs a warning (xgrammar's "falling
+    back to anyOf semantics" and the like) is not a compile error, as for llguidance; the first
+    warning is kept in the row. Returns why it could not run when not importable."""
+    try:
+        import xgrammar as xgr
+    except Exception as e:  # not installed: say so in the report
+        return f"xgrammar not importable: {type(e).__name__}: {e}"
+    from ppl.stdlib import _jsonschema as J
+
+    info = xgr.TokenizerInfo(_byte_vocab(), xgr.VocabType.RAW, stop_token_ids=[256])
+    # one thread, no cache: each schema's compile time is its own (the machine is shared)
+    compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+    rows = []
+    for g in groups:
+        t0 = time.perf_counter()
+        err = None
+        grammar = None
+
+        def _compile(schema=g["schema"]):
+            return compiler.compile_json_schema(
+                json.dumps(schema), any_whitespace=False, indent=None,
+                separators=(", ", ": "), strict_mode=strict_mode)
+
+        logged = ""
+        try:
+            grammar, logged = _capture_stderr(_compile)
+        except Exception as e:
+            # drop the C++ log prefix ("[hh:mm:ss] file.cc:line: ") so reruns compare equal
+            msg = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", (str(e).splitlines() or [""])[0])
+            err = f"{type(e).__name__}: {msg[:160]}"
+        build = time.perf_counter() - t0
+        warn = next((ln.split("Warning: ", 1)[-1][:160] for ln in logged.splitlines()
+                     if "Warning" in ln), None)
+        for t in g["tests"]:
+            if err:
+                cat = "compile_error_valid" if t["valid"] else "compile_error"
+            else:
+                m = xgr.GrammarMatcher(grammar)
+                text = J.canonical_text(J.reorder(t["data"], g["schema"]))
+                acc = (all(m.accept_token(b) for b in text.encode()) and m.accept_token(256)
+                       and m.is_terminated())
+                cat = ("pass" if acc else "false_negative") if t["valid"] else \
+                      ("false_positive" if acc else "pass")
+            rows.append({"file": g["file"], "group": g["description"], "test": t["description"],
+                         "valid": t["valid"], "category": cat, "error": err, "warning": warn,
+                         "build_s": round(build, 4)})
+    return rows
+
+
+def _version(dist: str) -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "?"
+
+
 def summarize(rows: list[dict]) -> dict:
     total = Counter(r["category"] for r in rows)
     by_file: dict = {}
@@ -186,23 +284,58 @@ def _write_docs(out: dict) -> None:
     t = out["ours"]["total"]
     rows = [f"| steerppl (canonical form) | {t['pass']} | {t['false_negative']} | "
             f"{t['compile_error_valid']} | {t['compile_error']} | {t['false_positive']} |"]
-    llg = out.get("llguidance")
-    if isinstance(llg, dict):
-        lt = llg["total"]
-        rows.append(f"| llguidance {llg['version']} (same texts, byte tokenizer) | {lt['pass']} | "
-                    f"{lt['false_negative']} | {lt['compile_error_valid']} | {lt['compile_error']} | "
-                    f"{lt['false_positive']} |")
-    elif isinstance(llg, str):
-        rows.append(f"| llguidance | {llg} | | | | |")
-    if "xgrammar" in out:
-        rows.append(f"| xgrammar | {out['xgrammar']} | | | | |")
+    labels = {"llguidance": "llguidance {v} (same texts, byte tokenizer)",
+              "xgrammar": "xgrammar {v} (same texts, byte tokenizer, `strict_mode=False`)",
+              "xgrammar_strict": "xgrammar {v} (same, `strict_mode=True`: its default)"}
+    for key, label in labels.items():
+        o = out.get(key)
+        if isinstance(o, dict):
+            lt = o["total"]
+            rows.append(f"| {label.format(v=o['version'])} | {lt['pass']} | "
+                        f"{lt['false_negative']} | {lt['compile_error_valid']} | "
+                        f"{lt['compile_error']} | {lt['false_positive']} |")
+        elif isinstance(o, str):
+            rows.append(f"| {key} | {o} | | | | |")
+    vers = {k: out[k]["version"] for k in ("llguidance", "xgrammar") if isinstance(out.get(k), dict)}
+    ffi = next((out[k].get("apache_tvm_ffi") for k in ("xgrammar", "xgrammar_strict")
+                if isinstance(out.get(k), dict)), None)
+    xg = out.get("xgrammar")
+    xf = len(xg["false_positives"]) if isinstance(xg, dict) else None
+    xw = xg.get("false_positives_compiled_with_warning") if isinstance(xg, dict) else None
+    walls = ", ".join(f"{k} {out[k]['wall_s']} s" for k in labels
+                      if isinstance(out.get(k), dict) and "wall_s" in out[k])
+    install = (
+        "The other engines are benchmark-only, never dependencies of steerppl; for this run they "
+        "were installed outside the venv with `pip install -q --no-deps --target /tmp/xg "
+        f"xgrammar=={vers.get('xgrammar', '0.2.9')} apache-tvm-ffi` (apache-tvm-ffi "
+        f"{ffi or '?'}; torch and transformers from the venv) and `pip install -q --no-deps "
+        f"--target /tmp/llgpkg llguidance` (llguidance {vers.get('llguidance', '?')}), put on "
+        "`PYTHONPATH` as in the command above. Every engine checks the same text of each instance: "
+        "steerppl's canonical form (`json.dumps(ensure_ascii=False)`, separators `\", \"` and "
+        "`\": \"`, members in schema order), which llguidance and xgrammar consume one token per byte "
+        "(so the check is of the grammar, not of a tokenizer), given the same formatting (no free whitespace, the same separators). xgrammar's "
+        "`strict_mode=True` (its default) forbids members and items the schema does not "
+        "declare, unlike JSON Schema: its false negatives there are by design; the "
+        "`strict_mode=False` row is the like-for-like one. llguidance refuses a schema with a "
+        "keyword it does not implement (its compile errors); xgrammar compiles it and ignores "
+        "the keyword (its false positives: invalid documents it would let through). "
+        + (f"{xw} of its {xf} false positives (`strict_mode=False`) come from schemas it "
+           "compiled with a logged warning (e.g. oneOf falling back to anyOf, non-local `$ref`); "
+           if xf is not None else "")
+        + "most others are keywords ignored without a word: `uniqueItems`, `not`, `contains`, `if`/`then`/`else`, `unevaluatedProperties`, "
+        "`dependentRequired`, and type-specific keywords in a schema without `type` "
+        "(`{\"maxLength\": 2}` accepts `\"foo\"`, `{\"type\": \"string\", \"maxLength\": 2}` "
+        "rejects it). Wall times (the first xgrammar run includes importing it and torch): "
+        + (walls or "not measured") + ".\n\n")
     body = (
         "## JSON-Schema-Test-Suite (draft 2020-12)\n\n"
-        f"`python benchmarks/json_schema_suite.py --others` on {out['machine']}: {out['suite']}, "
+        "`PYTHONPATH=/tmp/xg:/tmp/llgpkg python benchmarks/json_schema_suite.py --baseline "
+        f"--others` on {out['machine']}: {out['suite']}, "
         f"{out['ours']['tests']} tests, {out['wall_s']} s for ours. Categories as llguidance's "
         "report; per-keyword counts in docs/constraints.md.\n\n"
         "| engine | pass | false negative | compile error on valid | compile error | false positive |\n"
-        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        + (install if vers else ""))
     replace_section("## JSON-Schema-Test-Suite (draft 2020-12)", body)
 
 
@@ -210,7 +343,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--suite", help="draft2020-12 directory (default: cache, else download)")
     ap.add_argument("--baseline", action="store_true", help="write the CI ratchet baseline")
-    ap.add_argument("--others", action="store_true", help="also run llguidance")
+    ap.add_argument("--others", action="store_true", help="also run llguidance and xgrammar")
     ap.add_argument("--download-only", action="store_true", help="fetch the suite and stop")
     args = ap.parse_args(argv)
     suite = find_suite(args.suite) or download()
@@ -229,23 +362,22 @@ def main(argv=None):
            "wall_s": round(wall, 1), "ours": summary,
            "false_positives": [r for r in rows if r["category"] == "false_positive"]}
     if args.others:
-        other = run_llguidance(groups)
-        import importlib.metadata as md
-
-        try:
-            ver = md.version("llguidance")
-        except md.PackageNotFoundError:
-            ver = "?"
-        out["llguidance"] = other if isinstance(other, str) else {
-            "version": ver, **summarize(other),
-            "false_positives": [r for r in other if r["category"] == "false_positive"]}
-        if not isinstance(other, str):
-            print("llguidance", ver, json.dumps(out["llguidance"]["total"]))
-        try:
-            import xgrammar  # noqa: F401
-            out["xgrammar"] = "importable but not wired"
-        except Exception as e:
-            out["xgrammar"] = f"not run: {type(e).__name__}: {e}"
+        engines = [("llguidance", "llguidance", lambda: run_llguidance(groups)),
+                   ("xgrammar", "xgrammar", lambda: run_xgrammar(groups, strict_mode=False)),
+                   ("xgrammar_strict", "xgrammar", lambda: run_xgrammar(groups, strict_mode=True))]
+        for key, dist, run in engines:
+            t1 = time.perf_counter()
+            other = run()
+            w = round(time.perf_counter() - t1, 1)
+            out[key] = other if isinstance(other, str) else {
+                "version": _version(dist), "wall_s": w, **summarize(other),
+                "false_positives": [r for r in other if r["category"] == "false_positive"]}
+            if key.startswith("xgrammar") and not isinstance(other, str):
+                out[key]["apache_tvm_ffi"] = _version("apache-tvm-ffi")
+                out[key]["false_positives_compiled_with_warning"] = sum(
+                    1 for r in out[key]["false_positives"] if r.get("warning"))
+            print(key, out[key] if isinstance(other, str) else
+                  f"{out[key]['version']} {json.dumps(out[key]['total'])} {w} s")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     _write_docs(out)
@@ -257,6 +389,10 @@ def main(argv=None):
     print(json.dumps(summary["total"]), f"{len(rows)} tests, {wall:.1f} s")
     for r in out["false_positives"]:
         print("FALSE POSITIVE:", r["file"], "|", r["group"], "|", r["test"])
+    for key in ("llguidance", "xgrammar", "xgrammar_strict"):
+        if isinstance(out.get(key), dict):
+            for r in out[key]["false_positives"]:
+                print(f"{key} FALSE POSITIVE:", r["file"], "|", r["group"], "|", r["test"])
     return out
 
 
