@@ -570,7 +570,7 @@ def write_docs(out, command):
     if s:
         body += ("Where our build is slower (first mask, against the fastest other engine):\n\n- "
                  + s.replace("\n", "\n- ") + "\n\nThe table build runs once per constraint and vocabulary and is cached "
-                 "(`Constraint.compile`); the per-step cost is what every token pays.\n")
+                 "(`Constraint.compile`); the per-step cost is what every token pays.\n\n")
     replace_section(header, body)
 
 
