@@ -1,4 +1,4 @@
-"""The official JSON-Schema-Test-Suite (draft 2020-12) against C.json_schema (and llguidance, xgrammar).
+"""The JSON-Schema-Test-Suite (draft 2020-12) against C.json_schema, llguidance and xgrammar.
 
 The suite ships in the ``jsonschema`` sdist on the package index (``json/tests/``). Each test
 is a (schema, instance, valid) triple; categories as llguidance's report:
@@ -296,7 +296,8 @@ def _write_docs(out: dict) -> None:
                         f"{lt['compile_error']} | {lt['false_positive']} |")
         elif isinstance(o, str):
             rows.append(f"| {key} | {o} | | | | |")
-    vers = {k: out[k]["version"] for k in ("llguidance", "xgrammar") if isinstance(out.get(k), dict)}
+    vers = {k: out[k]["version"] for k in ("llguidance", "xgrammar")
+            if isinstance(out.get(k), dict)}
     ffi = next((out[k].get("apache_tvm_ffi") for k in ("xgrammar", "xgrammar_strict")
                 if isinstance(out.get(k), dict)), None)
     xg = out.get("xgrammar")
@@ -312,8 +313,9 @@ def _write_docs(out: dict) -> None:
         f"--target /tmp/llgpkg llguidance` (llguidance {vers.get('llguidance', '?')}), put on "
         "`PYTHONPATH` as in the command above. Every engine checks the same text of each instance: "
         "steerppl's canonical form (`json.dumps(ensure_ascii=False)`, separators `\", \"` and "
-        "`\": \"`, members in schema order), which llguidance and xgrammar consume one token per byte "
-        "(so the check is of the grammar, not of a tokenizer), given the same formatting (no free whitespace, the same separators). xgrammar's "
+        "`\": \"`, members in schema order), which llguidance and xgrammar consume one token "
+        "per byte (so the check is of the grammar, not of a tokenizer), given the same "
+        "formatting (no free whitespace, the same separators). xgrammar's "
         "`strict_mode=True` (its default) forbids members and items the schema does not "
         "declare, unlike JSON Schema: its false negatives there are by design; the "
         "`strict_mode=False` row is the like-for-like one. llguidance refuses a schema with a "
@@ -322,7 +324,8 @@ def _write_docs(out: dict) -> None:
         + (f"{xw} of its {xf} false positives (`strict_mode=False`) come from schemas it "
            "compiled with a logged warning (e.g. oneOf falling back to anyOf, non-local `$ref`); "
            if xf is not None else "")
-        + "most others are keywords ignored without a word: `uniqueItems`, `not`, `contains`, `if`/`then`/`else`, `unevaluatedProperties`, "
+        + "most others are keywords ignored without a word: `uniqueItems`, `not`, `contains`, "
+        "`if`/`then`/`else`, `unevaluatedProperties`, "
         "`dependentRequired`, and type-specific keywords in a schema without `type` "
         "(`{\"maxLength\": 2}` accepts `\"foo\"`, `{\"type\": \"string\", \"maxLength\": 2}` "
         "rejects it). Wall times (the first xgrammar run includes importing it and torch): "
