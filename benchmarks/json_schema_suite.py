@@ -361,7 +361,8 @@ def main(argv=None):
     wall = time.perf_counter() - t0
     summary = summarize(rows)
     out = {"suite": f"jsonschema {VERSION} sdist, json/tests/draft2020-12 (top level)",
-           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared, loaded)",
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared, loaded: 1-min load "
+                      f"average {os.getloadavg()[0]:.1f} at the start)",
            "wall_s": round(wall, 1), "ours": summary,
            "false_positives": [r for r in rows if r["category"] == "false_positive"]}
     if args.others:

