@@ -113,8 +113,22 @@ def _setup(model: str, addends, shots):
     return task, messages, prm_prog, per_token, plain
 
 
+def _base_rate(task, plain, samples: int) -> dict | None:
+    """The model alone: how often one format-constrained sample is right (the expected N=1
+    accuracy of best-of-N and IS, ``sample_rate``), and the format-conditioned LM's probability
+    of the right answer (``posterior_mass``, self-normalised over the same samples)."""
+    if not samples:
+        return None
+    res = ppl.infer(plain, method="is", particles=samples, seed=10_000)
+    hits = [task.correct(t) for t in res.texts]
+    p = float(np.mean(hits))
+    return {"samples": samples, "sample_rate": p,
+            "sample_rate_stderr": float(np.sqrt(p * (1 - p) / samples)),
+            "posterior_mass": _mass(res, task.correct)}
+
+
 def measure(model: str, ns, seeds: int, addends=None, shots=None, time_budget=None,
-            on_cell=None) -> dict:
+            on_cell=None, base_samples: int = 256) -> dict:
     task, messages, prm_prog, per_token, plain = _setup(model, addends, shots)
     methods = {
         "best-of-N": lambda n, s: _best_of(task, ppl.infer(plain, method="is", particles=n, seed=s)),
@@ -136,6 +150,8 @@ def measure(model: str, ns, seeds: int, addends=None, shots=None, time_budget=No
             "methods": list(methods), "ns": list(ns), "seeds": seeds,
             "load_before": os.getloadavg()[0], "rows": [], "not_run": []}
     t_start = time.perf_counter()
+    data["base_rate"] = _base_rate(task, plain, base_samples)
+    print("base rate", data["base_rate"], flush=True)
     for n in ns:  # budget-major: a stopped run still has every method's small budgets
         for name, fn in methods.items():
             if time_budget is not None and time.perf_counter() - t_start > time_budget:
@@ -234,6 +250,13 @@ def _section(data: dict, figure: bool) -> list[str]:
     if figure:
         lines += ["![accuracy vs particles](img/scaling_its.png)", ""]
     lines += _table(data)
+    if data.get("base_rate"):
+        b = data["base_rate"]
+        lines += ["", f"The model alone ({b['samples']} format-constrained samples, one seed): "
+                  f"{b['sample_rate']:.3f} ± {b['sample_rate_stderr']:.3f} of single samples are "
+                  "right (the expected N=1 accuracy of best-of-N and IS, more precise than the "
+                  f"N=1 column); the format-conditioned model puts {b['posterior_mass']:.3f} of "
+                  "its mass on the right answer."]
     if data.get("not_run"):
         lines += ["", f"{len(data['not_run'])} cells were not run (the run's `--time-budget` "
                   "was spent first): marked `not run` above."]
@@ -280,6 +303,8 @@ def main(argv=None) -> None:
     ap.add_argument("--reading", default=None,
                     help="a file whose text is the docs' reading of this model's curve "
                          "(kept from the stored run when omitted with --docs-only)")
+    ap.add_argument("--base-samples", type=int, default=256,
+                    help="samples for the model-alone accuracy (0: skip)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--docs-only", action="store_true")
     args = ap.parse_args(argv)
@@ -293,7 +318,7 @@ def main(argv=None) -> None:
                 RESULTS.write_text(json.dumps({"runs": {**runs, data["model"]: data}}, indent=1))
 
         data = measure(args.model, args.n, args.seeds, args.addends, args.shots,
-                       args.time_budget, on_cell=save)
+                       args.time_budget, on_cell=save, base_samples=args.base_samples)
         save(data)
         if args.no_write:
             return
