@@ -113,18 +113,25 @@ def _setup(model: str, addends, shots):
     return task, messages, prm_prog, per_token, plain
 
 
-def _base_rate(task, plain, samples: int) -> dict | None:
+def _base_rate(task, plain, samples: int, seeds: int = 4) -> dict | None:
     """The model alone: how often one format-constrained sample is right (the expected N=1
-    accuracy of best-of-N and IS, ``sample_rate``), and the format-conditioned LM's probability
-    of the right answer (``posterior_mass``, self-normalised over the same samples)."""
+    accuracy of best-of-N and IS, ``sample_rate``, pooled over ``seeds`` runs of
+    ``samples // seeds`` particles, seeds 10000..; ``hits`` per run shows the spread), and the
+    format-conditioned LM's probability of the right answer (``posterior_mass``, each run's
+    self-normalised estimate, averaged)."""
     if not samples:
         return None
-    res = ppl.infer(plain, method="is", particles=samples, seed=10_000)
-    hits = [task.correct(t) for t in res.texts]
-    p = float(np.mean(hits))
-    return {"samples": samples, "sample_rate": p,
-            "sample_rate_stderr": float(np.sqrt(p * (1 - p) / samples)),
-            "posterior_mass": _mass(res, task.correct)}
+    per = max(1, samples // seeds)
+    hits, masses = [], []
+    for k in range(seeds):
+        res = ppl.infer(plain, method="is", particles=per, seed=10_000 + k)
+        hits.append(int(sum(task.correct(t) for t in res.texts)))
+        masses.append(_mass(res, task.correct))
+    total = per * seeds
+    p = sum(hits) / total
+    return {"samples": total, "runs": seeds, "hits": hits, "sample_rate": p,
+            "sample_rate_stderr": float(np.sqrt(p * (1 - p) / total)),
+            "posterior_mass": float(np.mean(masses))}
 
 
 def measure(model: str, ns, seeds: int, addends=None, shots=None, time_budget=None,
@@ -252,11 +259,15 @@ def _section(data: dict, figure: bool) -> list[str]:
     lines += _table(data)
     if data.get("base_rate"):
         b = data["base_rate"]
-        lines += ["", f"The model alone ({b['samples']} format-constrained samples, one seed): "
+        runs = (f"{b['runs']} runs of {b['samples'] // b['runs']}, right per run: "
+                f"{', '.join(map(str, b['hits']))}" if "runs" in b else "one run")
+        lines += ["", f"The model alone ({b['samples']} format-constrained samples, {runs}): "
                   f"{b['sample_rate']:.3f} ± {b['sample_rate_stderr']:.3f} of single samples are "
                   "right (the expected N=1 accuracy of best-of-N and IS, more precise than the "
                   f"N=1 column); the format-conditioned model puts {b['posterior_mass']:.3f} of "
-                  "its mass on the right answer."]
+                  "its mass on the right answer."
+                  + (f" Measured by `python benchmarks/scaling_its.py {data['base_rate_args']}`."
+                     if data.get("base_rate_args") else "")]
     if data.get("not_run"):
         lines += ["", f"{len(data['not_run'])} cells were not run (the run's `--time-budget` "
                   "was spent first): marked `not run` above."]
@@ -274,7 +285,10 @@ def _section(data: dict, figure: bool) -> list[str]:
 
 
 def docs(runs: dict) -> None:
-    from benchmarks._docs import replace_section
+    try:  # run as a script (benchmarks/ on the path) or imported as benchmarks.scaling_its
+        from _docs import replace_section
+    except ImportError:
+        from benchmarks._docs import replace_section
 
     lines = [HEADER, "",
              "Final-answer accuracy against particle budget, five methods on the same step-level "
@@ -303,13 +317,24 @@ def main(argv=None) -> None:
     ap.add_argument("--reading", default=None,
                     help="a file whose text is the docs' reading of this model's curve "
                          "(kept from the stored run when omitted with --docs-only)")
-    ap.add_argument("--base-samples", type=int, default=256,
+    ap.add_argument("--base-samples", type=int, default=512,
                     help="samples for the model-alone accuracy (0: skip)")
+    ap.add_argument("--base-only", action="store_true",
+                    help="re-measure only the model-alone accuracy of the stored run of --model")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--docs-only", action="store_true")
     args = ap.parse_args(argv)
     runs = _runs()
-    if not args.docs_only:
+    if args.base_only:
+        if args.model not in runs:
+            raise SystemExit(f"--base-only: no stored run of {args.model!r} in {RESULTS}; run the "
+                             "grid first")
+        task, _, _, _, plain = _setup(args.model, args.addends, args.shots)
+        runs[args.model]["base_rate"] = _base_rate(task, plain, args.base_samples)
+        runs[args.model]["base_rate_args"] = " ".join(sys.argv[1:] if argv is None else argv)
+        print("base rate", runs[args.model]["base_rate"], flush=True)
+        RESULTS.write_text(json.dumps({"runs": runs}, indent=1))
+    elif not args.docs_only:
         cmd = " ".join(sys.argv[1:] if argv is None else argv)
 
         def save(data):
