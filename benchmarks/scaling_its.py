@@ -195,16 +195,23 @@ def plot(data: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in dict.fromkeys(r["method"] for r in data["rows"]):
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    names = list(dict.fromkeys(r["method"] for r in data["rows"]))
+    for k, name in enumerate(names):
         rs = [r for r in data["rows"] if r["method"] == name]
-        ax.errorbar([r["particles"] for r in rs], [r["accuracy"] for r in rs],
-                    yerr=[r["stderr"] or 0 for r in rs], marker="o", capsize=2, label=name)
+        shift = 2 ** (0.04 * (k - (len(names) - 1) / 2))  # best-of-N and IS overlap otherwise
+        ax.errorbar([r["particles"] * shift for r in rs], [r["accuracy"] for r in rs],
+                    yerr=[r["stderr"] or 0 for r in rs], marker="o", capsize=2, label=name,
+                    linestyle="--" if name == "best-of-N" else "-")
+    if data.get("base_rate"):
+        p = data["base_rate"]["sample_rate"]
+        ns = sorted({r["particles"] for r in data["rows"]})
+        ax.plot(ns, [1 - (1 - p) ** n for n in ns], "k:", label=f"1-(1-p)^N, p={p:.3f} (model alone)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("particles (budget)")
     ax.set_ylabel("final-answer accuracy")
-    ax.set_title(f"{data['task']} — {data['model']}")
-    ax.legend()
+    ax.set_title(f"{data['task']}\n{data['model']}, {data.get('seeds', '?')} seeds", fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(PLOT, dpi=120)
 
@@ -299,7 +306,7 @@ def docs(runs: dict) -> None:
              "proposals: a method can only keep a right step that some particle proposed.", ""]
     for k, data in enumerate(_ordered(runs)):
         lines += _section(data, figure=k == 0) + [""]
-    replace_section(HEADER, "\n".join(lines).rstrip() + "\n")
+    replace_section(HEADER, "\n".join(lines).rstrip() + "\n\n")
 
 
 
