@@ -55,8 +55,10 @@ def step_reward(text: str) -> float:
     return -LAMBDA * wrong_steps(text)
 
 
-def make_program(lm, max_tokens: int = 16):
-    return ppl.steer(lm, PROMPT, constraints=[C.regex(PATTERN)], max_tokens=max_tokens,
+def make_program(lm, max_tokens: int = 16, messages=None):
+    """The PRM program on ``PROMPT``, or on a chat (``messages``, for an instruct checkpoint)."""
+    src = {"prompt": PROMPT} if messages is None else {"messages": messages}
+    return ppl.steer(lm, **src, constraints=[C.regex(PATTERN)], max_tokens=max_tokens,
                      unit=step_ended, process_reward=step_reward, reward_aggregate="last")
 
 
