@@ -170,22 +170,36 @@ def test_smc_steer_with_one_beam_keeps_every_particle(example, seed):
         assert not math.isnan(res.log_evidence)
 
 
+#: Runs per particle count in the TV test: at 16, examples whose TV fell 8x (0.18 -> 0.022)
+#: still missed the critical value (t = 4.48 against 4.84) from the N = 16 runs' spread.
+R_TV = 32
+
+
 @pytest.mark.parametrize("method", H.method_params("particle", names=("is", "smc_steer"))
                          + [H.method_params("particle", names=("smc",))[0]])
 @settings(max_examples=2)
 @given(example=examples)
 def test_total_variation_shrinks_as_particles_grow(method, example):
     """E[TV(pi_hat_N, pi)] is smaller at N = 256 than at N = 16 (one-sided Welch test of
-    "no decrease" at ALPHA, R = 16 runs each). Under a correct sampler E[TV] ~ c / sqrt(N), a
-    4x decrease; the replicates' spread makes the expected t statistic > 10, far above the
-    3.8 critical value, so a false failure is (much) rarer than ALPHA."""
+    "no decrease" at ALPHA, R = R_TV runs each). Under a correct sampler E[TV] ~ c / sqrt(N), a
+    4x decrease. Under the null of no decrease, the test's false-failure rate is at most ALPHA
+    for a correct sampler in that regime; its power depends on the N = 16 runs' spread (with
+    R = 16, an 8x decrease once gave t = 4.48 against a critical value of 4.84, hence R_TV).
+
+    That regime needs a posterior without a dominant sequence: with mode mass ``m``, a small
+    population often holds only the mode, whose estimate has TV exactly ``1 - m``, lower than
+    a spread-out noisy estimate, so E[TV] is not decreasing from N = 16. Seen on a
+    derandomized example with ``m = 0.857``: mean TV over 8 runs at N = 16 / 256 / 2048 was
+    0.210 / 0.185 / 0.109 for IS and 0.201 / 0.163 / 0.101 for SMC (stratified, threshold
+    0.5), most N = 16 runs exactly 0.143; both samplers alike, so it is the estimator's
+    small-N behaviour, not a bug. Hence ``m < 0.8``."""
     _, exact = _load(example)
     post = exact.posterior
-    assume(max(post.values()) < 0.99)  # a (near) point mass leaves nothing to shrink
+    assume(max(post.values()) < 0.8)  # a dominant mode: E[TV] is not monotone from N = 16
 
     def tvs(n):
         out = []
-        for res in H.replicates(method, particles=n, num=16):
+        for res in H.replicates(method, particles=n, num=R_TV):
             if res is None:
                 out.append(1.0)
                 continue
