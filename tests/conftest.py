@@ -21,6 +21,21 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def check_is_log_weights(res, log_ratio, abs_tol=1e-4) -> int:
+    """Each particle of the IS result ``res`` whose token sequence is a key of ``log_ratio``
+    has that log-weight (``log p - log q``, within ``abs_tol``); any other has -inf. Returns
+    how many particles had a finite oracle weight."""
+    seen = 0
+    for row, n, lw in zip(res.tokens, res.lengths, res.log_weights):
+        seq = tuple(int(t) for t in row[:n])
+        if seq in log_ratio:
+            assert lw == pytest.approx(log_ratio[seq], abs=abs_tol), seq
+            seen += 1
+        else:
+            assert lw == -np.inf, seq
+    return seen
+
+
 def make_bigram(seed: int = 0, v: int = 4, eos: int | None = None, strings=None, scale=1.0):
     import ppl
 

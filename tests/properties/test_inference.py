@@ -113,6 +113,17 @@ def _float_tol(x):
     return float(6 * T * np.finfo(np.float32).eps * (abs(x) + 10.0))
 
 
+def check_log_ratio_weights(res, exact):
+    """Every particle's log-weight is ``log pi~(x) - log q(x)`` from ``exact`` (float32
+    rounding), and a sequence of zero target weight has log-weight -inf."""
+    for s, lw in zip(pt.sequences(res), res.log_weights):
+        if s in exact.log_weights:
+            target = exact.log_weights[s] - exact.log_proposal[s]
+            assert lw == pytest.approx(target, abs=_float_tol(target)), s
+        else:
+            assert lw == -np.inf, f"{s} has zero target weight but log-weight {lw}"
+
+
 @settings(max_examples=12)
 @given(example=examples)
 def test_importance_weights_are_the_exact_log_ratio(example):
@@ -120,12 +131,7 @@ def test_importance_weights_are_the_exact_log_ratio(example):
     _, exact = _load(example)
     res = H.run(H.Method("is"), 0)
     assert res is not None
-    for s, lw in zip(pt.sequences(res), res.log_weights):
-        if s in exact.log_weights:
-            target = exact.log_weights[s] - exact.log_proposal[s]
-            assert lw == pytest.approx(target, abs=_float_tol(target)), s
-        else:
-            assert lw == -np.inf, f"{s} has zero target weight but log-weight {lw}"
+    check_log_ratio_weights(res, exact)
 
 
 @settings(max_examples=6)
