@@ -4,10 +4,13 @@ Two measurements, each side by side with an older checkout of this repository (`
 PATH``, e.g. ``git worktree add /work/old18 b9b46e9``) in the same run:
 
 1. **Long prompt.** A 1,024-token prompt, N = 64 particles, T = 64 tokens, GPT-2-small shape:
-   peak memory of the compiled run and particle-tokens/s. Memory is the process's peak RSS
-   during a second (compiled) run minus its RSS after ``import ppl`` (so: weights, caches,
-   step buffers, XLA's temporaries and the executable), compared with the formula
-   ``weights + prompt KV once + N x generated KV + step buffers (N x V x 48 bytes)``.
+   peak memory of the compiled run and particle-tokens/s. Memory is the weights plus the
+   process's peak RSS during a second (compiled) run minus its RSS after loading the model
+   (so: weights, caches, step buffers, XLA's temporaries and the executable; not the
+   tokenizer and libraries the loader imports), measured in its own process with large
+   allocations served by mmap (``MALLOC_MMAP_THRESHOLD_=65536``, so freed memory leaves the
+   RSS), compared with the formula ``weights + prompt KV once + N x generated KV + step
+   buffers (N x V x 48 bytes)``. Time comes from another process with the default allocator.
 2. **Long generation.** T = 16 .. 512 at N = 16 with resampling at every step
    (``ess_threshold=1.0``, multinomial), a 16-token prompt: particle-tokens/s per T, and
    the ratio at T = 512 over T = 32.
@@ -148,6 +151,7 @@ def worker(code: str, prompt_len: int, n: int, t: int, ess: float, memory: bool)
     jax.numpy.zeros(1).block_until_ready()
     rss_import = rss_mib()
     lm = ppl.models.load(str(CKPT))
+    rss_load = rss_mib()
     weights = int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(lm.params)))
     allowed = np.ones(lm.vocab_size, bool)
     allowed[list(lm.eos_token_ids)] = False
@@ -169,7 +173,9 @@ def worker(code: str, prompt_len: int, n: int, t: int, ess: float, memory: bool)
     out = {"code": code, "prompt": prompt_len, "n": n, "t": t, "ess_threshold": ess,
            "compile_s": compile_s, "weights_bytes": weights, "rss_start_mib": rss_start,
            "rss_after_import_mib": rss_import}
+    out["rss_after_load_mib"] = rss_load
     if memory:
+        out["rss_before_run_mib"] = rss_mib()
         peak_reset = reset_peak()
         res = ppl.infer(prog, seed=1, **kw)
         out["run_s"] = res.timings["run"]
@@ -192,6 +198,13 @@ def run_config(code: Path, prompt: int, n: int, t: int, ess: float, memory: bool
         cmd.append("--memory")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PPL_CACHE_DIR="", HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
+    if memory:
+        # Large allocations from mmap, returned to the system when freed, so the RSS is what
+        # is live: with glibc's default (freed blocks kept for reuse) the same run's peak in
+        # one process grew run after run (603, 700, 1012 MiB above the loaded model over
+        # three runs), which is the allocator's retention, not the run's data. This slows
+        # the run, so its time comes from a separate process with the default allocator.
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     try:
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(ROOT),
                              timeout=timeout)
@@ -208,17 +221,21 @@ def _label(r, old) -> str:
 
 
 def memory_table(rows, old) -> str:
-    out = ["| code | prompt | N | T | compile (s) | run (s) | particle-tok/s | run peak RSS - RSS "
-           "after import (MiB) | formula: weights + prompt KV + N x generated KV + step buffers "
-           "(MiB) | measured / formula |", "|---|---|---|---|---|---|---|---|---|---|"]
+    """One row per code: time from its timing process, memory from its memory process."""
+    out = ["| code | prompt | N | T | compile (s) | run (s) | particle-tok/s | memory: weights + "
+           "(run peak RSS - RSS after loading) (MiB) | formula: weights + prompt KV + N x "
+           "generated KV + step buffers (MiB) | measured / formula |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    timing = {r["code"]: r for r in rows if "error" not in r and "run_peak_rss_mib" not in r}
     for r in rows:
-        if "error" in r:
+        if "error" in r or "run_peak_rss_mib" not in r or r["code"] not in timing:
             continue
+        t = timing[r["code"]]
         f = r["formula"]
         formula = r["weights_bytes"] + f["kv_prompt"] + f["kv_rows"] + f["step_buffers"]
-        used = r["run_peak_rss_mib"] - r["rss_after_import_mib"]
+        used = r["weights_bytes"] / MIB + r["run_peak_rss_mib"] - r["rss_after_load_mib"]
         out.append(f"| {_label(r, old)} | {r['prompt']} | {r['n']} | {r['t']} | "
-                   f"{r['compile_s']:.1f} | {r['run_s']:.2f} | {r['tok_s']:.0f} | {used:.0f} | "
+                   f"{t['compile_s']:.1f} | {t['run_s']:.2f} | {t['tok_s']:.0f} | {used:.0f} | "
                    f"{formula / MIB:.0f} | {used * MIB / formula:.2f} |")
     return "\n".join(out)
 
@@ -262,9 +279,10 @@ def main(argv=None) -> None:
     mem_rows, len_rows = [], []
     if not a.skip_prompt:
         for code in codes:
-            r = run_config(code, 1024, 64, 64, 0.5, True, a.timeout)
-            print(json.dumps(r)[:400], flush=True)
-            mem_rows.append(r)
+            for memory in (False, True):
+                r = run_config(code, 1024, 64, 64, 0.5, memory, a.timeout)
+                print(json.dumps(r)[:400], flush=True)
+                mem_rows.append(r)
     for t in ts:
         for code in codes:
             r = run_config(code, 16, 16, t, 1.0, False, a.timeout)

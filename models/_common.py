@@ -13,13 +13,14 @@ Everything here is plain functional JAX over arrays. A transformer's cache is a
   step was measured 2.7-4x slower per decode step on GPT-2-small shapes on CPU).
 * ``shared``: ``{"kv": ..., "length": int32[C]}``: the prompt of each of ``C`` contexts,
   stored once however many rows read it (row ``b`` reads context ``b % C``); ``kv`` is one
-  ``(k, v)`` per layer, each ``[C, P, kv_heads, head_dim]`` (unrolled), or one pair
-  ``[C, L, P, kv_heads, head_dim]`` (scanned).
+  ``(k, v)`` per layer, each ``[C, kv_heads, P, head_dim]`` (unrolled), or one pair
+  ``[C, L, kv_heads, P, head_dim]`` (scanned).
 
-Decode attention combines the two parts exactly: a softmax over the prompt and an online
-(log-sum-exp) softmax over the generated part in blocks of ``BLOCK`` slots, with as many
-blocks as the longest row has written, so a step's cost grows with the tokens written, not
-with ``max_tokens``.
+Decode attention combines the two parts exactly: a softmax over the prompt merged by
+log-sum-exp with a softmax over the generated part, read in blocks of ``BLOCK`` slots (as
+many blocks as the longest row has written) while few are written and in one product once
+most are (``DENSE_FRACTION``), so a step's cost grows with the tokens written, not with
+``max_tokens``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ppl.models.base import SharedCache
 __all__ = [
     "ACTIVATIONS",
     "BLOCK",
+    "DENSE_FRACTION",
     "GLOBAL_WINDOW",
     "LAYER_LOOPS",
     "attend_decode",
@@ -100,8 +102,15 @@ def check_max_len(max_len: int, max_context: int, name: str) -> None:
 
 
 #: Generated slots per attention block: decode attention visits ``ceil(written / BLOCK)``
-#: blocks of the generated part.
+#: blocks of the generated part (while few of them are written; see ``DENSE_FRACTION``).
 BLOCK = 32
+
+#: Decode attention reads all ``G`` generated slots in one product (instead of block by
+#: block) once the longest row has written more than this fraction of them. On CPU a block
+#: costs about twice its share of one full product (a copy of the block, then a small
+#: product), so blocks win only while few are written (GPT-2-small shape, 16 rows, 512
+#: slots: 3.2 ms for one product per layer, 9.0 ms for all 16 blocks).
+DENSE_FRACTION = 1 / 3
 
 
 def generated_capacity(max_tokens: int) -> int:
@@ -134,9 +143,10 @@ def write_prefill(cache, k, v):
 
 def prefix_layer(k, v, dtype):
     """A prompt's keys/values ``[P, kv_heads, hd]`` as one context's shared part
-    ``[1, P, kv_heads, hd]`` (the projection's own layout: no transpose, so a run compiled
-    in pieces and one compiled whole read the same buffer the same way)."""
-    return k[None].astype(dtype), v[None].astype(dtype)
+    ``[1, kv_heads, P, hd]``: head-major, the layout of the decode step's batched products
+    (stored so, it is never transposed per step)."""
+    return (jnp.transpose(k, (1, 0, 2))[None].astype(dtype),
+            jnp.transpose(v, (1, 0, 2))[None].astype(dtype))
 
 
 def write_decode(cache, k, v, positions, layer=None):
@@ -235,21 +245,34 @@ def attend_decode_shared(q, rows, prefix, prefix_len, positions, scale: float, w
     """One query per row against its context's prompt and its own generated slots.
 
     Exactly the softmax over the concatenation (prompt slots ``< prefix_len``, then generated
-    slots ``0..positions[b] - prefix_len``), computed as a softmax over the prompt merged with
-    an online softmax over the generated part in blocks of ``BLOCK`` slots. The number of
-    blocks is traced: ``ceil(max_b written_b / BLOCK)``, so unwritten blocks are never read.
+    slots ``0..positions[b] - prefix_len``), computed as a softmax over the prompt merged by
+    log-sum-exp with a softmax over the generated part: with partial results
+    ``(m_i, l_i, a_i)`` (maximum score, ``sum exp(s - m_i)``, ``sum exp(s - m_i) v``) of the
+    two parts and ``m = max(m_1, m_2)``, the output is
+    ``(a_1 e^(m_1 - m) + a_2 e^(m_2 - m)) / (l_1 e^(m_1 - m) + l_2 e^(m_2 - m))``.
+
+    The prompt part is one batched product per context and head over all of its rows (the
+    prompt is stored head-major, ``[C, KVH, P, hd]``, so neither operand is transposed per
+    step). The generated part is read in one of two ways, chosen per step from
+    ``w = max_b written_b`` (the slots the longest row has written): while ``w`` is at most
+    ``DENSE_FRACTION`` of the ``G`` slots, an online softmax over ``ceil(w / BLOCK)`` blocks
+    of ``BLOCK`` slots (unwritten blocks are never read); beyond it, one product over all
+    ``G`` slots (masked), which costs less than the blocks' per-block copies and small products
+    once most of the row is written (measured on CPU: docs/performance.md). Rows of ``G <= 2
+    BLOCK`` slots always take the single product. It weighs unwritten slots by exactly zero,
+    so they must hold finite values: zeros, or keys another branch wrote before a fork.
 
     Args:
         q: ``[B, H, hd]``, ``B = N * C``; row ``b`` belongs to context ``b % C``.
         rows: ``(k, v)``, each ``[B, KVH, G, hd]`` (already holding this step's key/value).
-        prefix: ``(k, v)``, each ``[C, P, KVH, hd]``.
+        prefix: ``(k, v)``, each ``[C, KVH, P, hd]``.
         prefix_len: ``int32[C]`` real prompt lengths (slots past them are padding).
         positions: ``int32[B]`` each row's position (of this step's token).
         scale: multiplier of the scores.
         window: sliding window over absolute positions (see ``attend_prefill``), or None.
         softcap: attention logit soft-capping, or None.
         layer: a traced layer index for the stacked layout (``rows`` each
-            ``[B, L, KVH, G, hd]``, ``prefix`` each ``[C, L, P, KVH, hd]``): attention reads
+            ``[B, L, KVH, G, hd]``, ``prefix`` each ``[C, L, KVH, P, hd]``): attention reads
             that layer's slices (the blocks of the generated part are sliced straight out of
             the stacked buffer, so no layer's cache is copied whole).
 
@@ -262,48 +285,54 @@ def attend_decode_shared(q, rows, prefix, prefix_len, positions, scale: float, w
         kp = jax.lax.dynamic_index_in_dim(kp, layer, 1, keepdims=False)
         vp = jax.lax.dynamic_index_in_dim(vp, layer, 1, keepdims=False)
     b, h, hd = q.shape
-    c, plen_slots, kvh = kp.shape[0], kp.shape[1], kp.shape[2]
+    c, kvh, plen_slots = kp.shape[0], kp.shape[1], kp.shape[2]
     g = h // kvh
     n = b // c
     gen = kr.shape[-2]
-    qg = q.reshape(b, kvh, g, hd).astype(kr.dtype)
+    dt = kr.dtype
+    qg = q.reshape(b, kvh, g, hd).astype(dt)
     plen = jnp.tile(prefix_len.astype(jnp.int32), n)  # [B]: each row's prompt length
 
-    # Prompt part: one read of each context's keys for all of its rows.
-    sp = jnp.einsum("nckgd,cpkd->nckgp", qg.reshape(n, c, kvh, g, hd), kp.astype(kr.dtype),
-                    preferred_element_type=jnp.float32)
-    sp = _scores(sp, scale, softcap).reshape(b, kvh, g, plen_slots)
-    slots = jnp.arange(plen_slots)[None, :]
-    valid = slots < plen[:, None]
+    # Prompt part, context-major: [C, KVH, N * G, hd] queries against [C, KVH, P, hd] keys.
+    qc = jnp.transpose(qg.reshape(n, c, kvh, g, hd), (1, 2, 0, 3, 4)).reshape(c, kvh, n * g, hd)
+    batch = ((0, 1), (0, 1))
+    sp = jax.lax.dot_general(qc, kp.astype(dt), (((3,), (3,)), batch),
+                             preferred_element_type=jnp.float32)  # [C, KVH, N * G, P]
+    sp = _scores(sp, scale, softcap)
+    slots = jnp.arange(plen_slots)
+    valid = (slots[None, :] < prefix_len.astype(jnp.int32)[:, None])[:, None, None, :]
     if window is not None:
-        valid = valid & (positions[:, None] - slots < window)
-    valid = valid[:, None, None, :]
+        pos = jnp.repeat(positions.reshape(n, c).T, g, axis=1)  # [C, N * G], row-major (n, g)
+        valid = valid & (pos[:, None, :, None] - slots < window)
     sp = jnp.where(valid, sp, _NEG)
     m = jnp.max(sp, axis=-1)
     e = jnp.where(valid, jnp.exp(sp - m[..., None]), 0.0)
     l = jnp.sum(e, axis=-1)
-    acc = jnp.einsum("nckgp,cpkd->nckgd", e.reshape(n, c, kvh, g, plen_slots).astype(vr.dtype),
-                     vp.astype(vr.dtype), preferred_element_type=jnp.float32).reshape(b, kvh, g, hd)
+    acc = jax.lax.dot_general(e.astype(dt), vp.astype(dt), (((3,), (2,)), batch),
+                              preferred_element_type=jnp.float32)  # [C, KVH, N * G, hd]
+
+    def rowwise(x):  # [C, KVH, N * G, ...] -> [B, KVH, G, ...]
+        x = x.reshape((c, kvh, n, g) + x.shape[3:])
+        return jnp.moveaxis(x, 2, 0).reshape((b, kvh, g) + x.shape[4:])
+
+    m, l, acc = rowwise(m), rowwise(l), rowwise(acc)
 
     if gen:
-        blk = BLOCK if gen % BLOCK == 0 else gen
         written = positions - plen + 1  # generated slots 0..written-1 are visible
-        nblocks = jnp.clip(-(-jnp.max(written) // blk), 0, gen // blk)
-        offs = jnp.arange(blk)
 
-        def body(i, carry):
-            m, l, acc = carry
-            start = i * blk
+        def layer_slice(x, start, size):
             if layer is None:
-                kb = jax.lax.dynamic_slice_in_dim(kr, start, blk, axis=2)
-                vb = jax.lax.dynamic_slice_in_dim(vr, start, blk, axis=2)
-            else:
-                at, size = (0, layer, 0, start, 0), (b, 1, kvh, blk, hd)
-                kb = jax.lax.dynamic_slice(kr, at, size)[:, 0]
-                vb = jax.lax.dynamic_slice(vr, at, size)[:, 0]
+                return jax.lax.dynamic_slice_in_dim(x, start, size, axis=2)
+            at, shape = (0, layer, 0, start, 0), (b, 1, kvh, size, hd)
+            return jax.lax.dynamic_slice(x, at, shape)[:, 0]
+
+        def merge(carry, start, size):
+            """Folds slots ``start .. start + size - 1`` into the running ``(m, l, acc)``."""
+            m, l, acc = carry
+            kb, vb = layer_slice(kr, start, size), layer_slice(vr, start, size)
             s = jnp.einsum("bkgd,bkld->bkgl", qg, kb, preferred_element_type=jnp.float32)
             s = _scores(s, scale, softcap)
-            j = start + offs[None, :]
+            j = start + jnp.arange(size)[None, :]
             ok = j < written[:, None]
             if window is not None:
                 ok = ok & (positions[:, None] - (plen[:, None] + j) < window)
@@ -317,7 +346,21 @@ def attend_decode_shared(q, rows, prefix, prefix_len, positions, scale: float, w
                 "bkgl,bkld->bkgd", e.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
             return m_new, l, acc
 
-        m, l, acc = jax.lax.fori_loop(0, nblocks, body, (m, l, acc))
+        def dense(carry):
+            return merge(carry, 0, gen)
+
+        if gen <= 2 * BLOCK or gen % BLOCK:
+            m, l, acc = dense((m, l, acc))
+        else:
+            wmax = jnp.clip(jnp.max(written), 0, gen)
+
+            def blocks(carry):
+                nblocks = -(-wmax // BLOCK)
+                return jax.lax.fori_loop(0, nblocks, lambda i, c_: merge(c_, i * BLOCK, BLOCK),
+                                         carry)
+
+            use_dense = wmax > int(DENSE_FRACTION * gen)
+            m, l, acc = jax.lax.cond(use_dense, dense, blocks, (m, l, acc))
     o = acc / jnp.where(l > 0, l, 1.0)[..., None]
     return o.reshape(b, h * hd).astype(q.dtype)
 
@@ -492,9 +535,9 @@ class TransformerLM:
         return x, state, outs
 
     def _prefix(self, params, outs):
-        """The shared part from the prompt layers' ``(k, v)`` (each ``[1, P, KVH, hd]``): a
-        tuple per layer, or (scan: ``outs`` stacked ``[L, 1, P, KVH, hd]``) the pair
-        ``[1, L, P, KVH, hd]``, context axis first."""
+        """The shared part from the prompt layers' ``(k, v)`` (each ``[1, KVH, P, hd]``): a
+        tuple per layer, or (scan: ``outs`` stacked ``[L, 1, KVH, P, hd]``) the pair
+        ``[1, L, KVH, P, hd]``, context axis first."""
         if not self._stacked(params):
             return outs
         return tuple(jnp.moveaxis(a, 0, 1) for a in outs)

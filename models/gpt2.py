@@ -135,7 +135,7 @@ class GPT2LM(C.TransformerLM, LanguageModel):
         return h, C.log_softmax_f32(C.lm_head(h, params))
 
     def _prefill(self, params, prompt_ids, max_len: int):
-        """The prompt's ``(k, v)`` per layer (``[1, P, kv_heads, hd]`` each) and final-layer
+        """The prompt's ``(k, v)`` per layer (``[1, kv_heads, P, hd]`` each) and final-layer
         activations ``[P, D]`` (before the final norm)."""
         C.check_max_len(max_len, self.max_context, self.name)
         ids = jnp.asarray(prompt_ids, jnp.int32)

@@ -84,7 +84,7 @@ def test_cache_layout(lm, fns):
     for k, v in _per_layer(cache.rows, lm, 1):
         assert k.shape == v.shape == (1, lm.kv_heads, MAX_LEN - 3, lm.head_dim)
     for k, v in _per_layer(cache.shared["kv"], lm, 1):
-        assert k.shape == v.shape == (1, 3, lm.kv_heads, lm.head_dim)
+        assert k.shape == v.shape == (1, lm.kv_heads, 3, lm.head_dim)
     assert cache.shared["length"].tolist() == [3]
     shared, per_row = lm.cache_layout_bytes(3, MAX_LEN - 3)
     assert per_row == sum(x.nbytes for x in jax.tree.leaves(cache.rows))

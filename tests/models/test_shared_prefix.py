@@ -39,14 +39,14 @@ def _plain(q, rows, prefix, plen, positions, scale, window, softcap):
     kp, vp = (np.asarray(x, np.float64) for x in prefix)
     q = np.asarray(q, np.float64)
     b, h, hd = q.shape
-    c, kvh = kp.shape[0], kp.shape[2]
+    c, kvh = kp.shape[0], kp.shape[1]
     out = np.zeros((b, h, hd))
     for r in range(b):
         ctx = r % c
         n_p = int(plen[ctx])
         written = int(positions[r]) - n_p + 1
-        keys = np.concatenate([kp[ctx][:n_p].transpose(1, 0, 2), kr[r][:, :written]], axis=1)
-        vals = np.concatenate([vp[ctx][:n_p].transpose(1, 0, 2), vr[r][:, :written]], axis=1)
+        keys = np.concatenate([kp[ctx][:, :n_p], kr[r][:, :written]], axis=1)
+        vals = np.concatenate([vp[ctx][:, :n_p], vr[r][:, :written]], axis=1)
         pos = np.arange(n_p + written)
         vis = np.ones(n_p + written, bool) if window is None else positions[r] - pos < window
         for head in range(h):
@@ -60,18 +60,24 @@ def _plain(q, rows, prefix, plen, positions, scale, window, softcap):
     return out.reshape(b, h * hd)
 
 
-@pytest.mark.parametrize("window,softcap,gen", [(None, None, 64), (5, None, 64), (40, 2.0, 96),
-                                                (3, None, 7), (None, 1.5, 7)])
-def test_attend_decode_shared_equals_plain_attention(window, softcap, gen):
+@pytest.mark.parametrize("window,softcap,gen,few", [
+    (None, None, 64, False), (5, None, 64, False), (40, 2.0, 96, False), (3, None, 7, False),
+    (None, 1.5, 7, False),
+    # 128 slots: the block loop while the longest row has written at most a third of them,
+    # the single product beyond (C.DENSE_FRACTION); both across the prompt boundary.
+    (None, None, 128, True), (20, 1.5, 128, True), (None, None, 128, False), (50, None, 128, False)])
+def test_attend_decode_shared_equals_plain_attention(window, softcap, gen, few):
     rng = np.random.default_rng(0)
     c, n, kvh, g, hd, p = 2, 3, 2, 2, 8, 9
     b = n * c
     plen = np.array([4, 9], np.int32)
     q = rng.standard_normal((b, kvh * g, hd)).astype(np.float32)
-    prefix = tuple(rng.standard_normal((c, p, kvh, hd)).astype(np.float32) for _ in range(2))
+    prefix = tuple(rng.standard_normal((c, kvh, p, hd)).astype(np.float32) for _ in range(2))
     rows = tuple(rng.standard_normal((b, kvh, gen, hd)).astype(np.float32) * 3 for _ in range(2))
     # Rows at different lengths: 1 written slot (the current token only) up to the capacity.
-    written = np.array([1, gen, gen // 2 + 1, 2, 33 if gen > 33 else 3, gen - 1], np.int32)
+    top = int(C.DENSE_FRACTION * gen) if few else gen
+    written = np.array([1, top, top // 2 + 1, 2, 33 if top > 33 else 3, top - 1], np.int32)
+    assert (gen > 2 * C.BLOCK and few) == (written.max() <= C.DENSE_FRACTION * gen)
     positions = np.tile(plen, n) + written - 1
     got = jax.jit(C.attend_decode_shared, static_argnames=("scale", "softcap"))(
         jnp.asarray(q), rows, prefix, jnp.asarray(plen), jnp.asarray(positions), scale=0.4,
@@ -81,14 +87,17 @@ def test_attend_decode_shared_equals_plain_attention(window, softcap, gen):
 
 
 def test_unwritten_blocks_are_not_read():
-    """NaN in every slot past the longest row's written blocks changes nothing: those blocks
-    are never visited (the loop stops at ceil(written / BLOCK))."""
+    """While few slots are written (the block loop), NaN in every slot past the longest row's
+    written blocks changes nothing: those blocks are never visited (the loop stops at
+    ceil(written / BLOCK)). The single product past ``DENSE_FRACTION`` reads every slot with
+    weight zero, so it needs them finite: they are zeros or keys another branch wrote."""
     rng = np.random.default_rng(1)
     b, kvh, hd, gen = 2, 1, 4, 4 * C.BLOCK
     q = jnp.asarray(rng.standard_normal((b, 2, hd)), jnp.float32)
-    prefix = tuple(jnp.asarray(rng.standard_normal((1, 3, kvh, hd)), jnp.float32) for _ in range(2))
+    prefix = tuple(jnp.asarray(rng.standard_normal((1, kvh, 3, hd)), jnp.float32) for _ in range(2))
     rows = [np.asarray(rng.standard_normal((b, kvh, gen, hd)), np.float32) for _ in range(2)]
     positions = jnp.asarray([3 + 5, 3 + C.BLOCK + 2], jnp.int32)  # 6 and BLOCK + 3 written
+    assert C.BLOCK + 3 <= C.DENSE_FRACTION * gen
     clean = C.attend_decode_shared(q, tuple(map(jnp.asarray, rows)), prefix, jnp.asarray([3]),
                                    positions, 0.5)
     for r in rows:
