@@ -172,8 +172,7 @@ def worker(code: str, prompt_len: int, n: int, t: int, ess: float, memory: bool)
     del res
     out = {"code": code, "prompt": prompt_len, "n": n, "t": t, "ess_threshold": ess,
            "compile_s": compile_s, "weights_bytes": weights, "rss_start_mib": rss_start,
-           "rss_after_import_mib": rss_import}
-    out["rss_after_load_mib"] = rss_load
+           "rss_after_import_mib": rss_import, "rss_after_load_mib": rss_load}
     if memory:
         out["rss_before_run_mib"] = rss_mib()
         peak_reset = reset_peak()

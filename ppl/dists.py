@@ -55,7 +55,7 @@ def _search(cdf: jax.Array, u: jax.Array) -> jax.Array:
     return jnp.where(i >= cdf.shape[-1], last, i)
 
 
-def sample_logits(key: jax.Array, logits: jax.Array, masses=None) -> jax.Array:
+def sample_logits(key: jax.Array, logits: jax.Array) -> jax.Array:
     """Draws an index with probability proportional to ``exp(logits)`` by a two-level inverse CDF.
 
     With ``u ~ U[0, 1)`` and ``Z`` the total mass, the block is the first whose cumulative
@@ -70,9 +70,8 @@ def sample_logits(key: jax.Array, logits: jax.Array, masses=None) -> jax.Array:
     Args:
         key: a PRNG key.
         logits: ``float32[..., V]`` unnormalised log-weights.
-        masses: ``block_masses(logits)`` if already computed.
     """
-    _, e, sums = block_masses(logits) if masses is None else masses
+    _, e, sums = block_masses(logits)
     u = jax.random.uniform(key, logits.shape[:-1])
     bcdf = flat_cdf(sums)
     target = u * bcdf[..., -1]
@@ -97,18 +96,15 @@ class TokenDist:
         self.logits = logits
         self.lm_index = lm_index
 
-    def masses(self):
-        """[block_masses][ppl.dists.block_masses] of the logits, computed once per
-        distribution (a draw and its log-probability share them)."""
-        cached = self.__dict__.get("_masses")
-        if cached is None:
-            cached = self.__dict__["_masses"] = block_masses(self.logits)
-        return cached
-
     @property
     def log_normalizer(self) -> jax.Array:
-        """``log sum_x exp(logits[x])`` (``-inf`` for an empty support)."""
-        m, _, sums = self.masses()
+        """``log sum_x exp(logits[x])`` (``-inf`` for an empty support).
+
+        The same [block_masses][ppl.dists.block_masses] as a draw's, so inside one compiled
+        step XLA computes the ``exp`` pass once for the draw and its weight (merged as a
+        common subexpression; nothing is cached on the object, which would leak tracers from
+        one trace into the next)."""
+        m, _, sums = block_masses(self.logits)
         total = jnp.sum(sums, axis=-1)
         return jnp.where(total > 0, m + jnp.log(jnp.where(total > 0, total, 1.0)), -jnp.inf)
 
@@ -130,10 +126,8 @@ class TokenDist:
     def sample(self, key: jax.Array, sample_shape=()) -> jax.Array:
         if sample_shape:
             keys = jax.random.split(key, int(jnp.prod(jnp.array(sample_shape))))
-            masses = self.masses()
-            return jax.vmap(lambda k: sample_logits(k, self.logits, masses))(keys).reshape(
-                sample_shape)
-        return sample_logits(key, self.logits, self.masses())
+            return jax.vmap(lambda k: sample_logits(k, self.logits))(keys).reshape(sample_shape)
+        return sample_logits(key, self.logits)
 
     def mask(self, allowed: jax.Array) -> "TokenDist":
         """The distribution restricted to ``allowed`` (``bool[V]``) and renormalised."""

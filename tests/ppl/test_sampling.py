@@ -71,3 +71,17 @@ def test_two_level_draws_have_the_exact_distribution():
     keep = exp > 0
     chi2 = ((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum()
     assert chi2 < stats.chi2.ppf(1 - 1e-3, keep.sum() - 1), chi2
+
+
+def test_a_dist_used_inside_jit_is_still_usable_outside():
+    """Nothing traced is cached on a TokenDist: the same object gives its exact log-probs and
+    draws in a jitted function and then eagerly (a per-object cache of the block masses leaked
+    the first trace's values: UnexpectedTracerError)."""
+    from ppl.dists import TokenDist
+
+    d = TokenDist(jnp.log(jnp.array([0.2, 0.3, 0.5])))
+    assert abs(float(jax.jit(d.log_prob)(1)) - np.log(0.3)) < 1e-6
+    assert abs(float(d.log_prob(2)) - np.log(0.5)) < 1e-6
+    assert abs(float(d.log_normalizer)) < 1e-6
+    x = jax.jit(d.sample)(jax.random.key(0))
+    assert 0 <= int(d.sample(jax.random.key(0))) < 3 and int(x) == int(d.sample(jax.random.key(0)))
